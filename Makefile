@@ -1,0 +1,23 @@
+# Two commands on a fresh machine: `make demo` and `make test` (both create .venv and install on first use).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kdbench-installed
+
+.PHONY: demo test install clean-results
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m benchmarks.run table1 --preset smoke
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-results:
+	rm -rf results/smoke tables/results/*.smoke.*

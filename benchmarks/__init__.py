@@ -1,0 +1,1 @@
+"""kdbench entry points: the Lightning CLI, the table runner, the result store, rendering and launchers."""

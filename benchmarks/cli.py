@@ -1,0 +1,226 @@
+"""Single runs through the Lightning CLI.
+
+    python -m benchmarks.cli fit --config configs/recipes/crd_cifar100.yaml --config configs/methods/kd.yaml \\
+        --model.student resnet8x4 --model.teacher.arch resnet32x4 --model.teacher.checkpoint <path>
+    python -m benchmarks.cli fit --model KD --model.help          # typed, documented method arguments
+    python -m benchmarks.cli fit --config ... --print_config      # a complete config that re-runs the same run
+
+Method and data are selected in subclass mode (``--model KD``, ``--data CIFAR100``).  The ``run`` group carries
+what is not a hyper-parameter: the output folder, names for W&B (table, pair, method, trial, recipe) and the
+logging mode.  A finished ``fit`` writes ``<run.dir>/record.json`` (the result record the tables read) and
+``<run.dir>/final.pth`` (the final student, loadable as a teacher).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+from benchmarks.errors import user_errors
+from benchmarks.store import write_record
+from datamodules import KDDataModule
+from kd_modules import DistillationModule
+from models.checkpoints import export_network
+
+__all__ = ["RunInfo", "KDBenchCLI", "main"]
+
+
+@dataclass
+class RunInfo:
+    """Bookkeeping of one run (none of it changes the result).
+
+    Args:
+        dir: output folder for checkpoints, logs and the result record (default: ``results/cli/<time>``).
+        run_id: identity hash given by the table runner.
+        name: display name (W&B run name).
+        table: table the run belongs to (W&B group).
+        pair: ``teacher->student`` label.
+        method: method row label.
+        trial: trial number.
+        recipe: recipe name.
+        tags: extra W&B tags.
+        wandb: ``auto`` (online when WANDB_API_KEY is set, else offline), ``online``, ``offline`` or ``disabled``.
+        wandb_project: W&B project.
+        export_final: write ``final.pth`` (the student after the last epoch) when fit finishes.
+    """
+
+    dir: str | None = None
+    run_id: str | None = None
+    name: str | None = None
+    table: str | None = None
+    pair: str | None = None
+    method: str | None = None
+    trial: int | None = None
+    recipe: str | None = None
+    tags: list[str] = field(default_factory=list)
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    wandb_project: str = "kdbench"
+    export_final: bool = True
+
+
+def wandb_mode(setting: str) -> str | None:
+    """The W&B mode for a ``RunInfo.wandb`` setting: None when W&B is off."""
+    if setting == "disabled":
+        return None
+    if setting == "auto":
+        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return setting
+
+
+def build_loggers(info: RunInfo, run_dir: Path) -> list[Logger]:
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    mode = wandb_mode(info.wandb)
+    if mode is not None:
+        tags = [t for t in (info.table, info.pair, info.method, info.recipe) if t] + list(info.tags)
+        if info.trial is not None:
+            tags.append(f"trial{info.trial}")
+        loggers.append(
+            WandbLogger(
+                project=info.wandb_project,
+                name=info.name or run_dir.name,
+                group=info.table,
+                tags=tags,
+                save_dir=str(run_dir),
+                offline=mode == "offline",
+                id=info.run_id,
+                config={
+                    "table": info.table,
+                    "pair": info.pair,
+                    "method": info.method,
+                    "trial": info.trial,
+                    "recipe": info.recipe,
+                },
+            )
+        )
+    return loggers
+
+
+class KDBenchCLI(LightningCLI):
+    """LightningCLI with kdbench's run bookkeeping, loggers, checkpoints and result record."""
+
+    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        self._fit_wall_start: float | None = None
+        with warnings.catch_warnings():
+            # Passing `args` from Python while sys.argv holds the runner's own arguments is intended here.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            self._init_cli(args, run, **kwargs)
+
+    def _init_cli(self, args: Any, run: bool, **kwargs: Any) -> None:
+        super().__init__(
+            model_class=DistillationModule,
+            datamodule_class=KDDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"num_sanity_val_steps": 0, "max_epochs": 240, "log_every_n_steps": 50},
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_class_arguments(RunInfo, "run", help="Bookkeeping of the run (never changes its result)")
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    # ------------------------------------------------------------------------------------------ run folder
+    def _run_info(self) -> RunInfo:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        value = config.get("run")
+        if isinstance(value, RunInfo):
+            return value
+        return RunInfo(**(value.as_dict() if hasattr(value, "as_dict") else dict(value or {})))
+
+    def _run_dir(self) -> Path:
+        info = self._run_info()
+        if info.dir:
+            return Path(info.dir)
+        if not hasattr(self, "_default_dir"):
+            self._default_dir = Path("results") / "cli" / time.strftime("%Y%m%d-%H%M%S")
+        return self._default_dir
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer_config = config.get("trainer", {})
+        run_dir = self._run_dir()
+        info = self._run_info()
+        extra_callbacks: list[Callback] = []
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = build_loggers(info, run_dir)
+            extra_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        if trainer_config.get("default_root_dir") is None:
+            kwargs["default_root_dir"] = str(run_dir)
+        if trainer_config.get("enable_checkpointing", True) is not False:
+            extra_callbacks.append(
+                ModelCheckpoint(
+                    dirpath=str(run_dir / "checkpoints"),
+                    filename="best",
+                    monitor="val/top1",
+                    mode="max",
+                    save_top_k=1,
+                    save_last=True,
+                    auto_insert_metric_name=False,
+                )
+            )
+        configured = trainer_config.get("callbacks") or []
+        kwargs["callbacks"] = (list(configured) if isinstance(configured, list) else [configured]) + extra_callbacks
+        return super().instantiate_trainer(**kwargs)
+
+    # ------------------------------------------------------------------------------------ record at the end
+    def before_fit(self) -> None:
+        self._fit_wall_start = time.perf_counter()
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if trainer.interrupted or trainer.global_rank != 0:
+            return
+        module = self.model
+        info = self._run_info()
+        run_dir = self._run_dir()
+        config = self.config[self.subcommand]
+        if info.export_final:
+            export_network(
+                module.student,
+                module.hparams["student"],
+                run_dir / "final.pth",
+                top1=module.tracked.get("last_top1"),
+                run_id=info.run_id,
+            )
+        write_record(
+            run_dir,
+            run_id=info.run_id,
+            info=info,
+            config=self._parser(self.subcommand).dump(config, skip_none=False, format="yaml"),
+            tracked=module.tracked,
+            epochs=trainer.current_epoch,
+            steps=trainer.global_step,
+            fit_seconds=module.fit_seconds(),
+            fast_dev_run=bool(trainer.fast_dev_run),
+            limited=_is_limited(trainer),
+        )
+        # One W&B run per process run: close it so that the next in-process run starts its own.
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
+
+
+def _is_limited(trainer: Any) -> bool:
+    """Whether the run saw less than the full data (limit_*_batches), i.e. a smoke run."""
+    limits = (trainer.limit_train_batches, trainer.limit_val_batches)
+    return any(isinstance(v, int) or (isinstance(v, float) and v < 1.0) for v in limits)
+
+
+def main(args: list[str] | None = None) -> None:
+    with user_errors():
+        KDBenchCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

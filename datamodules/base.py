@@ -1,0 +1,171 @@
+"""The shared LightningDataModule: one class per dataset, one batch format for every method.
+
+Batches are dicts: ``images`` (normalised float32 after augmentation), ``labels`` (int64), ``indices`` (position
+of each sample in its split) plus whatever a method asks the data for (CRD's contrast indices).
+
+Small datasets (CIFAR, Tiny-ImageNet, Fashion-MNIST) live in memory as uint8 tensors — on the accelerator when
+there is one — and are augmented batch-wise after transfer (:meth:`InMemoryDataModule.on_after_batch_transfer`),
+with no per-image Python.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABCMeta, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from datamodules.augment import normalize, random_crop_flip
+from datamodules.errors import DatasetError
+from datamodules.loaders import CropFlip, InMemoryBatches
+
+__all__ = ["KDDataModule", "InMemoryDataModule"]
+
+
+class KDDataModule(pl.LightningDataModule):
+    """Base of every dataset.
+
+    Args:
+        root: folder holding the dataset in its official layout.
+        batch_size: training batch size.
+        eval_batch_size: evaluation batch size (does not change results: BN is in eval mode).
+        seed: seed of the per-epoch shuffling and augmentation; default: the run's ``seed_everything``.
+        drop_last: drop the last incomplete training batch.
+    """
+
+    #: Name tables use for the dataset (``dataset: cifar100``).
+    dataset_name: str
+    num_classes: int
+    train_size: int  # images in the full training split (for cost estimates)
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    @classmethod
+    def is_available(cls, root: str) -> bool:
+        """Whether the full real dataset is present under ``root``."""
+        return False
+
+    @classmethod
+    def write_fixture(cls, root: str) -> None:
+        """Write a small dataset in the real on-disk format under ``root`` (tests, offline smoke runs)."""
+        raise DatasetError(f"{cls.__name__} has no generated fixture")
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 64,
+        eval_batch_size: int = 500,
+        seed: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.root = root
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self._seed = seed
+        self.drop_last = drop_last
+
+    @property
+    def seed(self) -> int:
+        if self._seed is not None:
+            return self._seed
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def _current_epoch(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else trainer.current_epoch
+
+
+class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
+    """A dataset small enough to hold as uint8 tensors; subclasses implement :meth:`load_split`."""
+
+    def __init__(self, *args: Any, on_device: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_device = on_device
+        self._splits: dict[str, tuple[Tensor, Tensor]] = {}
+
+    # ------------------------------------------------------------------------------------------ to implement
+    @abstractmethod
+    def load_split(self, split: str) -> tuple[Tensor, Tensor]:
+        """Return (N, C, H, W) uint8 images and (N,) int64 labels of ``split`` ('train' or 'test')."""
+
+    def train_augmentation(self) -> CropFlip | None:
+        return None
+
+    # ------------------------------------------------------------------------------------------------ splits
+    def split(self, name: str) -> tuple[Tensor, Tensor]:
+        if name not in self._splits:
+            self._splits[name] = self.load_split(name)
+        images, labels = self._splits[name]
+        device = self._device()
+        if self.on_device and images.device != device:
+            images, labels = images.to(device), labels.to(device)
+            self._splits[name] = (images, labels)
+        return images, labels
+
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return torch.device("cpu")
+        return trainer.strategy.root_device
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.load_split_checked("train")
+        self.load_split_checked("test")
+
+    def load_split_checked(self, name: str) -> None:
+        if name not in self._splits:
+            self._splits[name] = self.load_split(name)
+
+    def _batches(
+        self, name: str, *, batch_size: int, shuffle: bool, augment: CropFlip | None, drop_last: bool
+    ) -> InMemoryBatches:
+        images, labels = self.split(name)
+        return InMemoryBatches(
+            images,
+            labels,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=self.seed,
+            current_epoch=self._current_epoch,
+            augment=augment,
+        )
+
+    def train_dataloader(self) -> InMemoryBatches:
+        return self._batches(
+            "train",
+            batch_size=self.batch_size,
+            shuffle=True,
+            augment=self.train_augmentation(),
+            drop_last=self.drop_last,
+        )
+
+    def val_dataloader(self) -> InMemoryBatches:
+        return self._batches("test", batch_size=self.eval_batch_size, shuffle=False, augment=None, drop_last=False)
+
+    def test_dataloader(self) -> InMemoryBatches:
+        return self.val_dataloader()
+
+    def train_eval_dataloader(self) -> InMemoryBatches:
+        """A deterministic pass over the training split without augmentation (offline stages use it)."""
+        return self._batches("train", batch_size=self.eval_batch_size, shuffle=False, augment=None, drop_last=False)
+
+    # ---------------------------------------------------------------------------------------- augmentation
+    def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
+        images = batch["images"]
+        if "crop_offsets" in batch:
+            augment = self.train_augmentation()
+            assert augment is not None
+            images = random_crop_flip(
+                images, batch.pop("crop_offsets"), batch.pop("flips"), augment.padding, augment.mode
+            )  # type: ignore[arg-type]
+        if images.dtype == torch.uint8:
+            images = normalize(images, self.mean, self.std)
+        batch["images"] = images
+        return batch

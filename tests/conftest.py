@@ -1,0 +1,61 @@
+"""Shared fixtures: generated datasets in the real on-disk formats, and a briefly trained teacher."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests never talk to W&B's servers and keep their output short.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CIFAR-100 written in torchvision's pickle layout (10 train / 2 test images per class)."""
+    from datamodules.synthetic import write_cifar100
+
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar100(root, train_per_class=10, test_per_class=2, seed=0)
+    return root
+
+
+def _fit_args(cifar_root: Path, run_dir: Path, *extra: str) -> list[str]:
+    """CLI arguments for a two-step CPU run on the generated CIFAR fixture."""
+    return [
+        "fit",
+        "--data",
+        "CIFAR100",
+        f"--data.root={cifar_root}",
+        "--data.batch_size=16",
+        "--data.eval_batch_size=100",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--run.wandb=disabled",
+        f"--run.dir={run_dir}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def fit_args():  # type: ignore[no-untyped-def]
+    """``fit_args(cifar_root, run_dir, *extra)``: CLI arguments of a two-step CPU run."""
+    return _fit_args
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``final.pth`` of a resnet8 trained for two steps with the real CLI path."""
+    from benchmarks.cli import KDBenchCLI
+
+    run_dir = tmp_path_factory.mktemp("teacher")
+    KDBenchCLI(args=_fit_args(cifar_root, run_dir, "--model=Vanilla", "--model.student=resnet8"))
+    return run_dir / "final.pth"
