@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from datamodules.augment import normalize, random_crop_flip
+from datamodules.contrast import ContrastSampler
 from datamodules.errors import DatasetError
 from datamodules.loaders import CropFlip, InMemoryBatches
 
@@ -81,11 +82,27 @@ class KDDataModule(pl.LightningDataModule):
 
 
 class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
-    """A dataset small enough to hold as uint8 tensors; subclasses implement :meth:`load_split`."""
+    """A dataset small enough to hold as uint8 tensors; subclasses implement :meth:`load_split`.
 
-    def __init__(self, *args: Any, on_device: bool = True, **kwargs: Any) -> None:
+    Args (beyond :class:`KDDataModule`'s):
+        on_device: keep the splits on the accelerator.
+        contrast_k: when > 0, training batches carry ``contrast_indices`` (B, K+1) for CRD: the positive, then
+            K negatives from other classes (:class:`datamodules.contrast.ContrastSampler`).
+        contrast_mode: CRD's positive: ``exact`` (the sample itself) or ``relax`` (a random same-class sample).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        on_device: bool = True,
+        contrast_k: int = 0,
+        contrast_mode: Literal["exact", "relax"] = "exact",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.on_device = on_device
+        self.contrast_k = contrast_k
+        self.contrast_mode = contrast_mode
         self._splits: dict[str, tuple[Tensor, Tensor]] = {}
 
     # ------------------------------------------------------------------------------------------ to implement
@@ -123,9 +140,19 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
             self._splits[name] = self.load_split(name)
 
     def _batches(
-        self, name: str, *, batch_size: int, shuffle: bool, augment: CropFlip | None, drop_last: bool
+        self,
+        name: str,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        augment: CropFlip | None,
+        drop_last: bool,
+        contrast: bool = False,
     ) -> InMemoryBatches:
         images, labels = self.split(name)
+        sampler = None
+        if contrast and self.contrast_k > 0:
+            sampler = ContrastSampler(labels, self.contrast_k, self.contrast_mode)
         return InMemoryBatches(
             images,
             labels,
@@ -135,6 +162,7 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
             seed=self.seed,
             current_epoch=self._current_epoch,
             augment=augment,
+            sample_extra=sampler,
         )
 
     def train_dataloader(self) -> InMemoryBatches:
@@ -144,6 +172,7 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
             shuffle=True,
             augment=self.train_augmentation(),
             drop_last=self.drop_last,
+            contrast=True,
         )
 
     def val_dataloader(self) -> InMemoryBatches:

@@ -106,6 +106,8 @@ class CIFAR100(InMemoryDataModule):
         seed: seed of shuffling and augmentation (default: the run's seed).
         drop_last: drop the last incomplete training batch (letKD does).
         on_device: keep the splits on the accelerator.
+        contrast_k: CRD negatives per sample (0: no contrast indices in the batches).
+        contrast_mode: CRD positive: ``exact`` or ``relax``.
     """
 
     dataset_name = "cifar100"
@@ -126,8 +128,19 @@ class CIFAR100(InMemoryDataModule):
         seed: int | None = None,
         drop_last: bool = False,
         on_device: bool = True,
+        contrast_k: int = 0,
+        contrast_mode: Literal["exact", "relax"] = "exact",
     ) -> None:
-        super().__init__(root, batch_size, eval_batch_size, seed, drop_last, on_device=on_device)
+        super().__init__(
+            root,
+            batch_size,
+            eval_batch_size,
+            seed,
+            drop_last,
+            on_device=on_device,
+            contrast_k=contrast_k,
+            contrast_mode=contrast_mode,
+        )
         self.download = download
         self.padding_mode = padding_mode
         self.crop_padding = crop_padding
