@@ -11,10 +11,14 @@ student's forward path (NORM's FT, letKD's KD layers) register it with :meth:`KD
 every forward, is saved in the checkpoint, and can return auxiliary tensors (the distilled map) through
 ``FeatureOutput.extras``.
 
-Conventions that make the pre/post pairs exact: ``post == stage_activation(i)(pre)`` for every stage, where the
-activation is ReLU for post-activation residual networks and VGG, the identity where the references' "feature"
-is already the un-activated tensor (pre-activation WRN residual sums, MobileNetV2 linear bottlenecks), and a
-ReLU followed by a channel shuffle for ShuffleNetV2.  Each network documents its case.
+The two taps of every stage carry the reference implementations' meaning (RepDistiller/mdistiller ``feat`` and
+``preact`` lists): ``stages_post[i]`` is the stage's feature as the references hand it to FitNet, AT, ...;
+``stages_pre[i]`` is its pre-activation form (AB, OFD).  For post-activation networks (ResNet, VGG, ShuffleNetV1,
+CIFAR ResNet50) ``post == stage_activations[i](pre)`` with a ReLU; MobileNetV2's linear bottlenecks have the
+identity; ShuffleNetV2 a ReLU then the channel shuffle.  Pre-activation WRNs are the awkward case: the reference
+feature is the raw residual sum (never activated) and its pre-activation form is that sum through the *next*
+BatchNorm; such networks override :meth:`KDNet.stage_taps` and :meth:`KDNet.stage_transition` (the BN is computed
+once and reused by the next block).  Each network documents its case and a contract test checks it.
 """
 
 from __future__ import annotations
@@ -206,6 +210,23 @@ class KDNet(nn.Module, metaclass=ABCMeta):
         return out
 
     # -------------------------------------------------------------------------------------------------- forward
+    def stage_taps(self, index: int, output: Tensor) -> tuple[Tensor, Tensor]:
+        """``(pre, post)`` of stage ``index`` (0-based) from its last block's output.
+
+        Default: the last block returns the tensor before the stage's final activation, so
+        ``pre = output`` and ``post = stage_activations[index](output)``.  Networks whose reference features are
+        shaped differently (pre-activation WRNs) override this together with :meth:`stage_transition`.
+        """
+        return output, self.stage_activations[index](output)
+
+    def stage_transition(self, index: int, post: Tensor, pre: Tensor | None) -> Tensor:
+        """The input of the next stage (or of the neck) from stage ``index``'s possibly replaced ``post`` tensor.
+
+        ``pre`` is the tap computed from the same ``post`` when no inserted module replaced it (so a network can
+        reuse it instead of recomputing), else None.  Default: the next stage consumes ``post`` itself.
+        """
+        return post
+
     def forward_features(self, x: Tensor) -> FeatureOutput:
         extras: dict[str, object] = {}
         x = self.forward_stem(x)
@@ -213,17 +234,18 @@ class KDNet(nn.Module, metaclass=ABCMeta):
         pre: list[Tensor] = []
         post: list[Tensor] = []
         has_inserts = bool(self._insert_points)
-        for k, (stage, activation) in enumerate(zip(self.stages, self.stage_activations), start=1):
+        for index, stage in enumerate(self.stages):
+            k = index + 1
             last = len(stage) - 1
             for j, block in enumerate(stage):
                 x = block(x)
                 if has_inserts and j < last:
                     x = self._apply_insert(f"stage{k}.{j}", x, extras)
-            pre.append(x)
-            x = activation(x)
-            post.append(x)
-            if has_inserts:
-                x = self._apply_insert(f"stage{k}", x, extras)
+            stage_pre, stage_post = self.stage_taps(index, x)
+            pre.append(stage_pre)
+            post.append(stage_post)
+            replaced = self._apply_insert(f"stage{k}", stage_post, extras) if has_inserts else stage_post
+            x = self.stage_transition(index, replaced, stage_pre if replaced is stage_post else None)
         final_map = self.forward_neck(x)
         if has_inserts:
             final_map = self._apply_insert("neck", final_map, extras)
@@ -232,8 +254,10 @@ class KDNet(nn.Module, metaclass=ABCMeta):
         return FeatureOutput(stem, pre, post, final_map, embedding, logits, extras)
 
     def forward_head(self, last_stage_output: Tensor) -> Tensor:
-        """Logits from a last-stage map (neck, pooling and classifier) — e.g. to reuse a teacher's head."""
-        return self.classifier(self.pool(self.forward_neck(last_stage_output)))
+        """Logits from the last stage's ``post`` map (transition, neck, pooling, classifier) — e.g. to reuse a
+        teacher's head on a student feature (SimKD)."""
+        x = self.stage_transition(self.num_stages - 1, last_stage_output, None)
+        return self.classifier(self.pool(self.forward_neck(x)))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x).logits
