@@ -130,6 +130,12 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
             return torch.device("cpu")
         return trainer.strategy.root_device
 
+    @property
+    def num_train_samples(self) -> int:
+        """Images in the training split as read from disk (CRD's memory bank is sized with it)."""
+        self.load_split_checked("train")
+        return int(self._splits["train"][1].shape[0])
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             self.load_split_checked("train")

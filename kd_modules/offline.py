@@ -1,0 +1,119 @@
+"""Offline stages: what a method computes before training (teacher class means, codebooks, channel matchings).
+
+Each stage's artefact is cached on disk under a key that names *exactly* what it was computed from — the teacher
+checkpoint's content digest, a fingerprint of the data split, the transform, the stage's settings — so a cached
+artefact can never be paired with another teacher or data by accident, and every run that needs the same artefact
+reuses it.  Concurrent runs (parallel launchers, SLURM arrays) wait on a per-key file lock instead of computing it
+twice.
+
+    artefact = load_or_compute(
+        "nd_class_means",
+        {"teacher": teacher_digest(path), "data": data_fingerprint(images, labels), "transform": "train"},
+        compute=lambda: {"means": ...},
+    )
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+from models.checkpoints import file_digest
+
+__all__ = [
+    "cache_root",
+    "stage_key",
+    "load_or_compute",
+    "teacher_digest",
+    "data_fingerprint",
+    "progress",
+]
+
+T = TypeVar("T")
+
+
+def cache_root() -> Path:
+    """Where artefacts live: ``$KDBENCH_CACHE``, else ``results/cache``."""
+    return Path(os.environ.get("KDBENCH_CACHE", "results/cache"))
+
+
+def stage_key(inputs: dict[str, Any]) -> str:
+    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=64)
+def _digest_cached(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(path)
+
+
+def teacher_digest(checkpoint: str | Path) -> str:
+    """Content digest of a checkpoint file (memoised per path, size and modification time)."""
+    stat = os.stat(checkpoint)
+    return _digest_cached(str(Path(checkpoint).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def data_fingerprint(images: Tensor, labels: Tensor) -> str:
+    """A digest of a whole split's labels and a strided sample of its pixels (cheap, changes with the data)."""
+    sha = hashlib.sha256()
+    sha.update(str((tuple(images.shape), str(images.dtype))).encode())
+    sha.update(labels.detach().cpu().numpy().tobytes())
+    step = max(1, images.shape[0] // 256)
+    sha.update(images[::step].detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()[:16]
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def load_or_compute(
+    name: str,
+    inputs: dict[str, Any],
+    compute: Callable[[], dict[str, Tensor]],
+    root: str | Path | None = None,
+) -> dict[str, Tensor]:
+    """The artefact of stage ``name`` for ``inputs``: loaded when cached, else computed once and saved.
+
+    ``inputs`` must name everything the artefact depends on; it is stored beside the artefact (``inputs.json``).
+    """
+    folder = Path(root or cache_root()) / name / stage_key(inputs)
+    artefact = folder / "artefact.pt"
+    with _locked(folder.with_suffix(".lock")):
+        if artefact.is_file():
+            return torch.load(artefact, map_location="cpu", weights_only=True)
+        started = time.perf_counter()
+        result = compute()
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = artefact.with_suffix(".tmp")
+        torch.save({k: v.detach().cpu() for k, v in result.items()}, tmp)
+        tmp.replace(artefact)
+        meta = {"stage": name, "inputs": inputs, "seconds": round(time.perf_counter() - started, 3)}
+        (folder / "inputs.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        return result
+
+
+def progress(items: Iterable[T], total: int | None, description: str) -> Iterator[T]:
+    """Iterate with a progress bar on stderr (tqdm), so long offline passes show how far they are."""
+    from tqdm.auto import tqdm
+
+    yield from tqdm(items, total=total, desc=description, file=sys.stderr, mininterval=2.0, leave=False)
