@@ -28,6 +28,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from datamodules.errors import DatasetError
+from kd_modules.base import MethodArgumentError
 from kd_modules.offline import data_fingerprint, load_or_compute, progress, teacher_digest
 from models import FeatureOutput, KDNet
 
@@ -62,7 +64,9 @@ def tap_channels(network: KDNet, tap: str) -> int:
         return network.stem_shape.channels
     if tap.startswith("stage") and tap[5:].isdigit() and 1 <= int(tap[5:]) <= network.num_stages:
         return network.stage_shapes[int(tap[5:]) - 1].channels
-    raise ValueError(f"unknown tap {tap!r} for {type(network).__name__}; valid: {', '.join(tap_names(network))}")
+    raise MethodArgumentError(
+        f"unknown tap {tap!r} for {type(network).__name__}; valid: {', '.join(tap_names(network))}"
+    )
 
 
 def pooled_tap(features: FeatureOutput, tap: str) -> Tensor:
@@ -111,7 +115,7 @@ def class_tap_means(
     missing = (counts == 0).nonzero().flatten().tolist()
     if missing:
         shown = ", ".join(str(k) for k in missing[:10]) + (" ..." if len(missing) > 10 else "")
-        raise ValueError(
+        raise DatasetError(
             f"the training split has no image of {len(missing)} of {num_classes} classes ({shown}): "
             f"their class means do not exist"
         )
@@ -122,7 +126,7 @@ def class_tap_means(
 
 def _training_split(datamodule: Any) -> tuple[Tensor, Tensor]:
     if not hasattr(datamodule, "split"):
-        raise ValueError(
+        raise MethodArgumentError(
             f"teacher class means need a datamodule holding its training split in memory "
             f"(an InMemoryDataModule); {type(datamodule).__name__} is not one"
         )
@@ -164,7 +168,7 @@ def teacher_class_means(
     Returns ``{tap: (num_classes, C) float32}`` for every tap of :func:`tap_names` plus ``counts``.
     """
     if transform not in TRANSFORMS:
-        raise ValueError(f"unknown class-mean transform {transform!r}; valid: {', '.join(TRANSFORMS)}")
+        raise MethodArgumentError(f"unknown class-mean transform {transform!r}; valid: {', '.join(TRANSFORMS)}")
     images, labels = _training_split(datamodule)
     inputs: dict[str, Any] = {
         "teacher": teacher_digest(teacher_checkpoint),

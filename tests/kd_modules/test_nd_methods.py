@@ -11,10 +11,13 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from torch import Tensor
 
 import kd_modules.class_means as class_means_module
 from benchmarks.cli import KDBenchCLI
 from datamodules import CIFAR100
+from datamodules.base import InMemoryDataModule
+from datamodules.loaders import CropFlip
 from kd_modules import KDFeatureRegularizer, KDPlusPlus, OptimConfig, ReviewKDPlusPlus, TeacherConfig
 from kd_modules.nd import EmbeddingProjection
 from models import create_model
@@ -128,10 +131,12 @@ def test_training_without_class_means_is_a_clear_error(released) -> None:  # typ
 
 
 # ------------------------------------------------------------------------------------- class means in setup()
-def _fit(module: pl.LightningModule, root: Path, epochs: int = 1) -> pl.Trainer:
+def _fit(module: pl.LightningModule, data: Path | pl.LightningDataModule, batches: int = 1) -> pl.Trainer:
+    if isinstance(data, Path):
+        data = CIFAR100(root=str(data), batch_size=16, eval_batch_size=100)
     trainer = pl.Trainer(
-        max_epochs=epochs,
-        limit_train_batches=1,
+        max_epochs=1,
+        limit_train_batches=batches,
         limit_val_batches=1,
         accelerator="cpu",
         logger=False,
@@ -139,7 +144,7 @@ def _fit(module: pl.LightningModule, root: Path, epochs: int = 1) -> pl.Trainer:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(module, datamodule=CIFAR100(root=str(root), batch_size=16, eval_batch_size=100))
+    trainer.fit(module, datamodule=data)
     return trainer
 
 
@@ -279,3 +284,57 @@ def test_shipped_kdpp_config_on_the_brief_pairs(
     assert cli.model.optim.nesterov and cli.model.optim.lr == 0.1
     assert ("nd" in cli.model.projections) is projected
     assert (tmp_path / "record.json").is_file()
+
+
+# ------------------------------------------------------------------------------------- any 10-class dataset
+class TenClasses(InMemoryDataModule):
+    """A 10-class dataset in memory (Fashion-MNIST's class count), random 3 x 32 x 32 images."""
+
+    dataset_name = "ten-classes"
+    num_classes = 10
+    train_size = 40
+    mean = (0.5, 0.5, 0.5)
+    std = (0.25, 0.25, 0.25)
+
+    def __init__(self) -> None:
+        super().__init__(root="unused", batch_size=8, eval_batch_size=16, seed=0, on_device=False)
+
+    def load_split(self, split: str) -> tuple[Tensor, Tensor]:
+        generator = torch.Generator().manual_seed(0 if split == "train" else 1)
+        labels = torch.arange(10).repeat(4)
+        return torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=generator), labels
+
+    def train_augmentation(self) -> CropFlip:
+        return CropFlip(padding=4)
+
+
+@pytest.mark.parametrize("method", [KDPlusPlus, ReviewKDPlusPlus])
+def test_ten_class_dataset(method, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    teacher_path = export_network(create_model("resnet8x4", 10), "resnet8x4", tmp_path / "teacher.pth")
+    module = method("resnet8", TeacherConfig("resnet8x4", str(teacher_path)), num_classes=10)
+    _fit(module, TenClasses(), batches=2)
+    assert module.centers_nd.shape == (10, 256) and module.student.num_classes == 10
+    assert module.tracked["last_epoch"] == 0
+
+
+def test_bad_method_argument_is_one_line_through_the_cli(
+    small_cifar: Path, tmp_path: Path, fit_args, released, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks.cli import main
+
+    args = fit_args(
+        small_cifar,
+        tmp_path,
+        "--model=KDPlusPlus",
+        "--model.student=resnet20",
+        "--model.teacher.arch=resnet56",
+        f"--model.teacher.checkpoint={released['resnet56']}",
+        "--model.nd_layers=4",
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert (
+        error[-1].startswith("kdbench: error: CifarResNet has 3 stages") and "nd_layers can be at most 3" in error[-1]
+    )
