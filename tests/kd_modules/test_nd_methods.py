@@ -189,11 +189,6 @@ def _epoch_values(rows: list[dict[str, str]], key: str) -> list[float]:
 
 
 CLI_CASES = {
-    "kdpp_embtrans": (
-        "resnet8x4",
-        ["--model=KDPlusPlus", "--model.kd_weight=3.5", "--model.nd_weight=2.0"],
-        {"ce", "kd", "nd"},
-    ),
     "kdpp_layers_balanced_clean": (
         "resnet8",
         [
@@ -215,15 +210,15 @@ CLI_CASES = {
         ["--model=KDFeatureRegularizer", "--model.direction=infonce", "--model.norm=sifn", "--model.norm_weight=0.05"],
         {"ce", "kd", "direction", "norm"},
     ),
-    "cosine_l2_embtrans": (
+    "cosine_l2_classifier_l2_embtrans": (
         "resnet8x4",
-        ["--model=KDFeatureRegularizer", "--model.direction=cosine", "--model.norm=l2"],
-        {"ce", "kd", "direction", "norm"},
-    ),
-    "classifier_l2": (
-        "resnet8x4",
-        ["--model=KDFeatureRegularizer", "--model.direction=none", "--model.classifier_l2_weight=1.0"],
-        {"ce", "kd", "classifier_l2"},
+        [
+            "--model=KDFeatureRegularizer",
+            "--model.direction=cosine",
+            "--model.norm=l2",
+            "--model.classifier_l2_weight=1.0",
+        ],
+        {"ce", "kd", "direction", "norm", "classifier_l2"},
     ),
 }
 
