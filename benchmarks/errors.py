@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datamodules.errors import DatasetError
 from kd_modules import UnknownMethodError
 from kd_modules.base import MethodArgumentError
+from kd_modules.norm import NORMConfigError
 from models import UnknownModelError
 from models.checkpoints import CheckpointError
 
@@ -26,6 +27,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     UnknownModelError,
     UnknownMethodError,
     MethodArgumentError,
+    NORMConfigError,
 )
 
 

@@ -296,9 +296,16 @@ class Planner:
         from kd_modules import UnknownMethodError, method_class
 
         try:
-            needs_teacher = method_class(row.method).requires_teacher
+            cls = method_class(row.method)
+            needs_teacher = cls.requires_teacher
+            sized_by_teacher = getattr(cls, "sized_by_teacher_arch", False)
         except UnknownMethodError:
-            needs_teacher = True
+            needs_teacher, sized_by_teacher = True, False
+        given = config.get("model", {}).get("init_args", {})
+        if sized_by_teacher and not needs_teacher and "teacher_arch" not in given and "teacher_channels" not in given:
+            # Methods sized by the teacher's architecture but trained without its weights (NORM's FT-only
+            # students) get the pair's teacher name; no dependency on the teacher run.
+            set_dotted(config, "model.init_args.teacher_arch", pair.teacher)
         if needs_teacher:
             # The teacher counts by its run id (the weights lie in that run's folder), see teacher_identity.
             checkpoint = str(self.store.final_weights(teacher.run_id))
@@ -307,7 +314,9 @@ class Planner:
         config = _finish(config, self.preset, seed=trial)
         run_id = run_identity(config)
         self._info(config, run_id, row.label, pair, trial, "student")
-        blocked = _availability(row.method, [pair.student] + ([pair.teacher] if needs_teacher else []))
+        blocked = _availability(
+            row.method, [pair.student] + ([pair.teacher] if needs_teacher or sized_by_teacher else [])
+        )
         if blocked is None and needs_teacher and teacher.blocked:
             blocked = f"teacher: {teacher.blocked}"
         spec = RunSpec(run_id, "student", config, self.table.name, pair, row.label, trial, depends, blocked)
