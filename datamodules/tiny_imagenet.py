@@ -47,6 +47,7 @@ TINY_SIZE = 64
 TINY_SIZES = {"train": 100_000, "val": 10_000}
 _CACHE_FORMAT = "kdbench-tiny-v1"
 _DECODE_CHUNK = 2_000
+_TEXT_FILES = ("wnids.txt", "val/val_annotations.txt")
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,16 @@ class _Listing:
     def __init__(self, source: TinySource) -> None:
         self.source = source
         self.files: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns or CRC)
+        self._by_folder: dict[int, dict[str, list[str]]] = {}
+        self._texts: dict[str, bytes] = {}
         if source.kind == "zip":
-            with zipfile.ZipFile(source.path) as handle:
+            with zipfile.ZipFile(source.path) as handle:  # parsing the directory of 120k members takes a while: once
                 for info in handle.infolist():
                     if not info.is_dir() and info.filename.startswith(source.prefix):
                         self.files[info.filename[len(source.prefix) :]] = (info.file_size, info.CRC)
+                for name in _TEXT_FILES:
+                    if name in self.files:
+                        self._texts[name] = handle.read(source.prefix + name)
         else:
             for directory, _, names in os.walk(source.path):
                 relative = os.path.relpath(directory, source.path).replace(os.sep, "/")
@@ -108,19 +114,25 @@ class _Listing:
     def read_text(self, relative: str) -> str:
         if relative not in self.files:
             raise DatasetError(f"Tiny-ImageNet file {relative} is missing from {self.source.describe()}")
-        if self.source.kind == "zip":
-            with zipfile.ZipFile(self.source.path) as handle:
-                data = handle.read(self.source.prefix + relative)
-        else:
-            data = (self.source.path / relative).read_bytes()
+        if relative not in self._texts:
+            self._texts[relative] = (self.source.path / relative).read_bytes()
+        data = self._texts[relative]
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
             raise DatasetError(f"Tiny-ImageNet file {relative} in {self.source.describe()} is not text") from None
 
     def images_under(self, folder: str) -> list[str]:
-        prefix = folder.rstrip("/") + "/"
-        return sorted(p for p in self.files if p.startswith(prefix) and p.lower().endswith(IMAGE_EXTENSIONS))
+        """Image files anywhere below ``folder``, sorted (files grouped once per folder depth: O(files))."""
+        depth = folder.rstrip("/").count("/") + 1
+        if depth not in self._by_folder:
+            groups: dict[str, list[str]] = {}
+            for path in self.files:
+                parts = path.split("/", depth)
+                if len(parts) > depth and path.lower().endswith(IMAGE_EXTENSIONS):
+                    groups.setdefault("/".join(parts[:depth]), []).append(path)
+            self._by_folder[depth] = {key: sorted(paths) for key, paths in groups.items()}
+        return self._by_folder[depth].get(folder.rstrip("/"), [])
 
 
 def _wnids(listing: _Listing) -> list[str]:
@@ -175,10 +187,26 @@ def tiny_imagenet_index(root: str | Path, split: str) -> list[tuple[str, int]]:
 
 
 # -------------------------------------------------------------------------------------------------- decoding
+_WORKER_ARCHIVES: dict[Path, zipfile.ZipFile] | None = None  # set in decoding worker processes only
+
+
+def _start_decoding_worker() -> None:
+    """Pool initializer: a worker keeps each zip open across its chunks (opening parses 120k directory entries)."""
+    global _WORKER_ARCHIVES
+    _WORKER_ARCHIVES = {}
+
+
 def _decode_chunk(source: TinySource, members: Sequence[str]) -> np.ndarray:
-    """(n, 3, 64, 64) uint8 from ``members``; runs in a worker process."""
+    """(n, 3, 64, 64) uint8 from ``members``; runs in a worker process or, for small jobs, in this one."""
     out = np.empty((len(members), 3, TINY_SIZE, TINY_SIZE), dtype=np.uint8)
-    archive = zipfile.ZipFile(source.path) if source.kind == "zip" else None
+    archive = None
+    if source.kind == "zip":
+        if _WORKER_ARCHIVES is None:
+            archive = zipfile.ZipFile(source.path)
+        elif source.path in _WORKER_ARCHIVES:
+            archive = _WORKER_ARCHIVES[source.path]
+        else:
+            archive = _WORKER_ARCHIVES[source.path] = zipfile.ZipFile(source.path)
     try:
         for i, member in enumerate(members):
             name = f"{source.describe()}/{member}"
@@ -196,7 +224,7 @@ def _decode_chunk(source: TinySource, members: Sequence[str]) -> np.ndarray:
                 raise DatasetError(f"image file {name} is {image.size[0]}x{image.size[1]}, expected 64x64")
             out[i] = np.asarray(image).transpose(2, 0, 1)
     finally:
-        if archive is not None:
+        if archive is not None and _WORKER_ARCHIVES is None:
             archive.close()
     return out
 
@@ -206,10 +234,12 @@ def decode_images(source: TinySource, members: Sequence[str], workers: int | Non
     workers = workers if workers is not None else (os.cpu_count() or 1)
     chunks = [members[i : i + _DECODE_CHUNK] for i in range(0, len(members), _DECODE_CHUNK)]
     if workers <= 1 or len(chunks) <= 1:
-        return np.concatenate([_decode_chunk(source, c) for c in chunks]) if chunks else _decode_chunk(source, [])
+        return _decode_chunk(source, members)
     # fork: the workers need neither torch nor a re-import, and start instantly.
     context = get_context("fork") if "fork" in _start_methods() else None
-    with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(chunks)), mp_context=context, initializer=_start_decoding_worker
+    ) as pool:
         return np.concatenate(list(pool.map(_decode_chunk, [source] * len(chunks), chunks)))
 
 
@@ -222,7 +252,7 @@ def _start_methods() -> list[str]:
 # ----------------------------------------------------------------------------------------------------- cache
 def _fingerprint(listing: _Listing, split: str, samples: list[tuple[str, int]]) -> str:
     sha = hashlib.sha256(f"{_CACHE_FORMAT}|{split}|{listing.source.kind}".encode())
-    for name in ("wnids.txt", "val/val_annotations.txt"):
+    for name in _TEXT_FILES:
         if name in listing.files:
             sha.update(listing.read_text(name).encode())
     for member, label in samples:

@@ -65,12 +65,13 @@ def test_grayscale_files_become_rgb(tiny_root: Path) -> None:
     assert grayscale.sum() == len(range(3, 80, 7))  # the writer stores every 7th training image as grayscale
 
 
-def test_parallel_decoding_equals_serial(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = find_tiny_imagenet(tiny_root)
-    members = [m for m, _ in tiny_imagenet_index(tiny_root, "train")]
-    serial = tiny.decode_images(source, members, workers=1)
+def test_parallel_decoding_equals_serial(tiny_root: Path, tiny_zip_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tiny, "_DECODE_CHUNK", 16)  # 5 chunks over 2 worker processes
-    assert np.array_equal(tiny.decode_images(source, members, workers=2), serial)
+    for root in (tiny_root, tiny_zip_root):
+        source = find_tiny_imagenet(root)
+        members = [m for m, _ in tiny_imagenet_index(root, "train")]
+        serial = tiny.decode_images(source, members, workers=1)
+        assert np.array_equal(tiny.decode_images(source, members, workers=2), serial), source.kind
 
 
 def test_decoded_split_is_cached_and_reused(
