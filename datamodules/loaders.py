@@ -20,10 +20,10 @@ from datamodules.errors import DatasetError
 __all__ = ["BatchAugmentation", "CropFlip", "RotateFlip", "InMemoryBatches", "epoch_generator"]
 
 
-def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator for ``(seed, epoch, stream)``; independent streams for independent draws."""
+def epoch_generator(seed: int, epoch: int, stream: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator for ``(seed, epoch, stream)`` on ``device``; independent streams for independent draws."""
     state = np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return torch.Generator(device=device).manual_seed(int(state))
 
 
 class BatchAugmentation(Protocol):
@@ -151,12 +151,17 @@ class InMemoryBatches:
         params = self.augment.draw(count, generator) if self.augment is not None else {}
         device = self.images.device
         order_on_device = order.to(device)
+        params = {key: value.to(device) for key, value in params.items()}
+        # Per-batch extras (CRD indices) are drawn where the labels live, from their own stream of the epoch.
+        extra_generator = epoch_generator(self.seed, epoch, 1, self.labels.device) if self.sample_extra else None
         for b in range(len(self)):
             positions = slice(b * self.batch_size, (b + 1) * self.batch_size)
             index = order_on_device[positions]
             batch = {"images": self.images[index], "labels": self.labels[index], "indices": index}
             for key, value in params.items():
-                batch[key] = value[positions].to(device)
+                batch[key] = value[positions]
             if self.sample_extra is not None:
-                batch.update({k: v.to(device) for k, v in self.sample_extra(order[positions], generator).items()})
+                assert extra_generator is not None
+                extra = self.sample_extra(index.to(self.labels.device), extra_generator)
+                batch.update({k: v.to(device) for k, v in extra.items()})
             yield batch
