@@ -225,12 +225,12 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
         """Augment (training batches carry their parameters), normalise, and shape for the network."""
         images = batch["images"]
+        if images.dtype != torch.uint8:  # not from our loaders' uint8 splits: already network input
+            return batch
         augment = self.train_augmentation()
         if augment is not None and augment.param_keys[0] in batch:
             images = augment.apply(images, batch)
-        if images.dtype == torch.uint8:
-            images = self.to_network_input(normalize(images, self.mean, self.std))
-        batch["images"] = images
+        batch["images"] = self.to_network_input(normalize(images, self.mean, self.std))
         return batch
 
 

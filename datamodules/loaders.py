@@ -30,8 +30,8 @@ class BatchAugmentation(Protocol):
     """A training augmentation split into a seeded draw of per-sample parameters and a batched application.
 
     ``draw`` runs once per epoch on the CPU generator (so the parameters never depend on the device);
-    ``apply`` runs on the batch's device after transfer, maps uint8 images to uint8 images of the same size and
-    removes its parameters from the batch.
+    ``apply`` runs on the batch's device after transfer, maps uint8 images to pixel values of the same size
+    (uint8, or float32 holding 0..255) and removes its parameters from the batch.
     """
 
     #: Batch keys of the parameters (their presence marks a batch to augment).
