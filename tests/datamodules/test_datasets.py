@@ -32,7 +32,7 @@ def _datamodule(name: str, root: Path, **kwargs: Any) -> KDDataModule:
     if name == "imagenet":
         kwargs.setdefault("num_workers", 0)
     kwargs.setdefault("batch_size", BATCH_SIZES[name])
-    return DATASETS[name](root=str(root), eval_batch_size=16, **kwargs)  # type: ignore[call-arg]
+    return DATASETS[name](root=str(root), eval_batch_size=250, **kwargs)  # type: ignore[call-arg]
 
 
 def test_registry_names() -> None:
