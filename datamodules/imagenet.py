@@ -102,14 +102,9 @@ def imagenet_samples(root: str | Path, split: str) -> tuple[list[tuple[str, int]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for one sample's augmentation in one epoch (splitmix64 of the three numbers)."""
-    value = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & (2**64 - 1)
-    value ^= value >> 30
-    value = (value * 0xBF58476D1CE4E5B9) & (2**64 - 1)
-    value ^= value >> 27
-    value = (value * 0x94D049BB133111EB) & (2**64 - 1)
-    value ^= value >> 31
-    return value >> 1
+    """A 63-bit seed for one sample's augmentation in one epoch (``SeedSequence`` of the three numbers, as the
+    in-memory loaders' epoch generators; ~20 us, nothing next to decoding a JPEG)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 class EpochKeys(Sampler[tuple[int, int]]):
@@ -132,9 +127,12 @@ class EpochKeys(Sampler[tuple[int, int]]):
         epoch = self.current_epoch()
         if epoch is None:
             epoch, self._own_epoch = self._own_epoch, self._own_epoch + 1
-        order = torch.randperm(self.count, generator=epoch_generator(self.seed, epoch)) if self.shuffle else None
-        for position in range(self.count):
-            yield epoch, int(order[position]) if order is not None else position
+        if self.shuffle:
+            order: list[int] | range = torch.randperm(self.count, generator=epoch_generator(self.seed, epoch)).tolist()
+        else:
+            order = range(self.count)
+        for index in order:
+            yield epoch, index
 
 
 class ImageFolderSamples(Dataset):
