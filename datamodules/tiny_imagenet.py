@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -75,6 +76,8 @@ def find_tiny_imagenet(root: str | Path) -> TinySource:
     for folder in (root / TINY_FOLDER, root):
         if (folder / "wnids.txt").is_file():
             return TinySource("folder", folder)
+    if (root / TINY_ZIP).is_file() and not zipfile.is_zipfile(root / TINY_ZIP):
+        raise DatasetError(f"{root / TINY_ZIP} is corrupt (not a readable zip archive); {_expected(root)}")
     for archive in (root / TINY_ZIP, root):
         if archive.is_file() and zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as handle:
@@ -291,7 +294,7 @@ def read_tiny_imagenet_split(
             cached = torch.load(cache, map_location="cpu", weights_only=True)
             if torch.equal(cached["labels"], labels) and cached["images"].shape == (len(samples), 3, 64, 64):
                 return cached["images"], labels
-        except (OSError, RuntimeError, KeyError, EOFError):
+        except (OSError, RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError):
             pass  # an unreadable cache is rebuilt below
     images = torch.from_numpy(decode_images(source, members, workers))
     if use_cache:

@@ -116,6 +116,19 @@ def test_bad_annotation_line_is_named(tiny_root: Path, tmp_path: Path) -> None:
         read_tiny_imagenet_split(copy, "val", use_cache=False)
 
 
+def test_truncated_zip_and_unreadable_cache(tiny_zip_root: Path, tmp_path: Path) -> None:
+    data = (tiny_zip_root / "tiny-imagenet-200.zip").read_bytes()
+    (tmp_path / "tiny-imagenet-200.zip").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=r"tiny-imagenet-200.zip is corrupt \(not a readable zip archive\)"):
+        read_tiny_imagenet_split(tmp_path, "val")
+    cache = tmp_path / "cache"
+    expected = read_tiny_imagenet_split(tiny_zip_root, "val", cache_dir=str(cache))
+    for path in cache.glob("val-*.pt"):
+        path.write_bytes(b"garbage")  # e.g. a disk that filled up: rebuilt, not fatal
+    again = read_tiny_imagenet_split(tiny_zip_root, "val", cache_dir=str(cache))
+    assert torch.equal(expected[0], again[0])
+
+
 def test_zip_without_tiny_imagenet_is_rejected(tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / "tiny-imagenet-200.zip", "w") as archive:
         archive.writestr("something/else.txt", "x")
