@@ -12,19 +12,34 @@ from __future__ import annotations
 
 import os
 from abc import ABCMeta, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from datamodules.augment import normalize, random_crop_flip
+from datamodules.augment import normalize
 from datamodules.contrast import ContrastSampler
 from datamodules.errors import DatasetError
-from datamodules.loaders import CropFlip, InMemoryBatches
+from datamodules.loaders import BatchAugmentation, CropFlip, InMemoryBatches
 
-__all__ = ["KDDataModule", "InMemoryDataModule"]
+__all__ = ["KDDataModule", "InMemoryDataModule", "CropFlipDataModule", "pipeline_settings"]
+
+
+def pipeline_settings(
+    dataset: str, pipelines: Mapping[str, Mapping[str, Any]], name: str, **explicit: Any
+) -> dict[str, Any]:
+    """The augmentation settings of reference pipeline ``name``, with every explicitly given (non-None) override.
+
+    Each datamodule lists the pipelines of the repositories it reproduces (``PIPELINES``); a config picks one by
+    name (``--data.pipeline letkd``) and may still override single settings (``--data.flip false``).
+    """
+    if name not in pipelines:
+        raise DatasetError(f"unknown {dataset} pipeline {name!r}; valid: {', '.join(pipelines)}")
+    settings = dict(pipelines[name])
+    settings.update({key: value for key, value in explicit.items() if value is not None})
+    return settings
 
 
 class KDDataModule(pl.LightningDataModule):
@@ -91,6 +106,9 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
         contrast_mode: CRD's positive: ``exact`` (the sample itself) or ``relax`` (a random same-class sample).
     """
 
+    #: CRD negatives with replacement (the reference ImageNet/Tiny samplers); None: only when the pool is too small.
+    contrast_replacement: bool | None = None
+
     def __init__(
         self,
         *args: Any,
@@ -110,8 +128,17 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
     def load_split(self, split: str) -> tuple[Tensor, Tensor]:
         """Return (N, C, H, W) uint8 images and (N,) int64 labels of ``split`` ('train' or 'test')."""
 
-    def train_augmentation(self) -> CropFlip | None:
+    def train_augmentation(self) -> BatchAugmentation | None:
+        """The training augmentation (drawn per epoch, applied after transfer); None: none."""
         return None
+
+    def to_network_input(self, images: Tensor) -> Tensor:
+        """Map normalised images to the input the networks take (default: unchanged)."""
+        return images
+
+    def eval_splits(self) -> tuple[str, str]:
+        """Names of the splits the validation and test loaders read (default: both the labelled test split)."""
+        return "test", "test"
 
     # ------------------------------------------------------------------------------------------------ splits
     def split(self, name: str) -> tuple[Tensor, Tensor]:
@@ -139,7 +166,8 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             self.load_split_checked("train")
-        self.load_split_checked("test")
+        for name in set(self.eval_splits()):
+            self.load_split_checked(name)
 
     def load_split_checked(self, name: str) -> None:
         if name not in self._splits:
@@ -151,14 +179,14 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
         *,
         batch_size: int,
         shuffle: bool,
-        augment: CropFlip | None,
+        augment: BatchAugmentation | None,
         drop_last: bool,
         contrast: bool = False,
     ) -> InMemoryBatches:
         images, labels = self.split(name)
         sampler = None
         if contrast and self.contrast_k > 0:
-            sampler = ContrastSampler(labels, self.contrast_k, self.contrast_mode)
+            sampler = ContrastSampler(labels, self.contrast_k, self.contrast_mode, self.contrast_replacement)
         return InMemoryBatches(
             images,
             labels,
@@ -182,10 +210,12 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
         )
 
     def val_dataloader(self) -> InMemoryBatches:
-        return self._batches("test", batch_size=self.eval_batch_size, shuffle=False, augment=None, drop_last=False)
+        name = self.eval_splits()[0]
+        return self._batches(name, batch_size=self.eval_batch_size, shuffle=False, augment=None, drop_last=False)
 
     def test_dataloader(self) -> InMemoryBatches:
-        return self.val_dataloader()
+        name = self.eval_splits()[1]
+        return self._batches(name, batch_size=self.eval_batch_size, shuffle=False, augment=None, drop_last=False)
 
     def train_eval_dataloader(self) -> InMemoryBatches:
         """A deterministic pass over the training split without augmentation (offline stages use it)."""
@@ -193,14 +223,39 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
 
     # ---------------------------------------------------------------------------------------- augmentation
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
+        """Augment (training batches carry their parameters), normalise, and shape for the network."""
         images = batch["images"]
-        if "crop_offsets" in batch:
-            augment = self.train_augmentation()
-            assert augment is not None
-            images = random_crop_flip(
-                images, batch.pop("crop_offsets"), batch.pop("flips"), augment.padding, augment.mode
-            )  # type: ignore[arg-type]
-        if images.dtype == torch.uint8:
-            images = normalize(images, self.mean, self.std)
-        batch["images"] = images
+        if images.dtype != torch.uint8:  # not from our loaders' uint8 splits: already network input
+            return batch
+        augment = self.train_augmentation()
+        if augment is not None and augment.param_keys[0] in batch:
+            images = augment.apply(images, batch)
+        batch["images"] = self.to_network_input(normalize(images, self.mean, self.std))
         return batch
+
+
+class CropFlipDataModule(InMemoryDataModule):
+    """An in-memory dataset trained with ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip`` (CIFAR-style).
+
+    Subclasses list their reference pipelines in ``PIPELINES`` (settings ``padding_mode``, ``crop_padding``,
+    ``flip``) and call :meth:`configure_crop_flip` from ``__init__``.
+    """
+
+    PIPELINES: dict[str, dict[str, Any]]
+
+    def configure_crop_flip(
+        self, pipeline: str, padding_mode: str | None, crop_padding: int | None, flip: bool | None
+    ) -> None:
+        settings = pipeline_settings(
+            self.dataset_name, self.PIPELINES, pipeline, padding_mode=padding_mode, crop_padding=crop_padding, flip=flip
+        )
+        self.pipeline = pipeline
+        self.padding_mode: str = settings["padding_mode"]
+        self.crop_padding: int = settings["crop_padding"]
+        self.flip: bool = settings["flip"]
+        self.train_augmentation()  # validates the settings now rather than at the first batch
+
+    def train_augmentation(self) -> BatchAugmentation | None:
+        if self.crop_padding == 0 and not self.flip:
+            return None
+        return CropFlip(padding=self.crop_padding, mode=self.padding_mode, flip=self.flip)

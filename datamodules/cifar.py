@@ -84,23 +84,24 @@ def download_cifar100(root: str | Path) -> None:
 # ------------------------------------------------------------------------------------------------ datamodule
 from typing import Literal  # noqa: E402
 
-from datamodules.base import InMemoryDataModule  # noqa: E402
-from datamodules.loaders import CropFlip  # noqa: E402
+from datamodules.base import CropFlipDataModule  # noqa: E402
 
 
-class CIFAR100(InMemoryDataModule):
+class CIFAR100(CropFlipDataModule):
     """CIFAR-100 (50,000 train / 10,000 test, 32x32, 100 classes), evaluated on the test split as every paper does.
 
     Training augmentation: ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip`` with zero padding (CRD,
     mdistiller, NORM, ND, KCD) or reflect padding (letKD); normalisation with the CIFAR-100 statistics that every
-    reference repository uses.
+    reference repository uses (ND's code also lists CIFAR-10's, for CIFAR-10 only).
 
     Args:
         root: folder containing ``cifar-100-python/``.
         download: fetch and unpack the official archive when the files are missing.
-        padding_mode: ``zero`` or ``reflect`` padding of the random crop.
-        crop_padding: pixels of padding of the random crop (0 disables cropping).
-        flip: random horizontal flips.
+        pipeline: the reference repository whose training augmentation to reproduce (see ``PIPELINES``):
+            ``crd``/``mdistiller``/``norm``/``nd``/``kcd`` zero-pad 4 + flip, ``letkd`` reflect-pad 4 + flip.
+        padding_mode: ``zero`` or ``reflect`` padding of the random crop (default: the pipeline's).
+        crop_padding: pixels of padding of the random crop, 0 disables cropping (default: the pipeline's).
+        flip: random horizontal flips (default: the pipeline's).
         batch_size: training batch size (64 in the CRD recipe, 128 in ND's).
         eval_batch_size: evaluation batch size.
         seed: seed of shuffling and augmentation (default: the run's seed).
@@ -116,13 +117,24 @@ class CIFAR100(InMemoryDataModule):
     mean = (0.5071, 0.4867, 0.4408)
     std = (0.2675, 0.2565, 0.2761)
 
+    #: Training augmentation of each reference repository (spec architectures-and-recipes.md §D.1).
+    PIPELINES = {
+        "crd": {"padding_mode": "zero", "crop_padding": 4, "flip": True},  # RepDistiller RandomCrop(32, 4)
+        "mdistiller": {"padding_mode": "zero", "crop_padding": 4, "flip": True},
+        "norm": {"padding_mode": "zero", "crop_padding": 4, "flip": True},
+        "nd": {"padding_mode": "zero", "crop_padding": 4, "flip": True},  # Pad(4) + RandomCrop(32): the same
+        "kcd": {"padding_mode": "zero", "crop_padding": 4, "flip": True},  # no code: the common CIFAR recipe
+        "letkd": {"padding_mode": "reflect", "crop_padding": 4, "flip": True},  # RandomCrop(..., 'reflect')
+    }
+
     def __init__(
         self,
         root: str = "data",
         download: bool = False,
-        padding_mode: Literal["zero", "reflect"] = "zero",
-        crop_padding: int = 4,
-        flip: bool = True,
+        pipeline: Literal["crd", "mdistiller", "norm", "nd", "kcd", "letkd"] = "crd",
+        padding_mode: Literal["zero", "reflect"] | None = None,
+        crop_padding: int | None = None,
+        flip: bool | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 500,
         seed: int | None = None,
@@ -142,9 +154,7 @@ class CIFAR100(InMemoryDataModule):
             contrast_mode=contrast_mode,
         )
         self.download = download
-        self.padding_mode = padding_mode
-        self.crop_padding = crop_padding
-        self.flip = flip
+        self.configure_crop_flip(pipeline, padding_mode, crop_padding, flip)
 
     @classmethod
     def is_available(cls, root: str) -> bool:
@@ -162,8 +172,3 @@ class CIFAR100(InMemoryDataModule):
 
     def load_split(self, split: str) -> tuple[Tensor, Tensor]:
         return read_cifar100_split(self.root, split)
-
-    def train_augmentation(self) -> CropFlip | None:
-        if self.crop_padding == 0 and not self.flip:
-            return None
-        return CropFlip(padding=self.crop_padding, mode=self.padding_mode, flip=self.flip)

@@ -8,18 +8,45 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["CropFlip", "InMemoryBatches", "epoch_generator"]
+from datamodules.augment import random_crop_flip, rotate_flip
+from datamodules.errors import DatasetError
+
+__all__ = ["BatchAugmentation", "CropFlip", "RotateFlip", "InMemoryBatches", "epoch_generator"]
 
 
-def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator for ``(seed, epoch, stream)``; independent streams for independent draws."""
+def epoch_generator(seed: int, epoch: int, stream: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator for ``(seed, epoch, stream)`` on ``device``; independent streams for independent draws."""
     state = np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return torch.Generator(device=device).manual_seed(int(state))
+
+
+class BatchAugmentation(Protocol):
+    """A training augmentation split into a seeded draw of per-sample parameters and a batched application.
+
+    ``draw`` runs once per epoch on the CPU generator (so the parameters never depend on the device);
+    ``apply`` runs on the batch's device after transfer, maps uint8 images to pixel values of the same size
+    (uint8, or float32 holding 0..255) and removes its parameters from the batch.
+    """
+
+    #: Batch keys of the parameters (their presence marks a batch to augment).
+    param_keys: tuple[str, ...]
+
+    def draw(self, count: int, generator: torch.Generator) -> dict[str, Tensor]: ...
+
+    def apply(self, images: Tensor, batch: dict[str, Tensor]) -> Tensor: ...
+
+
+def _draw_flips(count: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """``RandomHorizontalFlip(0.5)``: True with probability 1/2 (all False when flips are off)."""
+    if flip:
+        return torch.rand(count, generator=generator) < 0.5
+    return torch.zeros(count, dtype=torch.bool)
 
 
 @dataclass(frozen=True)
@@ -29,14 +56,46 @@ class CropFlip:
     padding: int = 4
     mode: str = "zero"
     flip: bool = True
+    param_keys = ("crop_offsets", "flips")
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("zero", "reflect"):
+            raise DatasetError(f"padding mode {self.mode!r} is not one of: zero, reflect")
+        if self.padding < 0:
+            raise DatasetError(f"crop padding must be >= 0 pixels, got {self.padding}")
 
     def draw(self, count: int, generator: torch.Generator) -> dict[str, Tensor]:
         offsets = torch.randint(0, 2 * self.padding + 1, (count, 2), generator=generator, dtype=torch.int16)
-        if self.flip:
-            flips = torch.rand(count, generator=generator) < 0.5
-        else:
-            flips = torch.zeros(count, dtype=torch.bool)
-        return {"crop_offsets": offsets, "flips": flips}
+        return {"crop_offsets": offsets, "flips": _draw_flips(count, self.flip, generator)}
+
+    def apply(self, images: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        offsets, flips = batch.pop("crop_offsets"), batch.pop("flips")
+        return random_crop_flip(images, offsets, flips, self.padding, self.mode)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RotateFlip:
+    """``RandomRotation(degrees)`` then ``RandomHorizontalFlip`` (mdistiller's and letKD's Tiny-ImageNet pipeline).
+
+    Angles are uniform in ``[-degrees, degrees]`` and float32, as ``RandomRotation.get_params`` draws them;
+    nearest interpolation, zero fill, rotation about the image centre, output the input's size.
+    """
+
+    degrees: float = 20.0
+    flip: bool = True
+    param_keys = ("rotation_angles", "flips")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.degrees <= 180:
+            raise DatasetError(f"rotation range must be within [0, 180] degrees, got {self.degrees}")
+
+    def draw(self, count: int, generator: torch.Generator) -> dict[str, Tensor]:
+        angles = torch.empty(count, dtype=torch.float32).uniform_(-self.degrees, self.degrees, generator=generator)
+        return {"rotation_angles": angles, "flips": _draw_flips(count, self.flip, generator)}
+
+    def apply(self, images: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        angles, flips = batch.pop("rotation_angles"), batch.pop("flips")
+        return rotate_flip(images, angles, flips if self.flip else None)
 
 
 class InMemoryBatches:
@@ -57,7 +116,7 @@ class InMemoryBatches:
         drop_last: bool,
         seed: int,
         current_epoch: Callable[[], int | None],
-        augment: CropFlip | None = None,
+        augment: BatchAugmentation | None = None,
         sample_extra: Callable[[Tensor, torch.Generator], dict[str, Tensor]] | None = None,
     ) -> None:
         if batch_size <= 0:
@@ -92,12 +151,17 @@ class InMemoryBatches:
         params = self.augment.draw(count, generator) if self.augment is not None else {}
         device = self.images.device
         order_on_device = order.to(device)
+        params = {key: value.to(device) for key, value in params.items()}
+        # Per-batch extras (CRD indices) are drawn where the labels live, from their own stream of the epoch.
+        extra_generator = epoch_generator(self.seed, epoch, 1, self.labels.device) if self.sample_extra else None
         for b in range(len(self)):
             positions = slice(b * self.batch_size, (b + 1) * self.batch_size)
             index = order_on_device[positions]
             batch = {"images": self.images[index], "labels": self.labels[index], "indices": index}
             for key, value in params.items():
-                batch[key] = value[positions].to(device)
+                batch[key] = value[positions]
             if self.sample_extra is not None:
-                batch.update({k: v.to(device) for k, v in self.sample_extra(order[positions], generator).items()})
+                assert extra_generator is not None
+                extra = self.sample_extra(index.to(self.labels.device), extra_generator)
+                batch.update({k: v.to(device) for k, v in extra.items()})
             yield batch

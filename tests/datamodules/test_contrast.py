@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scipy import stats
 
 from datamodules import CIFAR100
 from datamodules.contrast import ContrastSampler
@@ -40,3 +41,22 @@ def test_with_replacement_only_when_the_pool_is_too_small() -> None:
 def test_bad_mode_is_named() -> None:
     with pytest.raises(ValueError, match="'loose' is not one of: exact, relax"):
         ContrastSampler(torch.tensor([0, 1]), k=1, mode="loose")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("replacement", [False, True])
+def test_negatives_are_uniform_over_the_other_classes(replacement: bool) -> None:
+    labels = torch.arange(100) % 5  # pools of 80 other-class samples
+    sampler = ContrastSampler(labels, k=30, replacement=replacement)
+    draws = sampler(torch.zeros(2000, dtype=torch.long), torch.Generator().manual_seed(0))["contrast_indices"][:, 1:]
+    if not replacement:
+        assert all(len(set(row.tolist())) == 30 for row in draws[:50])
+    counts = torch.bincount(draws.flatten(), minlength=100)
+    assert (counts[labels == 0] == 0).all()
+    assert stats.chisquare(counts[labels != 0].numpy()).pvalue > 1e-3
+
+
+def test_too_many_distinct_negatives_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match="cannot draw 4 distinct negatives: the smallest pool of other-class samples is 3"
+    ):
+        ContrastSampler(torch.tensor([0, 0, 1, 1, 2]), k=4, replacement=False)

@@ -1,0 +1,345 @@
+"""ImageNet (ILSVRC-2012) in ``ImageFolder`` layout, decoded and augmented in DataLoader worker processes.
+
+Layout, as every reference repository reads it with ``torchvision.datasets.ImageFolder``::
+
+    <root>/imagenet/train/<wnid>/*.JPEG     1,281,167 images in 1000 class folders
+    <root>/imagenet/val/<wnid>/*.JPEG       50,000 images, 50 per class (sorted into folders by the valprep step)
+
+Class indices are the sorted wnid folder names (``ImageFolder.find_classes``), sample order ``make_dataset``'s.
+
+Pipelines (spec architectures-and-recipes.md §D.3): training ``RandomResizedCrop(224)`` + ``RandomHorizontalFlip``
+in every repository's code; NORM's paper text describes Resize(256) + RandomCrop(224) + flip instead
+(``pipeline='norm_paper'``).  Evaluation ``Resize(256)`` + ``CenterCrop(224)``.  Workers return uint8 tensors (a
+quarter of the bytes of float32 through the pinned-memory copy); normalisation with the ImageNet mean/std runs on
+the device in ``on_after_batch_transfer``.
+
+Reproducibility: the shuffling comes from a generator seeded with ``(seed, epoch)`` and every sample's random
+augmentation from a seed of ``(seed, epoch, index)``, so a (seed, epoch) pair gives the same batches whatever the
+number of workers.
+
+Loaders are built by a *backend* (``BACKENDS``): ``torchvision`` (PIL decode + torchvision transforms in worker
+processes) is the one provided; a DALI or FFCV backend only needs to yield the same batch dicts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms.functional import pil_to_tensor
+
+from datamodules.augment import normalize
+from datamodules.base import KDDataModule, pipeline_settings
+from datamodules.contrast import ContrastSampler
+from datamodules.errors import DatasetError
+from datamodules.images import IMAGE_EXTENSIONS, open_rgb
+from datamodules.loaders import epoch_generator
+
+__all__ = ["ImageNet", "BACKENDS", "ImageNetBackend", "find_imagenet", "imagenet_samples", "sample_seed"]
+
+IMAGENET_SIZES = {"train": 1_281_167, "val": 50_000}
+VALPREP_HINT = (
+    "sort the validation images into val/<wnid>/ class folders first, e.g. with the usual valprep.sh from "
+    "soumith/imagenetloader.torch, or torchvision.datasets.ImageNet(root, split='val'), which does it from the devkit"
+)
+
+
+def find_imagenet(root: str | Path) -> Path:
+    """The folder holding ``train/`` and ``val/``: ``<root>/imagenet``, ``<root>/ILSVRC2012`` or ``root`` itself."""
+    root = Path(root)
+    for folder in (root / "imagenet", root / "ILSVRC2012", root):
+        if (folder / "train").is_dir() and (folder / "val").is_dir():
+            return folder
+    raise DatasetError(
+        f"ImageNet not found: expected train/<wnid>/*.JPEG and val/<wnid>/*.JPEG class folders in {root / 'imagenet'} "
+        f"(or {root / 'ILSVRC2012'}, or {root}), as torchvision's ImageFolder reads them"
+    )
+
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+
+
+def imagenet_samples(root: str | Path, split: str) -> tuple[list[tuple[str, int]], list[str]]:
+    """(path, class index) of every image of ``split`` ('train' or 'val') in ImageFolder order, and the class names.
+
+    Both splits use the training split's classes, so an index means the same class in both.
+    """
+    from torchvision.datasets.folder import make_dataset
+
+    if split not in ("train", "val"):
+        raise DatasetError(f"unknown ImageNet split {split!r}; valid: train, val")
+    folder = find_imagenet(root)
+    classes = _class_folders(folder / "train")
+    if not classes:
+        raise DatasetError(f"ImageNet train split {folder / 'train'} has no class folders (expected train/<wnid>/)")
+    target = folder / split
+    if split == "val":
+        val_classes = _class_folders(target)
+        flat = [e.name for e in os.scandir(target) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)]
+        if flat and not val_classes:
+            raise DatasetError(
+                f"ImageNet val split {target} is flat ({len(flat)} images, no class folders): {VALPREP_HINT}"
+            )
+        if val_classes != classes:
+            unknown = sorted(set(val_classes) - set(classes))[:3]
+            absent = sorted(set(classes) - set(val_classes))[:3]
+            raise DatasetError(
+                f"ImageNet val class folders in {target} differ from train's: not in train {unknown}, "
+                f"missing {absent} ({len(val_classes)} vs {len(classes)} folders)"
+            )
+    try:
+        samples = make_dataset(str(target), {c: i for i, c in enumerate(classes)}, extensions=IMAGE_EXTENSIONS)
+    except FileNotFoundError as error:
+        raise DatasetError(f"ImageNet {split} split in {target} is incomplete: {error}") from None
+    return samples, classes
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample's augmentation in one epoch (``SeedSequence`` of the three numbers, as the
+    in-memory loaders' epoch generators; ~20 us, nothing next to decoding a JPEG)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class EpochKeys(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)`` keys: a ``(seed, epoch)``-seeded permutation, or the identity order.
+
+    The epoch travels with each key, so augmentation in (persistent) worker processes knows the epoch.
+    """
+
+    def __init__(self, count: int, shuffle: bool, seed: int, current_epoch: Callable[[], int | None]) -> None:
+        self.count = count
+        self.shuffle = shuffle
+        self.seed = seed
+        self.current_epoch = current_epoch
+        self._own_epoch = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.current_epoch()
+        if epoch is None:
+            epoch, self._own_epoch = self._own_epoch, self._own_epoch + 1
+        if self.shuffle:
+            order: list[int] | range = torch.randperm(self.count, generator=epoch_generator(self.seed, epoch)).tolist()
+        else:
+            order = range(self.count)
+        for index in order:
+            yield epoch, index
+
+
+class ImageFolderSamples(Dataset):
+    """Decodes and transforms one sample per ``(epoch, index)`` key: uint8 image, label, index[, CRD indices]."""
+
+    def __init__(
+        self,
+        samples: list[tuple[str, int]],
+        transform: Callable[[Any], Any] | None,
+        seed: int,
+        contrast: ContrastSampler | None = None,
+    ) -> None:
+        self.paths = np.array([path for path, _ in samples])  # one numpy array: no per-item refcount copy-on-write
+        self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        self.transform = transform
+        self.seed = seed
+        self.contrast = contrast
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Tensor]:
+        epoch, index = key
+        image = open_rgb(str(self.paths[index]))
+        seed = sample_seed(self.seed, epoch, index)
+        if self.transform is not None:
+            with torch.random.fork_rng(devices=[]):  # the transforms draw from the global generator
+                torch.manual_seed(seed)
+                image = self.transform(image)
+        item = {"images": pil_to_tensor(image), "labels": self.labels[index], "indices": torch.tensor(index)}
+        if self.contrast is not None:
+            generator = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)
+            item["contrast_indices"] = self.contrast(torch.tensor([index]), generator)["contrast_indices"][0]
+        return item
+
+
+class ImageNetBackend(Protocol):
+    """Builds the loaders of one split; each batch is a dict with uint8 ``images`` (B, 3, 224, 224), ``labels``,
+    ``indices`` and, when asked, ``contrast_indices``; normalisation happens after transfer."""
+
+    def __init__(self, datamodule: ImageNet) -> None: ...
+
+    def loader(self, split: str, *, train: bool, shuffle: bool, batch_size: int, drop_last: bool) -> Any: ...
+
+    def num_samples(self, split: str) -> int: ...
+
+
+class TorchvisionBackend:
+    """PIL decoding and torchvision transforms in ``num_workers`` DataLoader processes."""
+
+    def __init__(self, datamodule: ImageNet) -> None:
+        self.datamodule = datamodule
+        self._samples: dict[str, list[tuple[str, int]]] = {}
+
+    def samples(self, split: str) -> list[tuple[str, int]]:
+        if split not in self._samples:
+            self._samples[split] = imagenet_samples(self.datamodule.root, split)[0]
+        return self._samples[split]
+
+    def num_samples(self, split: str) -> int:
+        return len(self.samples(split))
+
+    def transform(self, train: bool) -> Callable[[Any], Any]:
+        from torchvision import transforms as T
+
+        dm = self.datamodule
+        if not train:
+            return T.Compose([T.Resize(dm.resize_size), T.CenterCrop(dm.crop_size)])
+        steps: list[Any] = []
+        if dm.train_crop == "random_resized":
+            steps.append(T.RandomResizedCrop(dm.crop_size))
+        else:
+            steps += [T.Resize(dm.resize_size), T.RandomCrop(dm.crop_size)]
+        if dm.flip:
+            steps.append(T.RandomHorizontalFlip())
+        return T.Compose(steps)
+
+    def loader(self, split: str, *, train: bool, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
+        dm = self.datamodule
+        samples = self.samples(split)
+        contrast = None
+        if train and dm.contrast_k > 0:
+            labels = torch.tensor([label for _, label in samples])
+            contrast = ContrastSampler(labels, dm.contrast_k, dm.contrast_mode, replacement=True)
+        dataset = ImageFolderSamples(samples, self.transform(train), dm.seed, contrast)
+        workers = dm.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=EpochKeys(len(samples), shuffle, dm.seed, dm._current_epoch),
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=drop_last,
+            persistent_workers=workers > 0 and train,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+
+#: Loader backends by name (``--data.backend``).
+BACKENDS: dict[str, type[ImageNetBackend]] = {"torchvision": TorchvisionBackend}
+
+
+class ImageNet(KDDataModule):
+    """ImageNet ILSVRC-2012 (1000 classes), evaluated on the 50,000 val images as every paper does.
+
+    Args:
+        root: folder holding ``imagenet/`` (or ``ILSVRC2012/``) with ``train/`` and ``val/`` class folders.
+        pipeline: ``torchvision`` (RandomResizedCrop(224) + flip; the code of every reference repository) or
+            ``norm_paper`` (Resize(256) + RandomCrop(224) + flip, as NORM's paper text describes).
+        flip: random horizontal flips (default: the pipeline's).
+        backend: loader implementation (see ``BACKENDS``).
+        num_workers: decoding worker processes (default: the machine's cores, at most 8).
+        batch_size: training batch size.
+        eval_batch_size: evaluation batch size.
+        seed: seed of shuffling and augmentation (default: the run's seed).
+        drop_last: drop the last incomplete training batch.
+        contrast_k: CRD negatives per sample, drawn with replacement as the reference ImageNet sampler does
+            (0: no contrast indices in the batches).
+        contrast_mode: CRD positive: ``exact`` or ``relax``.
+    """
+
+    dataset_name = "imagenet"
+    num_classes = 1000
+    train_size = IMAGENET_SIZES["train"]
+    mean = (0.485, 0.456, 0.406)
+    std = (0.229, 0.224, 0.225)
+    crop_size = 224
+    resize_size = 256
+
+    PIPELINES = {
+        "torchvision": {"train_crop": "random_resized", "flip": True},
+        "norm_paper": {"train_crop": "resize_random", "flip": True},
+    }
+
+    def __init__(
+        self,
+        root: str = "data",
+        pipeline: Literal["torchvision", "norm_paper"] = "torchvision",
+        flip: bool | None = None,
+        backend: str = "torchvision",
+        num_workers: int | None = None,
+        batch_size: int = 256,
+        eval_batch_size: int = 250,
+        seed: int | None = None,
+        drop_last: bool = False,
+        contrast_k: int = 0,
+        contrast_mode: Literal["exact", "relax"] = "exact",
+    ) -> None:
+        super().__init__(root, batch_size, eval_batch_size, seed, drop_last)
+        settings = pipeline_settings(self.dataset_name, self.PIPELINES, pipeline, flip=flip)
+        self.pipeline = pipeline
+        self.train_crop: str = settings["train_crop"]
+        self.flip: bool = settings["flip"]
+        if backend not in BACKENDS:
+            raise DatasetError(f"unknown ImageNet backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        if contrast_mode not in ("exact", "relax"):
+            raise DatasetError(f"contrast mode {contrast_mode!r} is not one of: exact, relax")
+        self.backend_name = backend
+        self.backend: ImageNetBackend = BACKENDS[backend](self)
+        self.num_workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
+        self.contrast_k = contrast_k
+        self.contrast_mode = contrast_mode
+
+    @classmethod
+    def is_available(cls, root: str) -> bool:
+        """Whether train and val both hold the 1000 class folders (files are not counted: that takes minutes)."""
+        try:
+            folder = find_imagenet(root)
+        except DatasetError:
+            return False
+        return all(len(_class_folders(folder / split)) == 1000 for split in ("train", "val"))
+
+    @classmethod
+    def write_fixture(cls, root: str) -> None:
+        from datamodules.synthetic import write_imagenet
+
+        write_imagenet(root)
+
+    @property
+    def num_train_samples(self) -> int:
+        """Images in the training split (CRD's memory bank is sized with it)."""
+        return self.backend.num_samples("train")
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.backend.num_samples("train")
+        self.backend.num_samples("val")
+
+    def train_dataloader(self) -> Any:
+        return self.backend.loader(
+            "train", train=True, shuffle=True, batch_size=self.batch_size, drop_last=self.drop_last
+        )
+
+    def val_dataloader(self) -> Any:
+        return self.backend.loader("val", train=False, shuffle=False, batch_size=self.eval_batch_size, drop_last=False)
+
+    def test_dataloader(self) -> Any:
+        return self.val_dataloader()
+
+    def train_eval_dataloader(self) -> Any:
+        """A deterministic pass over the training split with the evaluation transform (offline stages use it)."""
+        return self.backend.loader(
+            "train", train=False, shuffle=False, batch_size=self.eval_batch_size, drop_last=False
+        )
+
+    def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
+        """uint8 -> normalised float32 on the device."""
+        if batch["images"].dtype == torch.uint8:
+            batch["images"] = normalize(batch["images"], self.mean, self.std)
+        return batch
