@@ -9,8 +9,6 @@ free), and MACs = FLOPs / 2.
 
 from __future__ import annotations
 
-from functools import cache
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -22,7 +20,6 @@ __all__ = [
     "count_macs",
     "count_parameters",
     "default_num_classes",
-    "macs_per_image",
     "meta_model",
 ]
 
@@ -60,9 +57,3 @@ def count_macs(model: KDNet) -> int:
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
-
-
-@cache
-def macs_per_image(arch: str, num_classes: int = 100) -> float:
-    """Conv + linear MACs for one image of ``arch`` at its native input size (computed on the meta device)."""
-    return float(count_macs(meta_model(arch, num_classes)))
