@@ -200,3 +200,29 @@ def test_fixed_pools_refuse_another_input_size(name: str) -> None:
     wrong = 2 * network.input_size
     with pytest.raises(ValueError, match=f"{network.input_size}x{network.input_size}"):
         network(torch.zeros(1, 3, wrong, wrong))
+
+
+def test_vgg_built_for_64_pixels_max_pools_before_block4() -> None:
+    # RepDistiller applies pool3 only to 64-pixel inputs: blocks 3 and 4 then run at 8x8 and 4x4.
+    from models.cifar.vgg import VGG
+
+    with torch.device("meta"):
+        network = VGG("S", num_classes=200, input_size=64).eval()
+        out = network.forward_features(torch.zeros(1, 3, 64, 64))
+    assert [tuple(t.shape[1:]) for t in out.stages_post] == [(128, 32, 32), (256, 16, 16), (512, 8, 8), (512, 4, 4)]
+    assert [s.chw for s in network.stage_shapes] == [tuple(t.shape[1:]) for t in out.stages_post]
+
+
+@pytest.mark.parametrize("name", ["wrn_16_1", "MobileNetV2", "vgg8", "resnet18", "mobilenetv1"])
+def test_deepcopy_keeps_stages_on_the_copied_modules(name: str) -> None:
+    # Stages are unregistered containers over registered modules; a copy (e.g. an EMA or a frozen teacher) must
+    # run its own parameters.
+    import copy
+
+    network = meta_model(name)
+    clone = copy.deepcopy(network)
+    registered = {id(m) for m in clone.modules()}
+    for stage in clone.stages:
+        for module in stage.modules():
+            if any(True for _ in module.parameters(recurse=False)):
+                assert id(module) in registered
