@@ -7,6 +7,13 @@ Formats recognised (in this order):
 * RepDistiller / mdistiller releases: ``{"model": state_dict, "epoch", "accuracy", ...}``;
 * a bare state dict (torchvision weights).
 
+Reference checkpoints are mapped onto kdbench's module names before loading (:func:`map_reference_keys`).  Our
+networks register their modules under the reference names, so the mapping is small and explicit: a DataParallel
+``module.`` prefix is dropped; ND's WRN names its final BatchNorm ``bn`` instead of RepDistiller's ``bn1``; a 1x1-conv
+classifier weight (K, D, 1, 1) (mdistiller's Tiny-ImageNet MobileNetV2) fills the equivalent Linear's (K, D);
+BatchNorm ``num_batches_tracked`` counters missing from checkpoints written before PyTorch 0.4.1 are set to 0 (they
+only matter with ``momentum=None``, which no network here uses).
+
 A checkpoint that does not fit the requested architecture raises :class:`CheckpointMismatchError` naming both
 the requested architecture and the one the checkpoint was saved from (read from its metadata, or identified by
 matching its keys and shapes against every registered network).
@@ -16,12 +23,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from models.contract import KDNet
+from models.profile import meta_model
 from models.registry import create_model, list_models, model_entry
 
 __all__ = [
@@ -32,6 +41,7 @@ __all__ = [
     "export_network",
     "file_digest",
     "identify_architecture",
+    "map_reference_keys",
 ]
 
 
@@ -80,17 +90,68 @@ def _signature(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
+# (prefix in a reference checkpoint, prefix of our module) for names that differ between code bases.
+_REFERENCE_RENAMES = [
+    ("bn.", "bn1."),  # ND's WRN (CIFAR/*/models/wrn_cifar.py) calls the final BatchNorm `bn`; RepDistiller `bn1`.
+]
+
+
+def map_reference_keys(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    """Rename/reshape a reference checkpoint's entries onto the keys and shapes in ``expected`` (see module doc).
+
+    Only entries that do not already fit are touched, so a state dict in kdbench's own layout passes unchanged;
+    whatever still does not fit is left for the caller's mismatch check.
+    """
+    mapped = dict(state)
+    if mapped and all(k.startswith("module.") for k in mapped) and not any(k.startswith("module.") for k in expected):
+        mapped = {k[len("module.") :]: v for k, v in mapped.items()}
+    for key in [k for k in mapped if k not in expected]:
+        for old, new in _REFERENCE_RENAMES:
+            renamed = new + key[len(old) :]
+            if key.startswith(old) and renamed in expected and renamed not in mapped:
+                mapped[renamed] = mapped.pop(key)
+                break
+    for key, value in mapped.items():
+        shape = expected.get(key)
+        if shape is not None and tuple(value.shape) != shape and tuple(value.shape) == (*shape, 1, 1):
+            mapped[key] = value.reshape(shape)
+    for key, shape in expected.items():
+        if key.endswith(".num_batches_tracked") and key not in mapped and shape == ():
+            mapped[key] = torch.zeros((), dtype=torch.long)
+    return mapped
+
+
 def identify_architecture(state: Mapping[str, torch.Tensor], num_classes: int, family: str | None = None) -> str | None:
-    """The registered network whose parameters and buffers match ``state`` key for key and shape for shape."""
-    wanted = _signature(state)
+    """The registered network whose parameters and buffers match ``state`` key for key and shape for shape
+    (after :func:`map_reference_keys`).  Candidates are built on the meta device, so this is cheap."""
     for name in list_models(family):
-        try:
-            candidate = create_model(name, num_classes)
-        except Exception:
-            continue
-        if _signature(candidate.state_dict()) == wanted:
+        candidate = _meta_signature(name, num_classes)
+        if candidate is not None and _signature(map_reference_keys(state, candidate)) == candidate:
             return name
     return None
+
+
+@cache
+def _meta_signature(name: str, num_classes: int) -> dict[str, tuple[int, ...]] | None:
+    try:
+        return _signature(meta_model(name, num_classes).state_dict())
+    except Exception:  # a network that cannot be built with this class count is simply not a candidate
+        return None
+
+
+def _difference(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]) -> str:
+    """A short account of how ``state`` differs from ``expected`` (first few keys of each kind)."""
+    missing = sorted(set(expected) - set(state))[:3]
+    unexpected = sorted(set(state) - set(expected))[:3]
+    reshaped = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]][:2]
+    parts = [f"e.g. missing keys: {', '.join(missing) or 'none'}"]
+    if unexpected:
+        parts.append(f"unexpected keys: {', '.join(unexpected)}")
+    if reshaped:
+        parts.append("shapes: " + ", ".join(f"{k} {tuple(state[k].shape)} instead of {expected[k]}" for k in reshaped))
+    return "; ".join(parts)
 
 
 def load_network(arch: str, num_classes: int, path: str | Path) -> KDNet:
@@ -100,15 +161,13 @@ def load_network(arch: str, num_classes: int, path: str | Path) -> KDNet:
     if saved_arch is not None and saved_arch != arch:
         raise CheckpointMismatchError(f"checkpoint {path} holds a {saved_arch}, but the teacher architecture is {arch}")
     expected = _signature(network.state_dict())
-    if _signature(state) != expected:
+    mapped = map_reference_keys(state, expected)
+    if _signature(mapped) != expected:
         found = saved_arch or identify_architecture(state, num_classes, model_entry(arch).dataset)
         if found is None:
             found = "an unrecognised network"
-        missing = sorted(set(expected) - set(state))[:3]
-        raise CheckpointMismatchError(
-            f"checkpoint {path} holds {found}, not {arch} (e.g. missing keys: {', '.join(missing) or 'none'})"
-        )
-    network.load_state_dict(state)
+        raise CheckpointMismatchError(f"checkpoint {path} holds {found}, not {arch} ({_difference(mapped, expected)})")
+    network.load_state_dict(mapped)
     return network
 
 

@@ -55,3 +55,5 @@ def create_model(name: str, num_classes: int) -> KDNet:
 def _load_all() -> None:
     # Importing the families registers their networks; done lazily so that `models.registry` has no import cycle.
     import models.cifar  # noqa: F401
+    import models.imagenet  # noqa: F401
+    import models.tiny_imagenet  # noqa: F401

@@ -8,6 +8,9 @@ PyTorch-default Linear.  Module names equal RepDistiller's (``conv1``, ``bn1``, 
 
 Contract: ``stages_pre[i]`` is the residual sum of the stage's last block before its ReLU (RepDistiller's
 ``preact=True`` feature), ``stages_post[i] = relu(stages_pre[i])``.
+
+Tiny-ImageNet (spec §C): letKD's ``resnet_tinyimagenet.py`` keeps every layer and only widens the fixed pool to
+AvgPool2d(16) for 64x64 inputs; ``input_size=64`` builds exactly that.
 """
 
 from __future__ import annotations
@@ -16,48 +19,19 @@ import torch
 from torch import Tensor, nn
 
 from models.contract import FeatureShape, KDNet
+from models.layers import BasicBlock, fixed_pool, halving_shapes, kaiming_init, residual_stage
 from models.registry import register_model
 
 __all__ = ["BasicBlock", "CifarResNet"]
 
 
-def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
-
-
-class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN + shortcut, then ReLU unless this block ends its stage.
-
-    The last block of a stage returns the pre-ReLU sum; the network applies the stage's ReLU so that both the
-    pre- and post-activation tensors are available without storing state on the module.
-    """
-
-    def __init__(self, in_channels: int, channels: int, stride: int, final_relu: bool) -> None:
-        super().__init__()
-        self.conv1 = _conv3x3(in_channels, channels, stride)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = _conv3x3(channels, channels)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, channels, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(channels),
-            )
-        self.final_relu = final_relu
-
-    def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out)) + shortcut
-        return torch.relu(out) if self.final_relu else out
-
-
 class CifarResNet(KDNet):
-    """ResNet-(6n+2) for 32x32 inputs; ``widths`` = [stem, stage1, stage2, stage3]."""
+    """ResNet-(6n+2) for 32x32 (or, with ``input_size=64``, Tiny-ImageNet) inputs;
+    ``widths`` = [stem, stage1, stage2, stage3]."""
 
-    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int = 100) -> None:
+    def __init__(
+        self, depth: int, widths: tuple[int, int, int, int], num_classes: int = 100, input_size: int = 32
+    ) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...), got {depth}")
@@ -68,34 +42,21 @@ class CifarResNet(KDNet):
         in_channels = widths[0]
         layers = []
         for channels, stride in zip(widths[1:], (1, 2, 2)):
-            blocks = []
-            for b in range(blocks_per_stage):
-                last = b == blocks_per_stage - 1
-                blocks.append(BasicBlock(in_channels, channels, stride if b == 0 else 1, final_relu=not last))
-                in_channels = channels
-            layers.append(nn.Sequential(*blocks))
+            stage, in_channels = residual_stage(BasicBlock, in_channels, channels, blocks_per_stage, stride)
+            layers.append(stage)
         self.layer1, self.layer2, self.layer3 = layers
-        # The reference head is a fixed AvgPool2d(8): it assumes 32x32 inputs.  We keep the fixed pool so that a
-        # wrong input size fails loudly instead of silently changing the network (spec §G.14).
-        self.avgpool = nn.AvgPool2d(8)
+        # The reference head is a fixed AvgPool2d(8) (AvgPool2d(16) in letKD's Tiny-ImageNet copy).  We keep the
+        # fixed pool so that a wrong input size fails loudly instead of silently changing the network (§G.14).
+        self.avgpool = nn.AvgPool2d(input_size // 4)
         self.fc = nn.Linear(widths[3], num_classes)
-
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        kaiming_init(self)
 
         self.stages = [self.layer1, self.layer2, self.layer3]
         self.stage_activations = [torch.relu] * 3
-        self.input_size = 32
-        self.stem_shape = FeatureShape(widths[0], 32, 32)
-        self.stage_shapes = [
-            FeatureShape(widths[1], 32, 32),
-            FeatureShape(widths[2], 16, 16),
-            FeatureShape(widths[3], 8, 8),
-        ]
+        self.input_size = input_size
+        s = input_size
+        self.stem_shape = FeatureShape(widths[0], s, s)
+        self.stage_shapes = halving_shapes(widths[1:], s)
         self.final_shape = self.stage_shapes[-1]
 
     @property
@@ -106,16 +67,10 @@ class CifarResNet(KDNet):
         return self.relu(self.bn1(self.conv1(x)))
 
     def pool(self, final_map: Tensor) -> Tensor:
-        pooled = self.avgpool(final_map)
-        if pooled.shape[-1] != 1 or pooled.shape[-2] != 1:
-            raise ValueError(
-                f"{type(self).__name__} expects 32x32 inputs (its head is a fixed AvgPool2d(8)); "
-                f"the last stage map is {tuple(final_map.shape[-2:])}"
-            )
-        return torch.flatten(pooled, 1)
+        return fixed_pool(self.avgpool, final_map, type(self).__name__, self.input_size)
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
-        return [stage[-1].bn2 for stage in self.stages]
+        return [stage[-1].last_bn for stage in self.stages]
 
 
 _PLAIN = (16, 16, 32, 64)
@@ -127,5 +82,6 @@ for _depth in (8, 14, 20, 32, 44, 56, 110):
     )
 register_model("resnet8x4", dataset="cifar")(lambda num_classes=100: CifarResNet(8, _WIDE, num_classes))
 register_model("resnet32x4", dataset="cifar")(lambda num_classes=100: CifarResNet(32, _WIDE, num_classes))
-# KCD's "ResNet20 with the number of channels reduced by half": every width halved, stem included (spec §A.2).
+# KCD's "ResNet20 with the number of channels reduced by half": every width halved, stem included (spec §A.2,
+# §G.13; KCD released no code, so the halved stem is our reading).
 register_model("resnet20_half", dataset="cifar")(lambda num_classes=100: CifarResNet(20, (8, 8, 16, 32), num_classes))
