@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from datamodules.errors import DatasetError
 from kd_modules import UnknownMethodError
+from kd_modules.errors import MethodConfigError
 from models import UnknownModelError
 from models.checkpoints import CheckpointError
 
@@ -24,6 +25,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError,
     UnknownModelError,
     UnknownMethodError,
+    MethodConfigError,
 )
 
 
