@@ -34,7 +34,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 def test_scores_z_freezing_and_momentum_update() -> None:
     torch.manual_seed(0)
-    memory = ContrastMemory(feat_dim=4, temperature=0.5, momentum=0.5)
+    memory = ContrastMemory(feat_dim=4, temperature=0.5, momentum=0.3)
     memory.allocate(6)
     bank_s, bank_t = memory.memory_student.clone(), memory.memory_teacher.clone()
     bound = 1 / math.sqrt(4 / 3)
@@ -53,10 +53,10 @@ def test_scores_z_freezing_and_momentum_update() -> None:
     assert memory.z_teacher.item() == pytest.approx(z_t, rel=1e-5)
     assert torch.allclose(scores_s, raw_s / z_s, rtol=1e-5) and torch.allclose(scores_t, raw_t / z_t, rtol=1e-5)
 
-    # momentum 0.5 at the batch's own indices, re-normalised; every other row untouched
+    # momentum 0.3 at the batch's own indices, re-normalised; every other row untouched
     for b, i in enumerate(indices.tolist()):
-        expected_s = 0.5 * bank_s[i] + 0.5 * v_s[b]
-        expected_t = 0.5 * bank_t[i] + 0.5 * v_t[b]
+        expected_s = 0.3 * bank_s[i] + 0.7 * v_s[b]
+        expected_t = 0.3 * bank_t[i] + 0.7 * v_t[b]
         assert torch.allclose(memory.memory_student[i], expected_s / expected_s.norm(), atol=1e-6)
         assert torch.allclose(memory.memory_teacher[i], expected_t / expected_t.norm(), atol=1e-6)
     for i in (0, 2, 3, 5):
