@@ -24,7 +24,8 @@ class KDSVD(FeatureDistillation):
       weight 1.
 
     Singular-vector signs are implementation-defined, so values can differ across SVD backends (the teacher's
-    sign is never corrected, as in both references).
+    sign is never corrected, as in both references).  ``torch.linalg.svd`` synchronises a CUDA device with the
+    host (its convergence check), the one host sync of this method — the references' ``torch.svd`` does the same.
 
     Args:
         student: network name.

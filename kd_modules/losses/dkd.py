@@ -21,7 +21,8 @@ def _binary(probabilities: Tensor, target_mask: Tensor) -> Tensor:
 
 
 def _target_mask(logits: Tensor, labels: Tensor) -> Tensor:
-    return F.one_hot(labels, logits.shape[1]).bool()
+    # scatter (mdistiller's way) rather than F.one_hot, which validates the labels on the host on CPU
+    return torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels.reshape(-1, 1), True)
 
 
 def tckd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 4.0) -> Tensor:
