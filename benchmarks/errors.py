@@ -8,8 +8,7 @@ from collections.abc import Iterator
 
 from datamodules.errors import DatasetError
 from kd_modules import UnknownMethodError
-from kd_modules.base import MethodArgumentError
-from kd_modules.norm import NORMConfigError
+from kd_modules.errors import MethodConfigError
 from models import UnknownModelError
 from models.checkpoints import CheckpointError
 
@@ -26,8 +25,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError,
     UnknownModelError,
     UnknownMethodError,
-    MethodArgumentError,
-    NORMConfigError,
+    MethodConfigError,
 )
 
 

@@ -29,19 +29,16 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from kd_modules.errors import MethodConfigError
 from models import FeatureOutput, KDNet, create_model
 from models.checkpoints import CheckpointError, load_network
 
-__all__ = ["OptimConfig", "TeacherConfig", "DistillationModule", "MethodArgumentError"]
+__all__ = ["OptimConfig", "TeacherConfig", "DistillationModule", "MethodConfigError"]
 
 # The frozen teacher is in eval mode on purpose; Lightning warns about any eval-mode module at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 Batch = dict[str, Tensor]
-
-
-class MethodArgumentError(ValueError):
-    """A method argument with an invalid value or combination; the message names it and what is valid."""
 
 
 @dataclass(frozen=True)

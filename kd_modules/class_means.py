@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.errors import DatasetError
-from kd_modules.base import MethodArgumentError
+from kd_modules.errors import MethodConfigError
 from kd_modules.offline import data_fingerprint, load_or_compute, progress, teacher_digest
 from models import FeatureOutput, KDNet
 
@@ -64,9 +64,7 @@ def tap_channels(network: KDNet, tap: str) -> int:
         return network.stem_shape.channels
     if tap.startswith("stage") and tap[5:].isdigit() and 1 <= int(tap[5:]) <= network.num_stages:
         return network.stage_shapes[int(tap[5:]) - 1].channels
-    raise MethodArgumentError(
-        f"unknown tap {tap!r} for {type(network).__name__}; valid: {', '.join(tap_names(network))}"
-    )
+    raise MethodConfigError(f"unknown tap {tap!r} for {type(network).__name__}; valid: {', '.join(tap_names(network))}")
 
 
 def pooled_tap(features: FeatureOutput, tap: str) -> Tensor:
@@ -126,7 +124,7 @@ def class_tap_means(
 
 def _training_split(datamodule: Any) -> tuple[Tensor, Tensor]:
     if not hasattr(datamodule, "split"):
-        raise MethodArgumentError(
+        raise MethodConfigError(
             f"teacher class means need a datamodule holding its training split in memory "
             f"(an InMemoryDataModule); {type(datamodule).__name__} is not one"
         )
@@ -168,7 +166,7 @@ def teacher_class_means(
     Returns ``{tap: (num_classes, C) float32}`` for every tap of :func:`tap_names` plus ``counts``.
     """
     if transform not in TRANSFORMS:
-        raise MethodArgumentError(f"unknown class-mean transform {transform!r}; valid: {', '.join(TRANSFORMS)}")
+        raise MethodConfigError(f"unknown class-mean transform {transform!r}; valid: {', '.join(TRANSFORMS)}")
     images, labels = _training_split(datamodule)
     inputs: dict[str, Any] = {
         "teacher": teacher_digest(teacher_checkpoint),

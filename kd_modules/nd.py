@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_modules.base import Batch, DistillationModule, MethodArgumentError, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, DistillationModule, MethodConfigError, OptimConfig, TeacherConfig
 from kd_modules.class_means import TRANSFORMS, MeanTransform, pooled_tap, tap_channels, teacher_class_means
 from kd_modules.losses.kd import kd_loss
 from kd_modules.losses.nd import (
@@ -82,7 +82,7 @@ PROJECTION_INITS = ("cifar", "imagenet")
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
-        raise MethodArgumentError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        raise MethodConfigError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
 
 
 class EmbeddingProjection(nn.Sequential):
@@ -120,7 +120,7 @@ class DinoTap:
 def _earlier_tap(network: KDNet, steps_back: int) -> str:
     index = network.num_stages - steps_back  # stage number; 0 is the stem
     if index < 0:
-        raise MethodArgumentError(
+        raise MethodConfigError(
             f"{type(network).__name__} has {network.num_stages} stages and a stem: no layer {steps_back} "
             f"stages before its last stage (nd_layers can be at most {network.num_stages})"
         )
@@ -136,7 +136,7 @@ def dino_taps(student: KDNet, teacher: KDNet, nd_layers: int = 0) -> list[DinoTa
     layers are matched counting back from their last stages.  The paper gives no code for this ablation.
     """
     if nd_layers < 0:
-        raise MethodArgumentError(f"nd_layers must be >= 0, got {nd_layers}")
+        raise MethodConfigError(f"nd_layers must be >= 0, got {nd_layers}")
     taps = [DinoTap("nd", "embedding", "embedding")]
     for back in range(1, nd_layers + 1):
         taps.append(DinoTap(f"nd_layer{back}", _earlier_tap(student, back), _earlier_tap(teacher, back)))
@@ -198,7 +198,7 @@ class NDDistillation(DistillationModule):
         self.use_centers = use_centers
         self.taps = dino_taps(self.student, self.teacher, nd_layers)
         if centers == "classifier_weights" and nd_layers > 0:
-            raise MethodArgumentError(
+            raise MethodConfigError(
                 "centers='classifier_weights' has class vectors for the embedding only; use nd_layers=0"
             )
 
@@ -257,7 +257,7 @@ class NDDistillation(DistillationModule):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
-            raise MethodArgumentError(
+            raise MethodConfigError(
                 f"{type(self).__name__} computes the teacher class means from the training split: pass a "
                 f"datamodule to Trainer.fit (or call prepare_class_means(datamodule) before fitting)"
             )
@@ -508,7 +508,7 @@ class KDFeatureRegularizer(NDDistillation):
         _check_choice("direction", direction, DIRECTIONS)
         _check_choice("norm", norm, NORMS)
         if direction == "none" and norm == "none" and classifier_l2_weight == 0:
-            raise MethodArgumentError(
+            raise MethodConfigError(
                 "KDFeatureRegularizer with direction='none', norm='none' and classifier_l2_weight=0 is plain KD: "
                 "choose a direction (cosine, infonce), a norm (l2, sifn) or a classifier_l2_weight > 0"
             )

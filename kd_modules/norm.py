@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
+from kd_modules.errors import MethodConfigError
 from kd_modules.losses.kd import kd_loss
 from kd_modules.losses.norm import Distance, align_spatial, norm_loss, norm_ramp, standardize_logits
 from models import FeatureOutput, KDNet, create_model
@@ -83,7 +84,7 @@ __all__ = [
 FTKind = Literal["default", "plain", "none"]
 
 
-class NORMConfigError(ValueError):
+class NORMConfigError(MethodConfigError):
     """NORM was asked for something it cannot build (unknown student family, N that does not fit, ...)."""
 
 

@@ -59,3 +59,25 @@ def trained_teacher(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     run_dir = tmp_path_factory.mktemp("teacher")
     KDBenchCLI(args=_fit_args(cifar_root, run_dir, "--model=Vanilla", "--model.student=resnet8"))
     return run_dir / "final.pth"
+
+
+@pytest.fixture(scope="session")
+def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``teacher_checkpoint(arch)``: a freshly initialised ``arch`` exported as a kdbench network.
+
+    For tests that need a teacher of another shape than ``trained_teacher`` (e.g. resnet32x4's 64..256 channels
+    against a resnet8 student); its accuracy is irrelevant there, so it is not trained.
+    """
+    from models import create_model
+    from models.checkpoints import export_network
+
+    root = tmp_path_factory.mktemp("teachers")
+    made: dict[str, Path] = {}
+
+    def make(arch: str) -> Path:
+        if arch not in made:
+            torch.manual_seed(0)
+            made[arch] = export_network(create_model(arch, 100), arch, root / f"{arch}.pth")
+        return made[arch]
+
+    return make
