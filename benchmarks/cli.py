@@ -176,6 +176,11 @@ class KDBenchCLI(LightningCLI):
     # ------------------------------------------------------------------------------------ record at the end
     def before_fit(self) -> None:
         self._fit_wall_start = time.perf_counter()
+        # The student's weights before the first step (theta_0): KCD restarts its distillation run from exactly
+        # these.  A resumed run keeps the file written by its first start.
+        initial = self._run_dir() / "initial.pth"
+        if self.trainer.global_rank == 0 and not initial.is_file():
+            export_network(self.model.student, self.model.hparams["student"], initial, run_id=self._run_info().run_id)
 
     def after_fit(self) -> None:
         trainer = self.trainer

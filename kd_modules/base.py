@@ -108,6 +108,8 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
         num_classes: classifier width; must match the data (the CLI links it from the datamodule).
         teacher: frozen teacher; ``None`` for methods that train a network alone (``Vanilla``).
         optim: optimiser and learning-rate schedule of the recipe.
+        student_init: start the student from these weights (a kdbench export such as another run's
+            ``initial.pth`` or ``final.pth``) instead of a fresh random draw; methods that need it expose it.
     """
 
     #: Whether the method needs a teacher.  Subclasses that distil set this to True.
@@ -119,11 +121,18 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
         num_classes: int = 100,
         teacher: TeacherConfig | None = None,
         optim: OptimConfig = OptimConfig(),
+        student_init: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.optim = optim
-        self.student: KDNet = create_model(student, num_classes)
+        if student_init is None:
+            self.student: KDNet = create_model(student, num_classes)
+        else:
+            # Start from stored weights instead of a fresh draw: KCD restarts from the exact theta_0 of its CE-only
+            # run (every fit stores its student's initial weights as initial.pth), two-stage methods from the
+            # output of their initialisation stage.
+            self.student = load_network(student, num_classes, student_init)
         self.teacher: KDNet | None = None
         if teacher is not None:
             if not Path(teacher.checkpoint).is_file():

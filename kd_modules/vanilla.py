@@ -16,6 +16,7 @@ class Vanilla(DistillationModule):
         num_classes: classifier width (linked from the data).
         teacher: unused; accepted so that a table can run the "student" row with the same config as the others.
         optim: optimiser and schedule.
+        student_init: start from these weights (e.g. another run's ``initial.pth``) instead of a random draw.
     """
 
     def __init__(
@@ -24,9 +25,10 @@ class Vanilla(DistillationModule):
         num_classes: int = 100,
         teacher: TeacherConfig | None = None,
         optim: OptimConfig = OptimConfig(),
+        student_init: str | None = None,
     ) -> None:
         # The student baseline never needs the teacher's weights: do not load them.
-        super().__init__(student=student, num_classes=num_classes, teacher=None, optim=optim)
+        super().__init__(student=student, num_classes=num_classes, teacher=None, optim=optim, student_init=student_init)
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self.student(batch["images"])

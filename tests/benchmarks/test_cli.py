@@ -91,3 +91,19 @@ def test_method_help_is_typed_and_documented() -> None:
     assert result.returncode == 0, result.stderr
     assert "--model.temperature TEMPERATURE" in result.stdout and "type: float, default: 4.0" in result.stdout
     assert "softmax temperature" in result.stdout
+
+
+def test_every_fit_stores_theta0_and_student_init_restarts_from_it(cifar_root: Path, tmp_path: Path, fit_args) -> None:  # type: ignore[no-untyped-def]
+    KDBenchCLI(
+        args=fit_args(cifar_root, tmp_path / "a", "--model=Vanilla", "--model.student=resnet8", "--seed_everything=3")
+    )
+    initial = torch.load(tmp_path / "a" / "initial.pth")["state_dict"]
+    final = torch.load(tmp_path / "a" / "final.pth")["state_dict"]
+    assert not torch.equal(initial["conv1.weight"], final["conv1.weight"]), (
+        "initial.pth must hold the untrained weights"
+    )
+
+    from kd_modules import Vanilla
+
+    restarted = Vanilla(student="resnet8", student_init=str(tmp_path / "a" / "initial.pth")).student.state_dict()
+    assert all(torch.equal(restarted[k], initial[k]) for k in initial)
