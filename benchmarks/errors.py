@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from datamodules.errors import DatasetError
 from kd_modules import UnknownMethodError
+from kd_modules.letkd_offline import LetKDSetupError
 from models import UnknownModelError
 from models.checkpoints import CheckpointError
 
@@ -24,6 +25,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError,
     UnknownModelError,
     UnknownMethodError,
+    LetKDSetupError,
 )
 
 
