@@ -410,11 +410,9 @@ class _WordDistillation(DistillationModule):
             for batch in loader:
                 if limit is not None and seen >= limit:
                     return
-                batch = {k: v.to(device) for k, v in batch.items()}
-                batch = datamodule.on_after_batch_transfer(batch, 0)
                 if limit is not None and seen + batch["labels"].shape[0] > limit:
-                    keep = limit - seen
-                    batch = {k: v[:keep] for k, v in batch.items()}
+                    batch = {k: v[: limit - seen] for k, v in batch.items()}
+                batch = datamodule.on_after_batch_transfer({k: v.to(device) for k, v in batch.items()}, 0)
                 seen += batch["labels"].shape[0]
                 yield batch
 

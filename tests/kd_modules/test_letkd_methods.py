@@ -264,3 +264,25 @@ def test_shipped_recipe_and_method_configs_run(  # type: ignore[no-untyped-def]
     assert data.padding_mode == "reflect" and data.drop_last and data.batch_size == 16
     assert isinstance(cli.model, LetKD2) and cli.model.targets.kmeans_iterations == 20
     assert (tmp_path / "record.json").is_file()
+
+
+def test_smoke_preset_shrinks_only_the_letkd_rows(tmp_path: Path) -> None:
+    from benchmarks.plan import build_plan, load_preset
+    from benchmarks.store import RunStore
+    from benchmarks.tables import load_table
+
+    plan = build_plan(
+        load_table("table1"),
+        load_preset("smoke"),
+        RunStore(tmp_path),
+        data_root=str(tmp_path),
+        pairs=["resnet56->resnet20"],
+        methods=["KD", "QuEST", "letKD-1", "letKD-2"],
+    )
+    args = {spec.row: spec.config["model"]["init_args"] for spec in plan.ordered() if spec.kind == "student"}
+    assert args["letKD-2"]["targets"]["num_clusters"] == 32 and args["letKD-2"]["subclasses_per_class"] == 2
+    assert args["QuEST"]["targets"]["offline_max_images"] == 16
+    assert "targets" not in args["KD"] and args["KD"]["temperature"] == 4.0
+    full = build_plan(load_table("table1"), load_preset("full"), RunStore(tmp_path), data_root=str(tmp_path))
+    paper = {spec.row: spec.config["model"]["init_args"] for spec in full.ordered() if spec.kind == "student"}
+    assert paper["letKD-2"]["targets"]["num_clusters"] == 4096 and paper["letKD-2"]["subclasses_per_class"] == 8
