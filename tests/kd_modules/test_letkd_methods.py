@@ -13,7 +13,7 @@ from torch import Tensor
 
 from benchmarks.cli import KDBenchCLI
 from benchmarks.errors import user_errors
-from datamodules import CIFAR100
+from datamodules import CIFAR100, InMemoryDataModule
 from kd_modules import LetKD1, LetKD2, QuEST, TeacherConfig
 from kd_modules.letkd import KDLayer, LetKDSetupError, TargetsConfig
 from kd_modules.losses.letkd import codebook_assignment
@@ -286,3 +286,40 @@ def test_smoke_preset_shrinks_only_the_letkd_rows(tmp_path: Path) -> None:
     full = build_plan(load_table("table1"), load_preset("full"), RunStore(tmp_path), data_root=str(tmp_path))
     paper = {spec.row: spec.config["model"]["init_args"] for spec in full.ordered() if spec.kind == "student"}
     assert paper["letKD-2"]["targets"]["num_clusters"] == 4096 and paper["letKD-2"]["subclasses_per_class"] == 8
+
+
+class _TenClasses(InMemoryDataModule):
+    """A 10-class in-memory dataset (Fashion-MNIST-sized label space), 40 training images per class."""
+
+    dataset_name = "ten_classes"
+    num_classes = 10
+    train_size = 400
+    mean = (0.5, 0.5, 0.5)
+    std = (0.25, 0.25, 0.25)
+
+    def load_split(self, split: str) -> tuple[Tensor, Tensor]:
+        generator = torch.Generator().manual_seed(0 if split == "train" else 1)
+        labels = torch.arange(10).repeat(40 if split == "train" else 4)
+        images = torch.randint(0, 256, (labels.numel(), 3, 32, 32), generator=generator, dtype=torch.uint8)
+        images[:, 0] = (labels * 25).view(-1, 1, 1).to(torch.uint8)  # a class-dependent channel
+        return images, labels
+
+
+def test_ten_class_data_with_the_paper_settings(tmp_path: Path, cache: Path) -> None:
+    teacher_path = export_network(create_model("resnet8", 10), "resnet8", tmp_path / "teacher.pth")
+    data = _TenClasses(batch_size=16, eval_batch_size=100)
+    data.setup("fit")
+    # Paper settings except K (400 images x 64 locations = 25,600 vectors: 4096 codewords would leave ~6 per word).
+    module = LetKD2(
+        student="resnet8",
+        teacher=TeacherConfig("resnet8", str(teacher_path)),
+        num_classes=10,
+        targets=TargetsConfig(num_clusters=256, kmeans_iterations=5),
+    )
+    with pytest.warns(UserWarning, match="60 LDA components requested, at most 9 exist"):
+        module.prepare_targets(data)
+    assert module.lda_weight.shape == (64, 9) and module.score_matrix.shape == (80, 80)
+    assert torch.allclose(module.score_matrix.sum(1), torch.ones(80), atol=1e-5)
+    batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
+    logits, losses = module.training_losses(batch)
+    assert logits.shape == (16, 10) and all(torch.isfinite(v) for v in losses.values())
