@@ -295,11 +295,13 @@ class _WordDistillation(DistillationModule):
                 f"{type(self).__name__}: the teacher targets are not built; Trainer.fit builds them in setup(), "
                 f"outside a Trainer call prepare_targets(datamodule) first"
             )
-        with torch.no_grad():
+        with torch.inference_mode():
             maps = self.teacher_maps(images)
+        with torch.no_grad():
+            # Inference-mode tensors cannot take part in autograd (the KL saves its target): copy the small maps.
             # Squared distances to codewords of norm ~24 (spec gotcha 3) need float32 even under mixed precision.
             with torch.autocast(images.device.type, enabled=False):
-                maps = {name: feature_map.float() for name, feature_map in maps.items()}
+                maps = {name: feature_map.float().clone() for name, feature_map in maps.items()}
                 targets = {}
                 if self.uses_penultimate:
                     targets["penult"] = codebook_assignment(maps["penult"], self.codebook, self.targets.temperature)
