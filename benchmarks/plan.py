@@ -129,6 +129,9 @@ class Preset:
     store: str | None = None
     synthetic_data: bool = False
     wandb: str | None = None
+    # Per-method overrides of the method's arguments (e.g. a small codebook in the smoke preset), applied after the
+    # row's own init_args; a method not listed is untouched, so other methods never see arguments they lack.
+    method_init_args: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def is_smoke(self) -> bool:
@@ -151,6 +154,7 @@ def load_preset(name: str) -> Preset:
         store=raw.get("store"),
         synthetic_data=bool(raw.get("synthetic_data", False)),
         wandb=raw.get("wandb"),
+        method_init_args={str(k): dict(v or {}) for k, v in (raw.get("method_init_args") or {}).items()},
     )
 
 
@@ -291,6 +295,8 @@ class Planner:
             set_dotted(config, "model.class_path", f"kd_modules.{row.method}")
         set_dotted(config, "model.init_args.student", pair.student)
         for key, value in row.args_for(pair).items():
+            set_dotted(config, f"model.init_args.{key}", value)
+        for key, value in self.preset.method_init_args.get(row.method, {}).items():
             set_dotted(config, f"model.init_args.{key}", value)
         depends: list[str] = []
         from kd_modules import UnknownMethodError, method_class
