@@ -53,12 +53,14 @@ DATASET_SIZES = {
 @cache
 def macs_per_image(arch: str, num_classes: int = 100) -> float | None:
     """Conv + linear multiply-accumulates for one image at the network's native input size (None: not in the zoo)."""
-    try:
-        model = create_model(arch, num_classes).eval()
-    except UnknownModelError:
-        return None
-    channels = int(getattr(model, "input_channels", 3))
-    image = torch.zeros(1, channels, model.input_size, model.input_size)
+    # On the meta device: shapes and FLOPs without allocating or computing anything.
+    with torch.device("meta"):
+        try:
+            model = create_model(arch, num_classes).eval()
+        except UnknownModelError:
+            return None
+        channels = int(getattr(model, "input_channels", 3))
+        image = torch.zeros(1, channels, model.input_size, model.input_size)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(image)

@@ -118,13 +118,16 @@ class Launcher(ABC):
 class SequentialLauncher(Launcher):
     def launch(self, runs: list[RunSpec], store: RunStore) -> LaunchReport:
         report = LaunchReport()
-        for index, spec in enumerate(runs, start=1):
+        runnable = sum(1 for spec in runs if not spec.blocked)
+        index = 0
+        for spec in runs:
             outcome = self._unrunnable(spec, report, store)
             if outcome is None:
                 outcome = execute_run(spec, store)
             report.add(outcome)
             if not spec.blocked:
-                self.printer(f"[{index}/{len(runs)}] " + _describe(spec, outcome, store))
+                index += 1
+                self.printer(f"[{index}/{runnable}] " + _describe(spec, outcome, store))
         return report
 
 
@@ -149,6 +152,8 @@ class ParallelLauncher(Launcher):
         jobs: concurrent runs on a machine without GPUs (default: 2).
         gpus: the GPUs to use (default: every visible one).
         poll_seconds: how often finished processes are collected.
+        command: the command a run is started with, its config path appended
+            (default ``python -m benchmarks.execute``).
     """
 
     def __init__(
@@ -158,8 +163,10 @@ class ParallelLauncher(Launcher):
         gpus: list[str] | None = None,
         poll_seconds: float = 0.2,
         printer: Printer = _print,
+        command: list[str] | None = None,
     ) -> None:
         super().__init__(printer)
+        self.command = command or [sys.executable, "-m", "benchmarks.execute"]
         if per_gpu < 1:
             raise KDBenchError(f"--per-gpu must be at least 1, got {per_gpu}")
         self.gpus = visible_gpus() if gpus is None else gpus
@@ -168,6 +175,7 @@ class ParallelLauncher(Launcher):
         if self.jobs < 1:
             raise KDBenchError(f"--jobs must be at least 1, got {self.jobs}")
         self.poll_seconds = poll_seconds
+        self.peak_running = 0  # most runs at once in the last launch (reported, and checked by the tests)
 
     def _capacity(self) -> dict[str, int]:
         if self.gpus:
@@ -201,15 +209,16 @@ class ParallelLauncher(Launcher):
         planned = {s.run_id for s in runs}
         running: dict[str, tuple[subprocess.Popen[bytes], RunSpec, list[str], float, Any]] = {}
         done = 0
+        total = sum(1 for spec in runs if not spec.blocked)
         while pending or running:
             for spec in list(pending):
                 outcome = self._unrunnable(spec, report, store)
                 if outcome is not None:
                     pending.remove(spec)
                     report.add(outcome)
-                    done += 1
                     if not spec.blocked:
-                        self.printer(f"[{done}/{len(runs)}] " + _describe(spec, outcome, store))
+                        done += 1
+                        self.printer(f"[{done}/{total}] " + _describe(spec, outcome, store))
                     continue
                 if any(d not in report.outcomes for d in spec.depends_on if d in planned):
                     continue  # a dependency is still pending or running
@@ -221,13 +230,14 @@ class ParallelLauncher(Launcher):
                 config_path = write_config(spec, store)
                 log = open(store.run_dir(spec.run_id) / "launcher.log", "ab")  # noqa: SIM115 - closed when it ends
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "benchmarks.execute", str(config_path)],
+                    [*self.command, str(config_path)],
                     cwd=os.getcwd(),
                     env=self._environment(claimed),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
                 running[spec.run_id] = (process, spec, claimed, time.perf_counter(), log)
+                self.peak_running = max(self.peak_running, len(running))
                 pending.remove(spec)
             for run_id, (process, spec, claimed, started, log) in list(running.items()):
                 if process.poll() is None:
@@ -239,7 +249,7 @@ class ParallelLauncher(Launcher):
                 outcome = self._outcome(spec, store, process.returncode, time.perf_counter() - started)
                 report.add(outcome)
                 done += 1
-                self.printer(f"[{done}/{len(runs)}] " + _describe(spec, outcome, store))
+                self.printer(f"[{done}/{total}] " + _describe(spec, outcome, store))
             if running:
                 time.sleep(self.poll_seconds)
         return report
@@ -319,6 +329,10 @@ class SubmititLauncher(Launcher):
         return executor
 
     def launch(self, runs: list[RunSpec], store: RunStore) -> LaunchReport:
+        # Array tasks import kdbench: make sure they find it however the launcher itself was started.
+        paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        if str(REPO_ROOT) not in paths:
+            os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO_ROOT), *paths] if p)
         report = LaunchReport()
         previous_arrays: list[str] = []
         for level in _levels(runs):

@@ -28,14 +28,18 @@ need is trained once.
     Training runs that must finish before this one, each a dict with keys
 
     * ``name`` (str): the stage's name, e.g. ``"ce_student"``;
-    * ``method`` (str): the ``kd_modules`` class the stage trains with, e.g. ``"Vanilla"``;
     * ``pass_as`` (str): the dependent run's argument (``model.init_args.<pass_as>``, dotted for nested) that
       receives the path of the stage's output file;
+    * ``method`` (str): the ``kd_modules`` class the stage trains the pair's student with, e.g. ``"Vanilla"``;
     * ``init_args`` (dict, optional): the stage method's arguments (student and teacher are filled in);
     * ``overrides`` (dict, optional): dotted config overrides of the stage run (e.g. ``trainer.max_epochs: 30``);
     * ``output`` (str, optional): the file in the stage run's folder that is passed on (default ``final.pth``;
       a stage may write other files into its ``run.dir``);
-    * ``description`` (str, optional): shown by ``--dry-run``.
+    * ``description`` (str, optional): shown by ``--dry-run``;
+    * ``seed`` (int, optional): the stage's seed (default: the dependent run's trial seed);
+    * ``network`` (optional): ``"student"`` (default) or ``"teacher"``: the pair's teacher run itself with
+      ``seed`` (default 0), e.g. KCD Table 3b's transformation computed with teacher θ0 while distilling from a
+      teacher trained with another seed (``method``/``init_args``/``overrides`` are not allowed then).
 
     The planner builds each stage run from the dependent run's recipe, student network and seed, gives it the
     pair's teacher when its method requires one, expands the stage's own prerequisites (up to depth 3), and
@@ -186,11 +190,10 @@ def run_identity(config: dict[str, Any]) -> str:
     Bookkeeping keys (:data:`NON_SEMANTIC`) are left out, a teacher checkpoint counts by its identity
     (:func:`teacher_identity`), and any other store path by the run it lies in.
     """
-    stripped = _strip(config)
+    stripped = _strip(config)  # new dicts at every level: safe to edit below
     teacher = stripped.get("model", {}).get("init_args", {}).get("teacher")
     if isinstance(teacher, dict) and teacher.get("checkpoint"):
-        teacher = {**teacher, "checkpoint": teacher_identity(str(teacher["checkpoint"]))}
-        stripped = deep_merge(stripped, {"model": {"init_args": {"teacher": teacher}}})
+        teacher["checkpoint"] = teacher_identity(str(teacher["checkpoint"]))
     canonical = json.dumps(_canonical_paths(stripped), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -199,7 +202,22 @@ def _load_yaml(path: str | Path) -> dict[str, Any]:
     path = REPO_ROOT / path if not Path(path).is_absolute() else Path(path)
     if not path.is_file():
         raise KDBenchError(f"config file not found: {path}")
-    return yaml.safe_load(path.read_text()) or {}
+    stat = path.stat()
+    return copy.deepcopy(_parsed_yaml(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=256)
+def _parsed_yaml(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+def _merge_into(config: dict[str, Any], update: dict[str, Any]) -> None:
+    """``deep_merge`` in place: ``config`` is changed, ``update`` is copied where it is used."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _merge_into(config[key], value)
+        else:
+            config[key] = copy.deepcopy(value)
 
 
 # --------------------------------------------------------------------------------------------------- presets
@@ -254,7 +272,6 @@ def recipe(name: str) -> dict[str, Any]:
     return known[name]
 
 
-@lru_cache(maxsize=64)
 def _recipe_config(name: str) -> dict[str, Any]:
     return _load_yaml(recipe(name)["config"])
 
@@ -322,29 +339,45 @@ class Prerequisite:
     """A training run another run needs first (see the module docstring for the method API)."""
 
     name: str
-    method: str
     pass_as: str
+    method: str = "Vanilla"
     init_args: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     output: str = "final.pth"
     description: str = ""
+    network: str = "student"  # "student": a run on the pair's student; "teacher": the pair's teacher run
+    seed: int | None = None  # default: the dependent run's seed (student) or 0 (teacher)
+
+    KEYS = ("name", "pass_as", "method", "init_args", "overrides", "output", "description", "network", "seed")
 
     @classmethod
     def parse(cls, raw: Any, owner: str) -> Prerequisite:
-        valid = {"name", "method", "pass_as", "init_args", "overrides", "output", "description"}
-        if not isinstance(raw, dict) or not {"name", "method", "pass_as"} <= set(raw) or set(raw) - valid:
+        usage = (
+            f"{owner}.prerequisites() returned {raw!r}: each prerequisite is a dict with keys name, pass_as, "
+            f"method (for the student network) and optionally init_args, overrides, output, description, network "
+            f"(student | teacher), seed"
+        )
+        if not isinstance(raw, dict) or not {"name", "pass_as"} <= set(raw) or set(raw) - set(cls.KEYS):
+            raise KDBenchError(usage)
+        network = str(raw.get("network", "student"))
+        if network not in ("student", "teacher") or (network == "student" and "method" not in raw):
+            raise KDBenchError(usage)
+        if network == "teacher" and (
+            raw.get("init_args") or raw.get("overrides") or raw.get("method", "Vanilla") != "Vanilla"
+        ):
             raise KDBenchError(
-                f"{owner}.prerequisites() returned {raw!r}: each prerequisite is a dict with keys name, method, "
-                f"pass_as and optionally init_args, overrides, output, description"
+                f"{usage}; a teacher-network prerequisite is the pair's teacher run itself (Vanilla, no arguments)"
             )
         return cls(
             name=str(raw["name"]),
-            method=str(raw["method"]),
             pass_as=str(raw["pass_as"]),
+            method=str(raw.get("method", "Vanilla")),
             init_args=dict(raw.get("init_args") or {}),
             overrides=dict(raw.get("overrides") or {}),
             output=str(raw.get("output", "final.pth")),
             description=str(raw.get("description", "")),
+            network=network,
+            seed=None if raw.get("seed") is None else int(raw["seed"]),
         )
 
 
@@ -432,7 +465,7 @@ def _optional_classmethod(cls: type | None, name: str, init_args: dict[str, Any]
 
 # -------------------------------------------------------------------------------------------------- planner
 def _finish(config: dict[str, Any], preset: Preset, seed: int) -> dict[str, Any]:
-    config = deep_merge(config, preset.config)
+    _merge_into(config, preset.config)
     config["seed_everything"] = seed
     set_dotted(config, "data.init_args.seed", seed)
     devices = get_dotted(config, "trainer.devices")
@@ -463,6 +496,7 @@ class Planner:
         self.teacher_root = teacher_root if teacher_root is not None else data_root
         self.runs: dict[str, RunSpec] = {}
         self.released: dict[str, str] = {}
+        self._teachers: dict[tuple[str, int], RunSpec] = {}
 
     def _add(self, spec: RunSpec) -> RunSpec:
         if self.table.name not in spec.tables:
@@ -493,7 +527,7 @@ class Planner:
 
     def _base_config(self, recipe_name: str, student: str) -> dict[str, Any]:
         spec = recipe(recipe_name)
-        config = copy.deepcopy(_recipe_config(recipe_name))
+        config = _recipe_config(recipe_name)
         for arch, overrides in (spec.get("student_overrides") or {}).items():
             if arch == student:
                 for dotted, value in overrides.items():
@@ -517,6 +551,11 @@ class Planner:
         return str(path), f"released {arch} teacher weights not found at {path}{where}"
 
     def teacher(self, arch: str, seed: int = 0) -> RunSpec:
+        if (arch, seed) not in self._teachers:
+            self._teachers[(arch, seed)] = self._teacher(arch, seed)
+        return self._teachers[(arch, seed)]
+
+    def _teacher(self, arch: str, seed: int) -> RunSpec:
         recipe_name = self.table.teacher_recipe or self.table.recipe
         config = self._base_config(recipe_name, arch)
         set_dotted(config, "model.class_path", "kd_modules.Vanilla")
@@ -524,7 +563,7 @@ class Planner:
         config = _finish(config, self.preset, seed=seed)
         run_id = run_identity(config)
         self._info(config, run_id, f"{self.table.name}/teacher/{arch}/s{seed}", "teacher", None, seed, recipe_name)
-        blocked = _availability("Vanilla", [arch]) or _datamodule_problem(self.table.dataset, config)
+        blocked = _datamodule_problem(self.table.dataset, config) or _availability("Vanilla", [arch])
         label = f"teacher {arch}" + (f" seed {seed}" if seed else "")
         spec = RunSpec(run_id, "teacher", config, self.table.name, None, label, seed, blocked=blocked)
         spec.recipe = recipe_name
@@ -546,14 +585,18 @@ class Planner:
         teacher_seed: int = 0,
         depth: int = 0,
     ) -> RunSpec:
-        """One run of ``method`` on ``pair`` (student or prerequisite stage), with its prerequisites."""
-        blocked: str | None = None
+        """One run of ``method`` on ``pair`` (student or prerequisite stage), with its prerequisites.
+
+        When it cannot run yet, ``blocked`` names the most fundamental reason: the dataset, a network, the method,
+        its arguments, its config file, then the teacher.
+        """
         config = self._base_config(recipe_name, pair.student)
+        config_problem = None
         if config_file:
             try:
-                config = deep_merge(config, _load_yaml(config_file))
+                _merge_into(config, _load_yaml(config_file))
             except KDBenchError:
-                blocked = f"method config {config_file} not written yet"
+                config_problem = f"method config {config_file} not written yet"
         set_dotted(config, "model.class_path", f"kd_modules.{method}")
         set_dotted(config, "model.init_args.student", pair.student)
         for key, value in init_args.items():
@@ -566,28 +609,29 @@ class Planner:
         depends: list[str] = []
         teacher_run: RunSpec | None = None
         teacher_file: str | None = None
+        teacher_problem = None
         if needs_teacher:
             released, problem = self.teacher_source(pair.teacher)
             if released is not None:
                 teacher_file = released
-                blocked = blocked or problem
+                teacher_problem = problem
                 self.released[pair.teacher] = released
             else:
                 teacher_run = self.teacher(pair.teacher, teacher_seed)
                 teacher_file = str(self.store.final_weights(teacher_run.run_id))
                 depends.append(teacher_run.run_id)
                 if teacher_run.blocked:
-                    blocked = blocked or f"teacher: {teacher_run.blocked}"
+                    teacher_problem = f"teacher: {teacher_run.blocked}"
             set_dotted(config, "model.init_args.teacher", {"arch": pair.teacher, "checkpoint": teacher_file})
 
-        blocked = (
-            blocked
-            or _availability(method, [pair.student] + ([pair.teacher] if needs_teacher else []))
-            or _datamodule_problem(self.table.dataset, config)
-        )
         model_args = {k: v for k, v in get_dotted(config, "model.init_args", {}).items() if k not in BASE_ARGS}
-        if blocked is None and cls is not None:
-            blocked = _unaccepted(cls, model_args, "method")
+        blocked = (
+            _datamodule_problem(self.table.dataset, config)
+            or _availability(method, [pair.student] + ([pair.teacher] if needs_teacher else []))
+            or (_unaccepted(cls, model_args, "method") if cls is not None else None)
+            or config_problem
+            or teacher_problem
+        )
 
         offline: list[tuple[str, str]] = []
         if blocked is None and cls is not None:
@@ -596,18 +640,21 @@ class Planner:
                 prerequisite = Prerequisite.parse(raw, cls.__name__)
                 if depth >= MAX_PREREQUISITE_DEPTH:
                     raise KDBenchError(f"prerequisites of {method} nest deeper than {MAX_PREREQUISITE_DEPTH}")
-                stage = self._method_run(
-                    kind="stage",
-                    method=prerequisite.method,
-                    pair=pair,
-                    recipe_name=recipe_name,
-                    init_args=prerequisite.init_args,
-                    overrides=prerequisite.overrides,
-                    trial=trial,
-                    row_label=f"{row_label}: {prerequisite.name}",
-                    teacher_seed=teacher_seed,
-                    depth=depth + 1,
-                )
+                if prerequisite.network == "teacher":
+                    stage = self.teacher(pair.teacher, prerequisite.seed or 0)
+                else:
+                    stage = self._method_run(
+                        kind="stage",
+                        method=prerequisite.method,
+                        pair=pair,
+                        recipe_name=recipe_name,
+                        init_args=prerequisite.init_args,
+                        overrides=prerequisite.overrides,
+                        trial=trial if prerequisite.seed is None else prerequisite.seed,
+                        row_label=f"{row_label}: {prerequisite.name}",
+                        teacher_seed=teacher_seed,
+                        depth=depth + 1,
+                    )
                 depends.append(stage.run_id)
                 set_dotted(
                     config,

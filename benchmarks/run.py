@@ -140,7 +140,10 @@ def _estimates(plan: Plan) -> dict[str, float | None]:
     from benchmarks.cost import dataset_sizes, estimate_gpu_seconds
 
     train_size, _, num_classes = dataset_sizes(plan.table.dataset)
-    return {rid: estimate_gpu_seconds(spec.config, train_size, num_classes) for rid, spec in plan.runs.items()}
+    return {
+        rid: None if spec.blocked else estimate_gpu_seconds(spec.config, train_size, num_classes)
+        for rid, spec in plan.runs.items()
+    }
 
 
 def _other_tables(plan: Plan, args: argparse.Namespace) -> dict[str, list[str]]:
@@ -148,8 +151,8 @@ def _other_tables(plan: Plan, args: argparse.Namespace) -> dict[str, list[str]]:
     others: dict[str, list[str]] = defaultdict(list)
     quiet = argparse.Namespace(**{**vars(args), "pairs": None, "methods": None})
     for name in list_tables():
-        if name == plan.table.name:
-            continue
+        if name == plan.table.name or load_table(name).dataset != plan.table.dataset:
+            continue  # runs are only ever shared within a dataset
         other = plan_tables([name], quiet, quiet=True)[0]
         for run_id in other.runs.keys() & plan.runs.keys():
             others[run_id].append(name)
