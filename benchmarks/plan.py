@@ -47,13 +47,16 @@ need is trained once.
     identical to another run is that run: KCD's ``{"name": "ce_student", "method": "Vanilla", "pass_as":
     "ce_student_checkpoint"}`` *is* the table's plain-student run of the same trial, trained once.
 
-Store paths inside a config (``.../runs/<run id>/<file>``) count in the identity as ``run:<run id>/<file>``, so
-identities do not depend on where the store lies.
+Every run config is complete: the method's and the datamodule's argument defaults are written into it, so a row
+that spells out a default (``temperature: 4.0``) and a row that relies on it are the same run, and a changed
+default in the code gives new runs.  Store paths inside a config (``.../runs/<run id>/<file>``) count in the
+identity as ``run:<run id>/<file>``, so identities do not depend on where the store lies.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import importlib
 import inspect
@@ -406,6 +409,60 @@ def _accepted_args(cls: type) -> set[str] | None:
     return None
 
 
+_NO_DEFAULT = object()
+
+
+def _plain_default(value: Any) -> Any:
+    """A default value as config data (dataclasses as dicts), or ``_NO_DEFAULT`` when it is not plain data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return list(value)
+    return _NO_DEFAULT
+
+
+def _fill_defaults(cls: type, args: dict[str, Any], skip: set[str]) -> None:
+    """Write the defaults of ``cls(...)``'s arguments into ``args`` where it leaves them out.
+
+    A run's config then states every hyper-parameter, so its identity is the same whether a table row spells a
+    value out or relies on the default (e.g. KD's T = 4), and changes when a method's default changes.
+    """
+    seen: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        parameters = inspect.signature(vars(klass)["__init__"]).parameters
+        for name, parameter in parameters.items():
+            if name in seen or name == "self" or name in skip or parameter.default is inspect.Parameter.empty:
+                continue
+            seen.add(name)
+            default = _plain_default(parameter.default)
+            if default is _NO_DEFAULT:
+                continue
+            if name not in args:
+                args[name] = copy.deepcopy(default)
+            elif isinstance(default, dict) and isinstance(args[name], dict):
+                args[name] = {**default, **args[name]}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            return
+
+
+def _complete(config: dict[str, Any], method_cls: type | None) -> None:
+    """Fill in the method's and the datamodule's argument defaults (see :func:`_fill_defaults`)."""
+    if method_cls is not None:
+        args = config.setdefault("model", {}).setdefault("init_args", {})
+        _fill_defaults(method_cls, args, skip={"student", "num_classes", "teacher"})
+    class_path = str(get_dotted(config, "data.class_path", ""))
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        data_cls = getattr(importlib.import_module(module_name or "datamodules"), class_name)
+    except (ImportError, AttributeError):
+        return
+    _fill_defaults(data_cls, config.setdefault("data", {}).setdefault("init_args", {}), skip=set())
+
+
 def _unaccepted(cls: type, args: dict[str, Any], what: str) -> str | None:
     accepted = _accepted_args(cls)
     if accepted is None:
@@ -560,10 +617,12 @@ class Planner:
         config = self._base_config(recipe_name, arch)
         set_dotted(config, "model.class_path", "kd_modules.Vanilla")
         set_dotted(config, "model.init_args.student", arch)
+        blocked = _datamodule_problem(self.table.dataset, config) or _availability("Vanilla", [arch])
+        if blocked is None:
+            _complete(config, _method_class("Vanilla"))
         config = _finish(config, self.preset, seed=seed)
         run_id = run_identity(config)
         self._info(config, run_id, f"{self.table.name}/teacher/{arch}/s{seed}", "teacher", None, seed, recipe_name)
-        blocked = _datamodule_problem(self.table.dataset, config) or _availability("Vanilla", [arch])
         label = f"teacher {arch}" + (f" seed {seed}" if seed else "")
         spec = RunSpec(run_id, "teacher", config, self.table.name, None, label, seed, blocked=blocked)
         spec.recipe = recipe_name
@@ -664,6 +723,8 @@ class Planner:
                 if stage.blocked:
                     blocked = blocked or f"{prerequisite.name} stage: {stage.blocked}"
 
+        if blocked is None:
+            _complete(config, cls)
         config = _finish(config, self.preset, seed=trial)
         run_id = run_identity(config)
         name = f"{self.table.name}/{kind}/{pair.label}/{row_label}/t{trial}"

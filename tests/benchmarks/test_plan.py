@@ -266,3 +266,14 @@ def test_measured_estimate_extrapolates_timed_steps(tmp_path: Path, cifar_root: 
     expected = measured["train_step_s"] * 240 * 782 + measured["eval_batch_s"] * 20 * 240  # 10,000 / 500 per batch
     assert measured["seconds"] == pytest.approx(expected)
     assert not list(Path(tmp_path).glob("runs/*"))  # measuring trains nothing into the store
+
+
+def test_a_row_spelling_out_the_defaults_is_the_same_run(tmp_path: Path) -> None:
+    explicit = Row("KD explicit", "KD", init_args={"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9})
+    warmer = Row("KD T=2", "KD", init_args={"temperature": 2.0})
+    plan = build_plan(_table(Row("KD", "KD"), explicit, warmer), load_preset("full"), RunStore(tmp_path), data_root="d")
+    assert plan.cells[("KD", PAIR.label)] == plan.cells[("KD explicit", PAIR.label)]
+    assert plan.cells[("KD", PAIR.label)] != plan.cells[("KD T=2", PAIR.label)]
+    config = plan.runs[plan.cells[("KD", PAIR.label)][0]].config
+    assert config["model"]["init_args"]["temperature"] == 4.0  # the complete config states every argument
+    assert config["data"]["init_args"]["contrast_k"] == 0 and config["model"]["init_args"]["optim"]["warmup"] == 0
