@@ -122,40 +122,52 @@ def estimate_gpu_seconds(config: dict[str, Any], train_size: int, num_classes: i
 
 # ---------------------------------------------------------------------------------------------- measurement
 class StepTimer(Callback):
-    """Wall time of every training step and evaluation batch, written as JSON to ``path`` when fit ends.
+    """Wall and CPU time of every training step and evaluation batch, written as JSON to ``path`` when fit ends.
+
+    CPU time (all threads of the process) tells what a step costs when the machine is shared: on an otherwise
+    idle machine with ``n`` threads the wall time approaches CPU time / ``n``.
 
     Args:
-        path: where to write ``{"train": [seconds, ...], "eval": [seconds, ...]}``.
+        path: where to write ``{"train": [s, ...], "eval": [...], "train_cpu": [...], "eval_cpu": [...]}``.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.train: list[float] = []
         self.eval: list[float] = []
+        self.train_cpu: list[float] = []
+        self.eval_cpu: list[float] = []
         self._started = 0.0
+        self._started_cpu = 0.0
 
     def _sync(self, module: Any) -> None:
         if torch.cuda.is_available() and getattr(module, "device", torch.device("cpu")).type == "cuda":
             torch.cuda.synchronize()
 
-    def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+    def _start(self, module: Any) -> None:
         self._sync(module)
-        self._started = time.perf_counter()
+        self._started, self._started_cpu = time.perf_counter(), time.process_time()
+
+    def _stop(self, module: Any, wall: list[float], cpu: list[float]) -> None:
+        self._sync(module)
+        wall.append(time.perf_counter() - self._started)
+        cpu.append(time.process_time() - self._started_cpu)
+
+    def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+        self._start(module)
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._sync(module)
-        self.train.append(time.perf_counter() - self._started)
+        self._stop(module, self.train, self.train_cpu)
 
     def on_validation_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int, *args: Any) -> None:
-        self._sync(module)
-        self._started = time.perf_counter()
+        self._start(module)
 
     def on_validation_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, *args: Any) -> None:
-        self._sync(module)
-        self.eval.append(time.perf_counter() - self._started)
+        self._stop(module, self.eval, self.eval_cpu)
 
     def on_fit_end(self, trainer: Any, module: Any) -> None:
-        Path(self.path).write_text(json.dumps({"train": self.train, "eval": self.eval}))
+        timings = {"train": self.train, "eval": self.eval, "train_cpu": self.train_cpu, "eval_cpu": self.eval_cpu}
+        Path(self.path).write_text(json.dumps(timings))
 
 
 def measure_run(config: dict[str, Any], train_size: int, eval_size: int, steps: int = 6) -> dict[str, float]:
@@ -206,16 +218,23 @@ def measure_run(config: dict[str, Any], train_size: int, eval_size: int, steps: 
         with quiet_lightning():
             KDBenchCLI(args=["fit", "--config", str(folder / "config.yaml")])
         measured = json.loads(timings.read_text())
-    train_step = statistics.median(measured["train"][2:] or measured["train"])
-    eval_step = statistics.median(measured["eval"]) if measured["eval"] else 0.0
+
+    def median(values: list[float], skip: int = 0) -> float:
+        return statistics.median(values[skip:] or values) if values else 0.0
+
+    train_step, train_cpu = median(measured["train"], 2), median(measured["train_cpu"], 2)
+    eval_step, eval_cpu = median(measured["eval"]), median(measured["eval_cpu"])
     eval_batches = -(-eval_size // eval_batch)
     evaluations = _evaluations(config, full_steps, epochs)
     return {
         "train_step_s": train_step,
         "eval_batch_s": eval_step,
+        "train_step_cpu_s": train_cpu,
+        "eval_batch_cpu_s": eval_cpu,
         "steps": full_steps,
         "evaluations": evaluations,
         "seconds": train_step * full_steps + eval_step * eval_batches * evaluations,
+        "cpu_seconds": train_cpu * full_steps + eval_cpu * eval_batches * evaluations,
     }
 
 

@@ -255,13 +255,20 @@ def print_plan(
 
 
 def print_measurements(plan: Plan) -> float:
-    """Time a few real steps of each distinct runnable run here and extrapolate; returns the total seconds."""
+    """Time a few real steps of each distinct runnable run here and extrapolate; returns the total seconds.
+
+    Both the wall time (what this machine gives now) and the process CPU time are shown: on a shared machine the
+    CPU time divided by the threads a run uses is the better guess of its time on an idle one.
+    """
+    import torch
+
     from benchmarks.cost import dataset_sizes, measure_run
 
     train_size, eval_size, _ = dataset_sizes(plan.table.dataset)
     measured: dict[str, dict[str, float]] = {}
-    total = 0.0
-    print(f"measured on this machine (train {train_size} / eval {eval_size} images):")
+    total = cpu_total = 0.0
+    threads = torch.get_num_threads()
+    print(f"measured on this machine (train {train_size} / eval {eval_size} images, {threads} threads):")
     for spec in plan.ordered():
         if spec.blocked or plan.store.is_finished(spec.run_id):
             continue
@@ -270,11 +277,16 @@ def print_measurements(plan: Plan) -> float:
             measured[key] = measure_run(spec.config, train_size, eval_size)
         m = measured[key]
         total += m["seconds"]
+        cpu_total += m["cpu_seconds"]
         print(
             f"  {spec.kind:<7} {spec.label:<45} {m['train_step_s'] * 1000:7.1f} ms/step x {m['steps']} steps"
-            f" + {m['eval_batch_s'] * 1000:.0f} ms/eval batch x {m['evaluations']} evaluations = {m['seconds'] / 60:.1f} min"
+            f" + {m['eval_batch_s'] * 1000:.0f} ms/eval batch x {m['evaluations']} evaluations"
+            f" = {m['seconds'] / 60:.1f} min (CPU {m['cpu_seconds'] / 60:.1f} min)"
         )
-    print(f"measured estimate: {total / 60:.1f} minutes for the runnable runs not finished (run one after the other)")
+    print(
+        f"measured estimate for the runnable runs not finished, one after the other: {total / 60:.1f} minutes of wall "
+        f"time now; {cpu_total / 60:.1f} CPU-minutes, i.e. ~{cpu_total / 60 / threads:.1f} minutes on {threads} idle cores"
+    )
     return total
 
 
