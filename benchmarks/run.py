@@ -183,16 +183,17 @@ def print_plan(
         if spec.kind != "teacher":
             parent = spec.teacher_run or (f"released:{spec.teacher_source}" if spec.teacher_source else None)
             dependents[parent].append(spec)
-    roots = [s.run_id for s in runs if s.kind == "teacher"] + sorted(
-        k for k in dependents if k is not None and k.startswith("released:")
-    )
+    roots: list[str | None] = [s.run_id for s in runs if s.kind == "teacher"]
+    roots += [k for k in dependents if k is not None and k not in roots]  # released, or dropped teachers
     if None in dependents:
-        roots.append(None)  # type: ignore[arg-type]
+        roots.append(None)
     for root in roots:
         if root is None:
             print("  (no teacher)")
         elif root.startswith("released:"):
             print(f"  released teacher {root.split(':', 1)[1]}")
+        elif root not in plan.runs:
+            print(f"  teacher [{root}] not planned: every run that needs it is blocked")
         else:
             teacher = plan.runs[root]
             others = f"; also needed by {', '.join(shared_with[root])}" if shared_with and root in shared_with else ""
