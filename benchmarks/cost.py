@@ -7,9 +7,9 @@ pairs this lands within the 5-30 min/run range the performance spec estimates fo
 planning number, not a measurement.  Networks not in the zoo yet have no estimate.
 
 **Measurement** (:func:`measure_run`): a few real optimisation steps and evaluation batches of a planned run on
-this machine (random teacher weights stand in for an untrained teacher), timed by :class:`StepTimer`; the run's
-time is then ``train step time x steps + evaluation batch time x evaluation batches``.  This is how the CPU
-time of the ``fmnist`` table is estimated before it is run.
+this machine (random teacher weights stand in for an untrained teacher), timed by :class:`StepTimer` in wall and
+CPU time; the run's time is then ``train step time x steps + evaluation batch time x evaluation batches``.  This
+is how the CPU time of the ``fmnist`` table is estimated before it is run (``--dry-run --measure``, one thread).
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ def estimate_gpu_seconds(config: dict[str, Any], train_size: int, num_classes: i
 class StepTimer(Callback):
     """Wall and CPU time of every training step and evaluation batch, written as JSON to ``path`` when fit ends.
 
-    CPU time (all threads of the process) tells what a step costs when the machine is shared: on an otherwise
-    idle machine with ``n`` threads the wall time approaches CPU time / ``n``.
+    CPU time (all threads of the process) tells what a step costs when the machine is shared, as long as the
+    process runs one thread (several threads spin-wait on busy cores and inflate it).
 
     Args:
         path: where to write ``{"train": [s, ...], "eval": [...], "train_cpu": [...], "eval_cpu": [...]}``.

@@ -19,6 +19,7 @@ several tables need is trained once.  Rendered tables go to ``tables/results/<ta
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -217,7 +218,7 @@ def print_plan(
     if shared:
         print(f"shared runs ({len(shared)}; each trained once):")
         for spec in shared[: 12 if not getattr(args, "verbose", False) else len(shared)]:
-            cells = ", ".join(f"{row} {pair}" for row, pair, _ in spec.cells[:4])
+            cells = ", ".join(f"{row} {pair}" for row, pair, _ in spec.cells[:4]) or "none of this table's"
             others = (
                 f"; tables {', '.join(shared_with[spec.run_id])}" if shared_with and spec.run_id in shared_with else ""
             )
@@ -256,10 +257,12 @@ def print_plan(
 
 
 def print_measurements(plan: Plan) -> float:
-    """Time a few real steps of each distinct runnable run here and extrapolate; returns the total seconds.
+    """Time a few real steps of each distinct runnable run here, single-threaded, and extrapolate.
 
-    Both the wall time (what this machine gives now) and the process CPU time are shown: on a shared machine the
-    CPU time divided by the threads a run uses is the better guess of its time on an idle one.
+    Runs are measured with one thread: the CPU time of a single-threaded step is stable on a shared machine
+    (several threads spin-wait when cores are busy, which inflates both wall and CPU time), and it is the cost a
+    run has under ``--launcher parallel --jobs N``, which gives each of N concurrent runs one core.  Returns the
+    total single-threaded CPU seconds.
     """
     import torch
 
@@ -267,26 +270,31 @@ def print_measurements(plan: Plan) -> float:
 
     train_size, eval_size, _ = dataset_sizes(plan.table.dataset)
     measured: dict[str, dict[str, float]] = {}
-    total = cpu_total = 0.0
+    total = 0.0
     threads = torch.get_num_threads()
-    print(f"measured on this machine (train {train_size} / eval {eval_size} images, {threads} threads):")
-    for spec in plan.ordered():
-        if spec.blocked or plan.store.is_finished(spec.run_id):
-            continue
-        key = f"{spec.kind}:{spec.row}:{spec.pair.label if spec.pair else spec.label}"
-        if key not in measured:
-            measured[key] = measure_run(spec.config, train_size, eval_size)
-        m = measured[key]
-        total += m["seconds"]
-        cpu_total += m["cpu_seconds"]
-        print(
-            f"  {spec.kind:<7} {spec.label:<45} {m['train_step_s'] * 1000:7.1f} ms/step x {m['steps']} steps"
-            f" + {m['eval_batch_s'] * 1000:.0f} ms/eval batch x {m['evaluations']} evaluations"
-            f" = {m['seconds'] / 60:.1f} min (CPU {m['cpu_seconds'] / 60:.1f} min)"
-        )
+    torch.set_num_threads(1)
+    print(f"measured on this machine, one thread per run (train {train_size} / eval {eval_size} images):")
+    try:
+        for spec in plan.ordered():
+            if spec.blocked or plan.store.is_finished(spec.run_id):
+                continue
+            key = f"{spec.kind}:{spec.row}:{spec.pair.label if spec.pair else spec.label}"
+            if key not in measured:
+                measured[key] = measure_run(spec.config, train_size, eval_size)
+            m = measured[key]
+            total += m["cpu_seconds"]
+            print(
+                f"  {spec.kind:<7} {spec.label:<45} {m['train_step_cpu_s'] * 1000:7.1f} ms/step x {m['steps']} steps"
+                f" + {m['eval_batch_cpu_s'] * 1000:.0f} ms/eval batch x {m['evaluations']} evaluations"
+                f" = {m['cpu_seconds'] / 60:.1f} CPU-min"
+            )
+    finally:
+        torch.set_num_threads(threads)
+    cores = os.cpu_count() or 1
     print(
-        f"measured estimate for the runnable runs not finished, one after the other: {total / 60:.1f} minutes of wall "
-        f"time now; {cpu_total / 60:.1f} CPU-minutes, i.e. ~{cpu_total / 60 / threads:.1f} minutes on {threads} idle cores"
+        f"measured estimate: {total / 60:.1f} single-threaded CPU-minutes for the runnable runs not finished; "
+        f"~{total / 60 / cores:.1f} minutes with --launcher parallel --jobs {cores} on {cores} idle cores "
+        "(dependencies permitting)"
     )
     return total
 
