@@ -17,9 +17,9 @@ from typing import Any
 import yaml
 
 from benchmarks.plan import RunSpec
-from benchmarks.store import RunStore
+from benchmarks.store import RECORD, RunStore
 
-__all__ = ["RunOutcome", "execute_run", "quiet_lightning"]
+__all__ = ["RunOutcome", "execute_run", "execute_config", "quiet_lightning", "write_config", "failure_message"]
 
 FAILED = "failed.json"
 
@@ -72,13 +72,26 @@ def execute_run(spec: RunSpec, store: RunStore) -> RunOutcome:
     A failure is written to ``failed.json`` beside the run (the table shows the cell as failed) and does not
     stop the caller: other runs, and everything already finished, are kept.
     """
-    from benchmarks.cli import KDBenchCLI
-
     if store.is_finished(spec.run_id):
         return RunOutcome(spec.run_id, "skipped")
-    config_path = write_config(spec, store)
-    resume_from = store.last_checkpoint(spec.run_id)
-    failed_marker = store.run_dir(spec.run_id) / FAILED
+    return execute_config(write_config(spec, store))
+
+
+def execute_config(config_path: str | Path) -> RunOutcome:
+    """Run the config written at ``<run dir>/config.yaml`` (how the parallel and SLURM launchers start runs).
+
+    The run's folder is the config's own folder; its run id is ``run.run_id`` in the config.
+    """
+    from benchmarks.cli import KDBenchCLI
+
+    config_path = Path(config_path)
+    run_dir = config_path.parent
+    run_id = str((yaml.safe_load(config_path.read_text()) or {}).get("run", {}).get("run_id") or run_dir.name)
+    if (run_dir / RECORD).is_file():
+        return RunOutcome(run_id, "skipped")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume_from = last if last.is_file() else None
+    failed_marker = run_dir / FAILED
     failed_marker.unlink(missing_ok=True)
     started = time.perf_counter()
     try:
@@ -89,11 +102,13 @@ def execute_run(spec: RunSpec, store: RunStore) -> RunOutcome:
     except BaseException as error:  # noqa: BLE001 - one run's failure must not lose the others
         message = f"{type(error).__name__}: {error}".strip().splitlines()[0]
         failed_marker.write_text(json.dumps({"error": message, "traceback": traceback.format_exc()}, indent=2))
-        return RunOutcome(spec.run_id, "failed", time.perf_counter() - started, message, resume_from is not None)
+        return RunOutcome(run_id, "failed", time.perf_counter() - started, message, resume_from is not None)
     seconds = time.perf_counter() - started
-    if not store.is_finished(spec.run_id):
-        return RunOutcome(spec.run_id, "failed", seconds, "fit ended without a result record (interrupted?)")
-    return RunOutcome(spec.run_id, "finished", seconds, resumed=resume_from is not None)
+    if not (run_dir / RECORD).is_file():
+        message = "fit ended without a result record (interrupted?)"
+        failed_marker.write_text(json.dumps({"error": message}, indent=2))
+        return RunOutcome(run_id, "failed", seconds, message)
+    return RunOutcome(run_id, "finished", seconds, resumed=resume_from is not None)
 
 
 def failure_message(store: RunStore, run_id: str) -> str | None:
@@ -102,3 +117,22 @@ def failure_message(store: RunStore, run_id: str) -> str | None:
         return None
     data: dict[str, Any] = json.loads(path.read_text())
     return str(data.get("error", "failed"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.execute <run dir>/config.yaml``: run one planned run; exit 0 when it finished."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.execute", description=main.__doc__)
+    parser.add_argument("config", help="the config.yaml the runner wrote into the run's folder")
+    args = parser.parse_args(argv)
+    outcome = execute_config(args.config)
+    print(json.dumps(vars(outcome)), file=sys.stdout, flush=True)
+    return 0 if outcome.status in ("finished", "skipped") else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

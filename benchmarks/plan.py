@@ -2,15 +2,66 @@
 
 Every run is described by the complete LightningCLI config it will be started with.  Its identity is a hash of
 everything in that config that can change the result (dataset options, recipe, networks, method and its
-hyper-parameters, seed, and the teacher's identity), so a run that several tables need is trained once.
-Teachers the table needs are runs too (``Vanilla`` on the teacher network) and come first.
+hyper-parameters, seed, and the identity of every run whose output it reads), so a run that several tables
+need is trained once.
+
+**The dependency graph** has three kinds of runs and one kind of cached computation:
+
+* ``teacher`` runs: ``Vanilla`` on the teacher network with the table's teacher recipe (seed 0, or the row's
+  ``teacher_seed``) — unless the table names released weights (``teacher_checkpoints``), which are then read
+  from disk and never trained (under the smoke preset a missing file is replaced by a smoke-trained teacher);
+* ``stage`` runs: *prerequisite training runs* a method declares (below), e.g. AB/FT/FSP initialisation
+  stages, or KCD's CE-only student trained from the stored initialisation θ0;
+* ``student`` runs: the table's cells, one per (row, pair, trial); trial ``k`` uses seed ``k``;
+* offline stages (ND's class means, letKD's codebooks, KCD's consistency matrix ...) are not runs: a method
+  computes them inside its run with :func:`kd_modules.offline.load_or_compute`, cached on disk under a key of
+  the teacher digest and data fingerprint, so every run that needs the same artefact shares it.  The planner
+  only *shows* them (``--dry-run``), from the optional class method below.
+
+**Optional method API** (class methods on a ``DistillationModule`` subclass; both may be absent):
+
+``offline_stages(init_args: dict) -> list[tuple[str, str]]``
+    ``(name, description)`` of each cached offline stage the run will compute or reuse for these arguments,
+    e.g. ``[("nd_class_means", "teacher class means of the pooled embedding over the training split")]``.
+
+``prerequisites(init_args: dict) -> list[dict]``
+    Training runs that must finish before this one, each a dict with keys
+
+    * ``name`` (str): the stage's name, e.g. ``"ce_student"``;
+    * ``pass_as`` (str): the dependent run's argument (``model.init_args.<pass_as>``, dotted for nested) that
+      receives the path of the stage's output file;
+    * ``method`` (str): the ``kd_modules`` class the stage trains the pair's student with, e.g. ``"Vanilla"``;
+    * ``init_args`` (dict, optional): the stage method's arguments (student and teacher are filled in);
+    * ``overrides`` (dict, optional): dotted config overrides of the stage run (e.g. ``trainer.max_epochs: 30``);
+    * ``output`` (str, optional): the file in the stage run's folder that is passed on (default ``final.pth``;
+      a stage may write other files into its ``run.dir``);
+    * ``description`` (str, optional): shown by ``--dry-run``;
+    * ``seed`` (int, optional): the stage's seed (default: the dependent run's trial seed);
+    * ``network`` (optional): ``"student"`` (default) or ``"teacher"``: the pair's teacher run itself with
+      ``seed`` (default 0), e.g. KCD Table 3b's transformation computed with teacher θ0 while distilling from a
+      teacher trained with another seed (``method``/``init_args``/``overrides`` are not allowed then).
+
+    The planner builds each stage run from the dependent run's recipe, student network and seed, gives it the
+    pair's teacher when its method requires one, expands the stage's own prerequisites (up to depth 3), and
+    hands the output path to the dependent run.  Because a stage is an ordinary run with an identity, a stage
+    identical to another run is that run: KCD's ``{"name": "ce_student", "method": "Vanilla", "pass_as":
+    "ce_student_checkpoint"}`` *is* the table's plain-student run of the same trial, trained once.
+
+Every run config is complete: the method's and the datamodule's argument defaults are written into it, so a row
+that spells out a default (``temperature: 4.0``) and a row that relies on it are the same run, and a changed
+default in the code gives new runs.  Store paths inside a config (``.../runs/<run id>/<file>``) count in the
+identity as ``run:<run id>/<file>``, so identities do not depend on where the store lies.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
+import importlib
+import inspect
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -27,16 +78,22 @@ __all__ = [
     "Preset",
     "RunSpec",
     "Plan",
+    "Prerequisite",
     "load_preset",
     "list_presets",
     "build_plan",
+    "merge_runs",
     "run_identity",
     "deep_merge",
     "set_dotted",
+    "get_dotted",
+    "recipe",
+    "recipes",
 ]
 
 PRESETS_DIR = REPO_ROOT / "configs" / "presets"
 RECIPES_FILE = REPO_ROOT / "configs" / "recipes" / "recipes.yaml"
+MAX_PREREQUISITE_DEPTH = 3
 
 # Config keys that never change a result: left out of the identity.
 NON_SEMANTIC = {
@@ -45,12 +102,15 @@ NON_SEMANTIC = {
     ("data", "init_args", "download"),
     ("data", "init_args", "on_device"),
     ("data", "init_args", "eval_batch_size"),
+    ("trainer", "accelerator"),
     ("trainer", "enable_progress_bar"),
     ("trainer", "enable_model_summary"),
     ("trainer", "logger"),
     ("trainer", "default_root_dir"),
     ("trainer", "log_every_n_steps"),
 }
+# Arguments the base module takes that a table row never sets itself.
+BASE_ARGS = {"student", "num_classes", "teacher", "optim"}
 
 
 # ---------------------------------------------------------------------------------------------- dict helpers
@@ -70,7 +130,16 @@ def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, last = dotted.split(".")
     for part in parents:
         node = node.setdefault(part, {})
-    node[last] = value
+    node[last] = copy.deepcopy(value)
+
+
+def get_dotted(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def _strip(config: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -82,6 +151,14 @@ def _strip(config: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]
 
 
 _STORE_WEIGHTS = re.compile(r"runs/([0-9a-f]{16})/final\.pth$")
+_STORE_PATH = re.compile(r"(?:^|[/\\])runs[/\\]([0-9a-f]{16})[/\\](.+)$")
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    from models.checkpoints import file_digest
+
+    return file_digest(path)
 
 
 def teacher_identity(checkpoint: str) -> str:
@@ -92,24 +169,35 @@ def teacher_identity(checkpoint: str) -> str:
     if checkpoint.startswith("run:"):
         return checkpoint
     if Path(checkpoint).is_file():
-        from models.checkpoints import file_digest
-
-        return f"sha256:{file_digest(checkpoint)}"
+        stat = os.stat(checkpoint)
+        return f"sha256:{_file_digest(str(Path(checkpoint).resolve()), stat.st_size, stat.st_mtime_ns)}"
     return f"path:{checkpoint}"
+
+
+def _canonical_paths(value: Any) -> Any:
+    """Store paths (``.../runs/<id>/<file>``) -> ``run:<id>/<file>``, recursively."""
+    if isinstance(value, dict):
+        return {k: _canonical_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical_paths(v) for v in value]
+    if isinstance(value, str):
+        match = _STORE_PATH.search(value)
+        if match:
+            return f"run:{match.group(1)}/{match.group(2).replace(os.sep, '/')}"
+    return value
 
 
 def run_identity(config: dict[str, Any]) -> str:
     """Stable 16-hex-digit hash of the result-relevant part of a run config.
 
-    Bookkeeping keys (:data:`NON_SEMANTIC`) are left out, and a teacher checkpoint counts by its identity
-    (:func:`teacher_identity`), not by where the file lies.
+    Bookkeeping keys (:data:`NON_SEMANTIC`) are left out, a teacher checkpoint counts by its identity
+    (:func:`teacher_identity`), and any other store path by the run it lies in.
     """
-    stripped = _strip(config)
+    stripped = _strip(config)  # new dicts at every level: safe to edit below
     teacher = stripped.get("model", {}).get("init_args", {}).get("teacher")
     if isinstance(teacher, dict) and teacher.get("checkpoint"):
-        teacher = {**teacher, "checkpoint": teacher_identity(str(teacher["checkpoint"]))}
-        stripped = deep_merge(stripped, {"model": {"init_args": {"teacher": teacher}}})
-    canonical = json.dumps(stripped, sort_keys=True, separators=(",", ":"), default=str)
+        teacher["checkpoint"] = teacher_identity(str(teacher["checkpoint"]))
+    canonical = json.dumps(_canonical_paths(stripped), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -117,7 +205,22 @@ def _load_yaml(path: str | Path) -> dict[str, Any]:
     path = REPO_ROOT / path if not Path(path).is_absolute() else Path(path)
     if not path.is_file():
         raise KDBenchError(f"config file not found: {path}")
-    return yaml.safe_load(path.read_text()) or {}
+    stat = path.stat()
+    return copy.deepcopy(_parsed_yaml(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=256)
+def _parsed_yaml(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+def _merge_into(config: dict[str, Any], update: dict[str, Any]) -> None:
+    """``deep_merge`` in place: ``config`` is changed, ``update`` is copied where it is used."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _merge_into(config[key], value)
+        else:
+            config[key] = copy.deepcopy(value)
 
 
 # --------------------------------------------------------------------------------------------------- presets
@@ -138,6 +241,9 @@ class Preset:
         return self.name == "smoke"
 
 
+PRESET_KEYS = {"config", "trials", "store", "synthetic_data", "wandb", "method_init_args"}
+
+
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
@@ -147,6 +253,9 @@ def load_preset(name: str) -> Preset:
     if not path.is_file():
         raise KDBenchError(f"unknown preset {name!r}; valid: {', '.join(list_presets())}")
     raw = _load_yaml(path)
+    unknown = sorted(set(raw) - PRESET_KEYS)
+    if unknown:
+        raise KDBenchError(f"preset {name}: unknown key {unknown[0]!r}; valid: {', '.join(sorted(PRESET_KEYS))}")
     return Preset(
         name=name,
         config=raw.get("config") or {},
@@ -170,13 +279,17 @@ def recipe(name: str) -> dict[str, Any]:
     return known[name]
 
 
+def _recipe_config(name: str) -> dict[str, Any]:
+    return _load_yaml(recipe(name)["config"])
+
+
 # ------------------------------------------------------------------------------------------------ run specs
 @dataclass
 class RunSpec:
     """One training run: what it is for, its complete config and what it waits for."""
 
     run_id: str
-    kind: str  # "teacher" | "student"
+    kind: str  # "teacher" | "stage" | "student"
     config: dict[str, Any]
     table: str
     pair: Pair | None
@@ -185,11 +298,28 @@ class RunSpec:
     depends_on: list[str] = field(default_factory=list)
     blocked: str | None = None  # why the run cannot be made yet (unknown network, method not implemented ...)
     cells: list[tuple[str, str, int]] = field(default_factory=list)  # (row, pair label, trial) that use it
+    tables: list[str] = field(default_factory=list)  # every table whose plan needs it
+    recipe: str | None = None
+    offline: list[tuple[str, str]] = field(default_factory=list)  # (name, description) of cached offline stages
+    teacher_run: str | None = None  # the teacher run it distils from (for the graph)
+    teacher_source: str | None = None  # a released teacher file it distils from
 
     @property
     def label(self) -> str:
+        if self.kind == "teacher":
+            return self.row
         pair = self.pair.display if self.pair else ""
         return f"{self.row} {pair} trial {self.trial}".replace("  ", " ")
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("model", {}).get("class_path", "")).rsplit(".", 1)[-1]
+
+    @property
+    def devices(self) -> int:
+        """Devices one run of this spec needs (Lightning ``trainer.devices``; 1 unless a DDP preset says more)."""
+        value = get_dotted(self.config, "trainer.devices", 1)
+        return int(value) if isinstance(value, int) or (isinstance(value, str) and value.isdigit()) else 1
 
 
 @dataclass
@@ -200,14 +330,172 @@ class Plan:
     runs: dict[str, RunSpec]  # run id -> spec, in dependency order (teachers first)
     cells: dict[tuple[str, str], list[str]]  # (row label, pair label) -> run ids (one per trial)
     blocked_cells: dict[tuple[str, str], str]  # cells that cannot run, with the reason
+    trials: int = 1
+    pairs: list[Pair] = field(default_factory=list)  # the chosen pairs, in table order
+    released: dict[str, str] = field(default_factory=dict)  # teacher arch -> released weights used
 
     def ordered(self) -> list[RunSpec]:
         return list(self.runs.values())
 
+    def protocol(self, row_label: str) -> str:
+        return self.table.row(row_label).metric or self.table.metric
 
-def _availability(method: str, archs: list[str]) -> str | None:
-    """Why a run cannot be made yet, or None."""
+
+@dataclass(frozen=True)
+class Prerequisite:
+    """A training run another run needs first (see the module docstring for the method API)."""
+
+    name: str
+    pass_as: str
+    method: str = "Vanilla"
+    init_args: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    output: str = "final.pth"
+    description: str = ""
+    network: str = "student"  # "student": a run on the pair's student; "teacher": the pair's teacher run
+    seed: int | None = None  # default: the dependent run's seed (student) or 0 (teacher)
+
+    KEYS = ("name", "pass_as", "method", "init_args", "overrides", "output", "description", "network", "seed")
+
+    @classmethod
+    def parse(cls, raw: Any, owner: str) -> Prerequisite:
+        usage = (
+            f"{owner}.prerequisites() returned {raw!r}: each prerequisite is a dict with keys name, pass_as, "
+            f"method (for the student network) and optionally init_args, overrides, output, description, network "
+            f"(student | teacher), seed"
+        )
+        if not isinstance(raw, dict) or not {"name", "pass_as"} <= set(raw) or set(raw) - set(cls.KEYS):
+            raise KDBenchError(usage)
+        network = str(raw.get("network", "student"))
+        if network not in ("student", "teacher") or (network == "student" and "method" not in raw):
+            raise KDBenchError(usage)
+        if network == "teacher" and (
+            raw.get("init_args") or raw.get("overrides") or raw.get("method", "Vanilla") != "Vanilla"
+        ):
+            raise KDBenchError(
+                f"{usage}; a teacher-network prerequisite is the pair's teacher run itself (Vanilla, no arguments)"
+            )
+        return cls(
+            name=str(raw["name"]),
+            pass_as=str(raw["pass_as"]),
+            method=str(raw.get("method", "Vanilla")),
+            init_args=dict(raw.get("init_args") or {}),
+            overrides=dict(raw.get("overrides") or {}),
+            output=str(raw.get("output", "final.pth")),
+            description=str(raw.get("description", "")),
+            network=network,
+            seed=None if raw.get("seed") is None else int(raw["seed"]),
+        )
+
+
+# ------------------------------------------------------------------------------------------- availability
+def _method_class(method: str) -> type | None:
     from kd_modules import UnknownMethodError, method_class
+
+    try:
+        return method_class(method)
+    except UnknownMethodError:
+        return None
+
+
+def _accepted_args(cls: type) -> set[str] | None:
+    """Argument names ``cls(...)`` accepts, following ``**kwargs`` to the parent classes; None: anything."""
+    accepted: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        parameters = inspect.signature(vars(klass)["__init__"]).parameters
+        accepted |= {
+            n for n, p in parameters.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        }
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            return accepted
+    return None
+
+
+_NO_DEFAULT = object()
+
+
+def _plain_default(value: Any) -> Any:
+    """A default value as config data (dataclasses as dicts), or ``_NO_DEFAULT`` when it is not plain data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return list(value)
+    return _NO_DEFAULT
+
+
+def _fill_defaults(cls: type, args: dict[str, Any], skip: set[str]) -> None:
+    """Write the defaults of ``cls(...)``'s arguments into ``args`` where it leaves them out.
+
+    A run's config then states every hyper-parameter, so its identity is the same whether a table row spells a
+    value out or relies on the default (e.g. KD's T = 4), and changes when a method's default changes.
+    """
+    seen: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        parameters = inspect.signature(vars(klass)["__init__"]).parameters
+        for name, parameter in parameters.items():
+            if name in seen or name == "self" or name in skip or parameter.default is inspect.Parameter.empty:
+                continue
+            seen.add(name)
+            default = _plain_default(parameter.default)
+            if default is _NO_DEFAULT:
+                continue
+            if name not in args:
+                args[name] = copy.deepcopy(default)
+            elif isinstance(default, dict) and isinstance(args[name], dict):
+                args[name] = {**default, **args[name]}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            return
+
+
+def _complete(config: dict[str, Any], method_cls: type | None) -> None:
+    """Fill in the method's and the datamodule's argument defaults (see :func:`_fill_defaults`)."""
+    if method_cls is not None:
+        args = config.setdefault("model", {}).setdefault("init_args", {})
+        _fill_defaults(method_cls, args, skip={"student", "num_classes", "teacher"})
+    class_path = str(get_dotted(config, "data.class_path", ""))
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        data_cls = getattr(importlib.import_module(module_name or "datamodules"), class_name)
+    except (ImportError, AttributeError):
+        return
+    _fill_defaults(data_cls, config.setdefault("data", {}).setdefault("init_args", {}), skip=set())
+
+
+def _unaccepted(cls: type, args: dict[str, Any], what: str) -> str | None:
+    accepted = _accepted_args(cls)
+    if accepted is None:
+        return None
+    unknown = sorted(k for k in args if k not in accepted)
+    if not unknown:
+        return None
+    plural = "s" if len(unknown) > 1 else ""
+    return f"{what} {cls.__name__} does not accept argument{plural} {', '.join(unknown)} (accepts: {', '.join(sorted(accepted))})"
+
+
+def _datamodule_problem(dataset: str, config: dict[str, Any]) -> str | None:
+    from datamodules import datamodule_for
+    from datamodules.errors import DatasetError
+
+    try:
+        datamodule_for(dataset)
+    except DatasetError:
+        return f"no datamodule for dataset {dataset} yet"
+    class_path = str(get_dotted(config, "data.class_path", ""))
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name or "datamodules"), class_name)
+    except (ImportError, AttributeError):
+        return f"datamodule class {class_path} not found"
+    return _unaccepted(cls, get_dotted(config, "data.init_args", {}) or {}, "datamodule")
+
+
+def _networks_problem(archs: list[str]) -> str | None:
     from models import UnknownModelError, model_entry
 
     for arch in archs:
@@ -215,49 +503,75 @@ def _availability(method: str, archs: list[str]) -> str | None:
             model_entry(arch)
         except UnknownModelError:
             return f"network {arch} is not in the model zoo yet"
-    try:
-        method_class(method)
-    except UnknownMethodError:
+    return None
+
+
+def _availability(method: str, archs: list[str]) -> str | None:
+    """Why a run of ``method`` on these networks cannot be made yet, or None."""
+    problem = _networks_problem(archs)
+    if problem:
+        return problem
+    if _method_class(method) is None:
         return f"method {method} is not implemented yet"
     return None
 
 
-def _base_config(table: Table, recipe_name: str, student: str, preset: Preset) -> dict[str, Any]:
-    spec = recipe(recipe_name)
-    config = _load_yaml(spec["config"])
-    for arch, overrides in (spec.get("student_overrides") or {}).items():
-        if arch == student:
-            for dotted, value in overrides.items():
-                set_dotted(config, dotted, value)
-    return config
+def _optional_classmethod(cls: type | None, name: str, init_args: dict[str, Any]) -> list[Any]:
+    hook = getattr(cls, name, None) if cls is not None else None
+    if hook is None:
+        return []
+    result = hook(dict(init_args))
+    return list(result or [])
 
 
+# -------------------------------------------------------------------------------------------------- planner
 def _finish(config: dict[str, Any], preset: Preset, seed: int) -> dict[str, Any]:
-    config = deep_merge(config, preset.config)
+    _merge_into(config, preset.config)
     config["seed_everything"] = seed
     set_dotted(config, "data.init_args.seed", seed)
+    devices = get_dotted(config, "trainer.devices")
+    batch = get_dotted(config, "data.init_args.batch_size")
+    if isinstance(devices, int) and devices > 1 and isinstance(batch, int):
+        # Recipes state global batch sizes; Lightning's batch_size is per device.
+        if batch % devices:
+            raise KDBenchError(f"batch size {batch} does not split over trainer.devices={devices}")
+        set_dotted(config, "data.init_args.batch_size", batch // devices)
     return config
 
 
 class Planner:
-    def __init__(self, table: Table, preset: Preset, store: RunStore, trials: int, data_root: str) -> None:
+    def __init__(
+        self,
+        table: Table,
+        preset: Preset,
+        store: RunStore,
+        trials: int,
+        data_root: str,
+        teacher_root: str | None = None,
+    ) -> None:
         self.table = table
         self.preset = preset
         self.store = store
         self.trials = trials
         self.data_root = data_root
+        self.teacher_root = teacher_root if teacher_root is not None else data_root
         self.runs: dict[str, RunSpec] = {}
+        self.released: dict[str, str] = {}
+        self._teachers: dict[tuple[str, int], RunSpec] = {}
 
     def _add(self, spec: RunSpec) -> RunSpec:
+        if self.table.name not in spec.tables:
+            spec.tables.append(self.table.name)
         existing = self.runs.get(spec.run_id)
         if existing is not None:
-            existing.cells.extend(spec.cells)
+            existing.cells.extend(c for c in spec.cells if c not in existing.cells)
             return existing
         self.runs[spec.run_id] = spec
         return spec
 
-    def _info(self, config: dict[str, Any], run_id: str, row: str, pair: Pair | None, trial: int, kind: str) -> None:
-        name = f"{self.table.name}/{kind}/{pair.label if pair else ''}/{row}/t{trial}"
+    def _info(
+        self, config: dict[str, Any], run_id: str, name: str, row: str, pair: Pair | None, trial: int, recipe_name: str
+    ) -> None:
         info = {
             "dir": str(self.store.run_dir(run_id)),
             "run_id": run_id,
@@ -266,68 +580,192 @@ class Planner:
             "pair": pair.label if pair else None,
             "method": row,
             "trial": trial,
-            "recipe": self.table.recipe,
+            "recipe": recipe_name,
         }
         if self.preset.wandb:
             info["wandb"] = self.preset.wandb
         config["run"] = info
-        set_dotted(config, "data.init_args.root", self.data_root)
 
-    def teacher(self, arch: str) -> RunSpec:
+    def _base_config(self, recipe_name: str, student: str) -> dict[str, Any]:
+        spec = recipe(recipe_name)
+        config = _recipe_config(recipe_name)
+        for arch, overrides in (spec.get("student_overrides") or {}).items():
+            if arch == student:
+                for dotted, value in overrides.items():
+                    set_dotted(config, dotted, value)
+        set_dotted(config, "data.init_args.root", self.data_root)
+        return config
+
+    # -------------------------------------------------------------------------------------------- teachers
+    def teacher_source(self, arch: str) -> tuple[str | None, str | None]:
+        """(released weights path, why it cannot be used) when the table names released weights for ``arch``."""
+        released = self.table.teacher_checkpoints.get(arch)
+        if released is None:
+            return None, None
+        path = Path(released.path)
+        path = path if path.is_absolute() else Path(self.teacher_root) / path
+        if path.is_file():
+            return str(path), None
+        if self.preset.synthetic_data:
+            return None, None  # smoke: a smoke-trained teacher stands in for the missing release
+        where = f" (from {released.url})" if released.url else ""
+        return str(path), f"released {arch} teacher weights not found at {path}{where}"
+
+    def teacher(self, arch: str, seed: int = 0) -> RunSpec:
+        if (arch, seed) not in self._teachers:
+            self._teachers[(arch, seed)] = self._teacher(arch, seed)
+        return self._teachers[(arch, seed)]
+
+    def _teacher(self, arch: str, seed: int) -> RunSpec:
         recipe_name = self.table.teacher_recipe or self.table.recipe
-        config = _base_config(self.table, recipe_name, arch, self.preset)
+        config = self._base_config(recipe_name, arch)
         set_dotted(config, "model.class_path", "kd_modules.Vanilla")
         set_dotted(config, "model.init_args.student", arch)
-        config = _finish(config, self.preset, seed=0)
+        blocked = _datamodule_problem(self.table.dataset, config) or _availability("Vanilla", [arch])
+        if blocked is None:
+            _complete(config, _method_class("Vanilla"))
+        config = _finish(config, self.preset, seed=seed)
         run_id = run_identity(config)
-        self._info(config, run_id, "teacher", None, 0, "teacher")
-        config["run"]["name"] = f"{self.table.name}/teacher/{arch}"
-        blocked = _availability("Vanilla", [arch])
-        return self._add(
-            RunSpec(run_id, "teacher", config, self.table.name, None, f"teacher {arch}", 0, blocked=blocked)
-        )
+        self._info(config, run_id, f"{self.table.name}/teacher/{arch}/s{seed}", "teacher", None, seed, recipe_name)
+        label = f"teacher {arch}" + (f" seed {seed}" if seed else "")
+        spec = RunSpec(run_id, "teacher", config, self.table.name, None, label, seed, blocked=blocked)
+        spec.recipe = recipe_name
+        return self._add(spec)
 
-    def student(self, row: Row, pair: Pair, trial: int, teacher: RunSpec) -> RunSpec:
-        config = _base_config(self.table, self.table.recipe, pair.student, self.preset)
-        if row.config:
-            config = deep_merge(config, _load_yaml(row.config))
-        if row.method != "teacher":
-            set_dotted(config, "model.class_path", f"kd_modules.{row.method}")
+    # -------------------------------------------------------------------------------------- method runs
+    def _method_run(
+        self,
+        *,
+        kind: str,
+        method: str,
+        pair: Pair,
+        recipe_name: str,
+        init_args: dict[str, Any],
+        overrides: dict[str, Any],
+        trial: int,
+        row_label: str,
+        config_file: str | None = None,
+        teacher_seed: int = 0,
+        depth: int = 0,
+    ) -> RunSpec:
+        """One run of ``method`` on ``pair`` (student or prerequisite stage), with its prerequisites.
+
+        When it cannot run yet, ``blocked`` names the most fundamental reason: the dataset, a network, the method,
+        its arguments, its config file, then the teacher.
+        """
+        config = self._base_config(recipe_name, pair.student)
+        config_problem = None
+        if config_file:
+            try:
+                _merge_into(config, _load_yaml(config_file))
+            except KDBenchError:
+                config_problem = f"method config {config_file} not written yet"
+        set_dotted(config, "model.class_path", f"kd_modules.{method}")
         set_dotted(config, "model.init_args.student", pair.student)
-        for key, value in row.args_for(pair).items():
+        for key, value in init_args.items():
             set_dotted(config, f"model.init_args.{key}", value)
-        for key, value in self.preset.method_init_args.get(row.method, {}).items():
+        # A preset may shrink one method's settings (e.g. small letKD codebooks in smoke runs), after the row's own.
+        for key, value in self.preset.method_init_args.get(method, {}).items():
             set_dotted(config, f"model.init_args.{key}", value)
-        depends: list[str] = []
-        from kd_modules import UnknownMethodError, method_class
+        for dotted, value in overrides.items():
+            set_dotted(config, dotted, value)
 
-        try:
-            cls = method_class(row.method)
-            needs_teacher = cls.requires_teacher
-            sized_by_teacher = getattr(cls, "sized_by_teacher_arch", False)
-        except UnknownMethodError:
-            needs_teacher, sized_by_teacher = True, False
-        given = config.get("model", {}).get("init_args", {})
+        cls = _method_class(method)
+        needs_teacher = True if cls is None else bool(getattr(cls, "requires_teacher", False))
+        sized_by_teacher = cls is not None and bool(getattr(cls, "sized_by_teacher_arch", False))
+        given = get_dotted(config, "model.init_args", {})
         if sized_by_teacher and not needs_teacher and "teacher_arch" not in given and "teacher_channels" not in given:
             # Methods sized by the teacher's architecture but trained without its weights (NORM's FT-only
-            # students) get the pair's teacher name; no dependency on the teacher run.
+            # students) get the pair's teacher name, and no dependency on the teacher run.
             set_dotted(config, "model.init_args.teacher_arch", pair.teacher)
+        depends: list[str] = []
+        teacher_run: RunSpec | None = None
+        teacher_file: str | None = None
+        teacher_problem = None
         if needs_teacher:
-            # The teacher counts by its run id (the weights lie in that run's folder), see teacher_identity.
-            checkpoint = str(self.store.final_weights(teacher.run_id))
-            set_dotted(config, "model.init_args.teacher", {"arch": pair.teacher, "checkpoint": checkpoint})
-            depends.append(teacher.run_id)
+            released, problem = self.teacher_source(pair.teacher)
+            if released is not None:
+                teacher_file = released
+                teacher_problem = problem
+                self.released[pair.teacher] = released
+            else:
+                teacher_run = self.teacher(pair.teacher, teacher_seed)
+                teacher_file = str(self.store.final_weights(teacher_run.run_id))
+                depends.append(teacher_run.run_id)
+                if teacher_run.blocked:
+                    teacher_problem = f"teacher: {teacher_run.blocked}"
+            set_dotted(config, "model.init_args.teacher", {"arch": pair.teacher, "checkpoint": teacher_file})
+
+        model_args = {k: v for k, v in get_dotted(config, "model.init_args", {}).items() if k not in BASE_ARGS}
+        blocked = (
+            _datamodule_problem(self.table.dataset, config)
+            or _availability(method, [pair.student] + ([pair.teacher] if needs_teacher or sized_by_teacher else []))
+            or (_unaccepted(cls, model_args, "method") if cls is not None else None)
+            or config_problem
+            or teacher_problem
+        )
+
+        offline: list[tuple[str, str]] = []
+        if blocked is None and cls is not None:
+            offline = [(str(n), str(d)) for n, d in _optional_classmethod(cls, "offline_stages", model_args)]
+            for raw in _optional_classmethod(cls, "prerequisites", model_args):
+                prerequisite = Prerequisite.parse(raw, cls.__name__)
+                if depth >= MAX_PREREQUISITE_DEPTH:
+                    raise KDBenchError(f"prerequisites of {method} nest deeper than {MAX_PREREQUISITE_DEPTH}")
+                if prerequisite.network == "teacher":
+                    stage = self.teacher(pair.teacher, prerequisite.seed or 0)
+                else:
+                    stage = self._method_run(
+                        kind="stage",
+                        method=prerequisite.method,
+                        pair=pair,
+                        recipe_name=recipe_name,
+                        init_args=prerequisite.init_args,
+                        overrides=prerequisite.overrides,
+                        trial=trial if prerequisite.seed is None else prerequisite.seed,
+                        row_label=f"{row_label}: {prerequisite.name}",
+                        teacher_seed=teacher_seed,
+                        depth=depth + 1,
+                    )
+                depends.append(stage.run_id)
+                set_dotted(
+                    config,
+                    f"model.init_args.{prerequisite.pass_as}",
+                    str(self.store.run_dir(stage.run_id) / prerequisite.output),
+                )
+                if stage.blocked:
+                    blocked = blocked or f"{prerequisite.name} stage: {stage.blocked}"
+
+        if blocked is None:
+            _complete(config, cls)
         config = _finish(config, self.preset, seed=trial)
         run_id = run_identity(config)
-        self._info(config, run_id, row.label, pair, trial, "student")
-        blocked = _availability(
-            row.method, [pair.student] + ([pair.teacher] if needs_teacher or sized_by_teacher else [])
-        )
-        if blocked is None and needs_teacher and teacher.blocked:
-            blocked = f"teacher: {teacher.blocked}"
-        spec = RunSpec(run_id, "student", config, self.table.name, pair, row.label, trial, depends, blocked)
-        spec.cells.append((row.label, pair.label, trial))
+        name = f"{self.table.name}/{kind}/{pair.label}/{row_label}/t{trial}"
+        self._info(config, run_id, name, row_label, pair, trial, recipe_name)
+        spec = RunSpec(run_id, kind, config, self.table.name, pair, row_label, trial, depends, blocked)
+        spec.recipe = recipe_name
+        spec.offline = offline
+        spec.teacher_run = teacher_run.run_id if teacher_run else None
+        spec.teacher_source = teacher_file if teacher_run is None else None
         return self._add(spec)
+
+    def student(self, row: Row, pair: Pair, trial: int) -> RunSpec:
+        spec = self._method_run(
+            kind="student",
+            method=row.method,
+            pair=pair,
+            recipe_name=self.table.recipe_for(row, pair),
+            init_args=row.args_for(pair),
+            overrides=row.overrides_for(pair),
+            trial=trial,
+            row_label=row.label,
+            config_file=row.config,
+            teacher_seed=row.teacher_seed or 0,
+        )
+        cell = (row.label, pair.label, trial)
+        if cell not in spec.cells:
+            spec.cells.append(cell)
+        return spec
 
 
 def _select(table: Table, pairs: list[str] | None, methods: list[str] | None) -> tuple[list[Pair], list[Row]]:
@@ -353,6 +791,22 @@ def _select(table: Table, pairs: list[str] | None, methods: list[str] | None) ->
     return chosen_pairs, chosen_rows
 
 
+def _dependency_order(runs: dict[str, RunSpec]) -> dict[str, RunSpec]:
+    """Teachers first, then every run after the runs it depends on (stable otherwise)."""
+    ordered: dict[str, RunSpec] = {}
+    pending = sorted(runs.values(), key=lambda s: {"teacher": 0, "stage": 1, "student": 2}[s.kind])
+    while pending:
+        progressed = False
+        for spec in list(pending):
+            if all(dep in ordered or dep not in runs for dep in spec.depends_on):
+                ordered[spec.run_id] = spec
+                pending.remove(spec)
+                progressed = True
+        if not progressed:
+            raise KDBenchError(f"dependency cycle among runs {', '.join(s.run_id for s in pending)}")
+    return ordered
+
+
 def build_plan(
     table: Table,
     preset: Preset,
@@ -362,39 +816,74 @@ def build_plan(
     trials: int | None = None,
     pairs: list[str] | None = None,
     methods: list[str] | None = None,
+    teacher_root: str | None = None,
 ) -> Plan:
     n_trials = trials if trials is not None else (preset.trials if preset.trials is not None else table.trials)
     if n_trials < 1:
         raise KDBenchError(f"--trials must be at least 1, got {n_trials}")
     chosen_pairs, chosen_rows = _select(table, pairs, methods)
-    planner = Planner(table, preset, store, n_trials, data_root)
+    planner = Planner(table, preset, store, n_trials, data_root, teacher_root)
     cells: dict[tuple[str, str], list[str]] = {}
     blocked_cells: dict[tuple[str, str], str] = {}
     for pair in chosen_pairs:
-        teacher = planner.teacher(pair.teacher)
         for row in chosen_rows:
             if row.quoted_only:
                 continue
             key = (row.label, pair.label)
             if row.is_teacher:
-                teacher.cells.append((row.label, pair.label, 0))
+                released, problem = planner.teacher_source(pair.teacher)
+                if released is not None:
+                    planner.released[pair.teacher] = released
+                    cells[key] = []
+                    blocked_cells[key] = problem or f"released {pair.teacher} weights are used, not trained here"
+                    continue
+                teacher = planner.teacher(pair.teacher, row.teacher_seed or 0)
+                if (row.label, pair.label, 0) not in teacher.cells:
+                    teacher.cells.append((row.label, pair.label, 0))
                 cells[key] = [teacher.run_id]
                 if teacher.blocked:
                     blocked_cells[key] = teacher.blocked
                 continue
             ids = []
             for trial in range(n_trials):
-                spec = planner.student(row, pair, trial, teacher)
+                spec = planner.student(row, pair, trial)
                 ids.append(spec.run_id)
                 if spec.blocked:
                     blocked_cells[key] = spec.blocked
             cells[key] = ids
-    # Teachers that no runnable cell needs are dropped from the plan.
-    needed = {
-        dep for spec in planner.runs.values() if spec.kind == "student" and not spec.blocked for dep in spec.depends_on
-    }
-    needed |= {rid for ids in cells.values() for rid in ids}
-    teachers = [s for s in planner.runs.values() if s.kind == "teacher" and s.run_id in needed]
-    students = [s for s in planner.runs.values() if s.kind == "student"]
-    ordered = {s.run_id: s for s in teachers + students}
-    return Plan(table, preset, store, ordered, cells, blocked_cells)
+    # Runs that no runnable cell needs (teachers and stages of blocked students) are dropped from the plan.
+    needed = {rid for ids in cells.values() for rid in ids}
+    frontier = [s for s in planner.runs.values() if s.kind == "student" and not s.blocked]
+    while frontier:
+        spec = frontier.pop()
+        for dep in spec.depends_on:
+            if dep not in needed:
+                needed.add(dep)
+                frontier.append(planner.runs[dep])
+    kept = {rid: spec for rid, spec in planner.runs.items() if rid in needed or spec.kind == "student"}
+    return Plan(
+        table,
+        preset,
+        store,
+        _dependency_order(kept),
+        cells,
+        blocked_cells,
+        trials=n_trials,
+        pairs=chosen_pairs,
+        released=dict(planner.released),
+    )
+
+
+def merge_runs(plans: list[Plan]) -> list[RunSpec]:
+    """The runs of several plans, each once (a run several tables need is trained once), in dependency order."""
+    merged: dict[str, RunSpec] = {}
+    for plan in plans:
+        for spec in plan.ordered():
+            existing = merged.get(spec.run_id)
+            if existing is None:
+                merged[spec.run_id] = copy.copy(spec)
+                merged[spec.run_id].tables = list(spec.tables)
+                merged[spec.run_id].cells = list(spec.cells)
+            else:
+                existing.tables.extend(t for t in spec.tables if t not in existing.tables)
+    return list(_dependency_order(merged).values())

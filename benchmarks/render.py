@@ -1,24 +1,35 @@
-"""Rendering a table from the result store: ours (mean ± std, n) beside the papers' numbers, and Δ."""
+"""Rendering a table from the result store: ours (mean ± std, n) beside the papers' numbers, Δ, CSV and a plot.
+
+For every cell (row x column x metric) the renderer reads the records of the cell's runs (one per trial) and
+shows ``ours mean ± std (n) / paper / Δ`` (Δ = ours − paper, against the row's first paper reference).  In each
+column the best of ours and the best published number (teacher rows excluded) are in bold.  Cells that cannot
+run yet (``n/a``), runs that failed (``failed``) and runs not made yet (``not run``) say so, with the reason as a
+footnote.  Quoted-only rows and quoted columns show published numbers only.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from benchmarks.execute import failure_message
 from benchmarks.plan import Plan
-from benchmarks.tables import PaperRef, Row, lookup_paper
+from benchmarks.tables import Column, PaperRef, Row, cell_metric, lookup_paper
 
-__all__ = ["CellResult", "collect", "render_markdown", "write_table"]
+__all__ = ["CellResult", "collect", "render_markdown", "write_table", "plot_table", "MATCH_TOLERANCE"]
+
+#: A cell "matches" the paper when |ours − paper| is at most this (top-1 points).
+MATCH_TOLERANCE = 0.5
 
 
 @dataclass
 class CellResult:
     row: str
-    pair: str
+    pair: str  # the column key (pair label)
+    metric: str  # paper metric of the column: top1 | top5
     values: list[float]
     expected: int
     paper: float | None
@@ -26,6 +37,8 @@ class CellResult:
     status: str  # "ok" | "partial" | "missing" | "failed" | "blocked"
     reason: str = ""
     smoke: bool = False
+    paper_source: str = ""
+    run_ids: list[str] = field(default_factory=list)
 
     @property
     def mean(self) -> float | None:
@@ -46,73 +59,129 @@ class CellResult:
         return None if self.mean is None or self.paper is None else self.mean - self.paper
 
 
-def _paper_value(ref: PaperRef | None, plan: Plan, pair_label: str) -> tuple[float | None, str | None]:
-    if ref is None:
+def _columns(plan: Plan) -> list[Column]:
+    return plan.table.columns(plan.pairs or plan.table.pairs)
+
+
+def _paper_value(ref: PaperRef | None, column: Column) -> tuple[float | None, str | None]:
+    if ref is None or column.key in ref.absent:
         return None, None
-    pair = next(p for p in plan.table.pairs if p.label == pair_label)
-    found = lookup_paper(ref, pair)
+    found = lookup_paper(ref, column)
     if not found:
         return None, None
     return found[0].number, found[0].value
 
 
 def collect(plan: Plan) -> pd.DataFrame:
-    """One row per (table row, pair): our values over trials, status and the primary published number."""
-    metric = plan.table.metric
+    """One row per (table row, pair column, metric): our values over trials, status and the primary paper number."""
     results: list[CellResult] = []
+    columns = [c for c in _columns(plan) if not c.quoted]
     for (row_label, pair_label), run_ids in plan.cells.items():
         row = plan.table.row(row_label)
-        paper, paper_text = _paper_value(row.paper[0] if row.paper else None, plan, pair_label)
-        cell = CellResult(row_label, pair_label, [], len(run_ids), paper, paper_text, "missing")
-        blocked = plan.blocked_cells.get((row_label, pair_label))
-        if blocked:
-            cell.status, cell.reason = "blocked", blocked
-        else:
-            failures = []
-            for run_id in run_ids:
-                record = plan.store.record(run_id)
-                if record is not None and metric in record["metrics"]:
-                    cell.values.append(float(record["metrics"][metric]))
-                    cell.smoke = cell.smoke or bool(record.get("smoke"))
-                else:
-                    message = failure_message(plan.store, run_id)
-                    if message:
-                        failures.append(message)
-            if cell.values:
-                cell.status = "ok" if len(cell.values) == cell.expected else "partial"
-            elif failures:
-                cell.status, cell.reason = "failed", failures[0]
-        results.append(cell)
+        protocol = plan.protocol(row_label)
+        for column in (c for c in columns if c.key == pair_label):
+            ref = row.paper[0] if row.paper else None
+            paper, paper_text = _paper_value(ref, column)
+            cell = CellResult(
+                row_label,
+                pair_label,
+                column.metric,
+                [],
+                len(run_ids),
+                paper,
+                paper_text,
+                "missing",
+                paper_source=ref.display if ref and paper_text else "",
+                run_ids=list(run_ids),
+            )
+            blocked = plan.blocked_cells.get((row_label, pair_label))
+            if blocked:
+                cell.status, cell.reason = "blocked", blocked
+            else:
+                key = cell_metric(protocol, column.metric)
+                failures = []
+                for run_id in run_ids:
+                    record = plan.store.record(run_id)
+                    if record is not None and key in record.get("metrics", {}):
+                        cell.values.append(float(record["metrics"][key]))
+                        cell.smoke = cell.smoke or bool(record.get("smoke"))
+                    else:
+                        message = failure_message(plan.store, run_id)
+                        if message:
+                            failures.append(message)
+                if cell.values:
+                    cell.status = "ok" if len(cell.values) == cell.expected else "partial"
+                elif failures:
+                    cell.status, cell.reason = "failed", failures[0]
+            results.append(cell)
     return pd.DataFrame(
-        [vars(c) | {"mean": c.mean, "std": c.std, "delta": c.delta, "n": len(c.values)} for c in results]
+        [vars(c) | {"mean": c.mean, "std": c.std, "delta": c.delta, "n": len(c.values)} for c in results],
+        columns=[
+            "row",
+            "pair",
+            "metric",
+            "values",
+            "expected",
+            "paper",
+            "paper_text",
+            "status",
+            "reason",
+            "smoke",
+            "paper_source",
+            "run_ids",
+            "mean",
+            "std",
+            "delta",
+            "n",
+        ],
     )
 
 
-def _format_cell(entry: pd.Series, footnotes: dict[str, int]) -> str:
+def _best(frame: pd.DataFrame, plan: Plan) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
+    """(row, column, metric) of the best of ours and the best published number per column (teachers excluded)."""
+    best_ours: set[tuple[str, str, str]] = set()
+    best_paper: set[tuple[str, str, str]] = set()
+    if not len(frame):
+        return best_ours, best_paper
+    students = frame[[not plan.table.row(r).is_teacher for r in frame["row"]]]
+    for (pair, metric), group in students.groupby(["pair", "metric"]):
+        ours = group.dropna(subset=["mean"])
+        if len(ours) > 1:
+            top = ours["mean"].max()
+            best_ours |= {(r, pair, metric) for r in ours[ours["mean"] == top]["row"]}
+        paper = group.dropna(subset=["paper"])
+        if len(paper) > 1:
+            top = paper["paper"].max()
+            best_paper |= {(r, pair, metric) for r in paper[paper["paper"] == top]["row"]}
+    return best_ours, best_paper
+
+
+def _format_cell(entry: pd.Series, footnotes: dict[str, int], bold_ours: bool, bold_paper: bool) -> str:
     def mark(reason: str) -> str:
         footnotes.setdefault(reason, len(footnotes) + 1)
         return f"[{footnotes[reason]}]"
 
     paper = entry["paper_text"] if isinstance(entry["paper_text"], str) else "–"
+    if bold_paper and paper != "–":
+        paper = f"**{paper}**"
     if entry["status"] == "blocked":
         return f"n/a{mark(entry['reason'])} / {paper}"
     if entry["status"] == "failed":
         return f"failed{mark(entry['reason'])} / {paper}"
     if entry["status"] == "missing":
         return f"not run / {paper}"
-    ours = f"{entry['mean']:.2f} ± {entry['std']:.2f} ({entry['n']}"
-    ours += f"/{entry['expected']})" if entry["status"] == "partial" else ")"
+    ours = f"{entry['mean']:.2f} ± {entry['std']:.2f}"
+    if bold_ours:
+        ours = f"**{ours}**"
+    ours += f" ({entry['n']}" + (f"/{entry['expected']})" if entry["status"] == "partial" else ")")
     delta = f"{entry['delta']:+.2f}" if entry["delta"] is not None and not pd.isna(entry["delta"]) else "–"
     return f"{ours} / {paper} / {delta}"
 
 
-def _quoted_rows(row: Row, plan: Plan, pair_labels: list[str]) -> list[list[str]]:
+def _quoted_lines(row: Row, columns: list[Column]) -> list[list[str]]:
     lines = []
-    for ref in row.paper[1:] if not row.quoted_only else row.paper:
-        values = []
-        for label in pair_labels:
-            _, text = _paper_value(ref, plan, label)
-            values.append(text or "–")
+    for ref in row.paper if row.quoted_only else row.paper[1:]:
+        values = [(_paper_value(ref, column)[1] or "–") for column in columns]
         prefix = f"{row.label} — quoted only" if row.quoted_only else f"↳ {row.label}"
         lines.append([f"{prefix}: {ref.display}"] + values)
     return lines
@@ -120,28 +189,34 @@ def _quoted_rows(row: Row, plan: Plan, pair_labels: list[str]) -> list[list[str]
 
 def render_markdown(plan: Plan, frame: pd.DataFrame) -> str:
     table = plan.table
-    pairs = [p for p in table.pairs if any(k[1] == p.label for k in plan.cells)]
-    pair_labels = [p.label for p in pairs]
-    smoke = plan.preset.is_smoke or bool(frame["smoke"].any()) if len(frame) else plan.preset.is_smoke
+    columns = _columns(plan)
+    smoke = plan.preset.is_smoke or (bool(frame["smoke"].any()) if len(frame) else False)
     footnotes: dict[str, int] = {}
-    header = ["method"] + [p.display for p in pairs]
+    best_ours, best_paper = _best(frame, plan)
+    header = ["method"] + [c.label + (" (quoted)" if c.quoted else "") for c in columns]
     lines = [header, ["---"] * len(header)]
-    indexed = frame.set_index(["row", "pair"]) if len(frame) else frame
+    indexed = {(r["row"], r["pair"], r["metric"]): r for _, r in frame.iterrows()}
+    chosen = {p.label for p in plan.pairs or table.pairs}
     for row in table.rows:
         if row.quoted_only:
-            lines.extend(_quoted_rows(row, plan, pair_labels))
+            lines.extend(_quoted_lines(row, columns))
             continue
-        if not any((row.label, label) in plan.cells for label in pair_labels):
+        if not any((row.label, label) in plan.cells for label in chosen):
             continue
         cells = []
-        for label in pair_labels:
-            if (row.label, label) in plan.cells:
-                cells.append(_format_cell(indexed.loc[(row.label, label)], footnotes))
-            else:
+        for column in columns:
+            entry = indexed.get((row.label, column.key, column.metric))
+            if column.quoted:
+                value = _paper_value(row.paper[0] if row.paper else None, column)[1]
+                cells.append(f"quoted: {value}" if value else "")
+            elif entry is None:
                 cells.append("")
+            else:
+                key = (row.label, column.key, column.metric)
+                cells.append(_format_cell(entry, footnotes, key in best_ours, key in best_paper))
         primary = f" (paper: {row.paper[0].display})" if row.paper else ""
         lines.append([row.label + primary] + cells)
-        lines.extend(_quoted_rows(row, plan, pair_labels))
+        lines.extend(_quoted_lines(row, columns))
 
     out = [f"# {table.name}: {table.title}", ""]
     if smoke:
@@ -151,25 +226,70 @@ def render_markdown(plan: Plan, frame: pd.DataFrame) -> str:
             "",
         ]
     trials = max((len(ids) for ids in plan.cells.values()), default=0)
+    protocol = "best epoch" if table.metric == "best_top1" else "last epoch"
     out += [
-        f"Dataset `{table.dataset}`, recipe `{table.recipe}`, metric `{table.metric}` (top-1 %), up to {trials} trial(s) per cell.",
-        "Each cell: **ours mean ± std (n) / paper / Δ (ours − paper)**.",
+        f"Dataset `{table.dataset}`, recipe `{table.recipe}`, {protocol} (`{table.metric}`), top-1 %"
+        + (" and top-5 %" if "top5" in table.metrics else "")
+        + f", up to {trials} trial(s) per cell.",
+        "Each cell: **ours mean ± std (n) / paper / Δ (ours − paper)**; the best of ours and the best published "
+        "number per column (teachers excluded) are in bold.",
         "",
     ]
     out += ["| " + " | ".join(line) + " |" for line in lines]
     if footnotes:
         out += [""] + [f"[{n}] {reason}" for reason, n in footnotes.items()]
-    if table.notes:
-        out += [""] + [f"- {note}" for note in table.notes]
+    notes = list(table.notes)
+    if table.trials_note:
+        notes.append(f"Trials: {table.trials_note}")
+    if notes:
+        out += [""] + [f"- {note}" for note in notes]
     return "\n".join(out) + "\n"
 
 
+def plot_table(plan: Plan, frame: pd.DataFrame, path: Path) -> Path:
+    """A PNG of ours (mean ± std) against the paper's number, one point per cell, with the y = x line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    both = frame.dropna(subset=["mean", "paper"]) if len(frame) else frame
+    figure, axis = plt.subplots(figsize=(6.0, 6.0), dpi=110)
+    if len(both):
+        low = float(min(both["mean"].min(), both["paper"].min())) - 1.0
+        high = float(max(both["mean"].max(), both["paper"].max())) + 1.0
+        axis.plot([low, high], [low, high], color="grey", linewidth=1, linestyle="--", label="ours = paper")
+        for row, group in both.groupby("row", sort=False):
+            axis.errorbar(group["paper"], group["mean"], yerr=group["std"], fmt="o", markersize=4, capsize=2, label=row)
+        axis.set_xlim(low, high)
+        axis.set_ylim(low, high)
+        if both["row"].nunique() <= 20:
+            axis.legend(fontsize=6, loc="upper left")
+    else:
+        axis.text(0.5, 0.5, "no cell has both our result\nand a published number yet", ha="center", va="center")
+        axis.set_xticks([])
+        axis.set_yticks([])
+    smoke = " (SMOKE: not results)" if plan.preset.is_smoke else ""
+    axis.set_title(f"{plan.table.name}: ours vs paper{smoke}", fontsize=10)
+    axis.set_xlabel("paper (%)")
+    axis.set_ylabel("ours, mean ± std (%)")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
 def write_table(plan: Plan, out_dir: Path) -> tuple[Path, str]:
+    """Write ``<table>.md``, ``<table>.csv`` and ``<table>.png`` (``.smoke.*`` under the smoke preset)."""
     frame = collect(plan)
     text = render_markdown(plan, frame)
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = ".smoke" if plan.preset.is_smoke else ""
     path = out_dir / f"{plan.table.name}{suffix}.md"
     path.write_text(text)
-    frame.drop(columns=["values"]).to_csv(out_dir / f"{plan.table.name}{suffix}.csv", index=False)
+    csv_frame = frame.drop(columns=["values"]).copy()
+    csv_frame["run_ids"] = [" ".join(ids) for ids in csv_frame["run_ids"]]
+    csv_frame.insert(0, "table", plan.table.name)
+    csv_frame.to_csv(out_dir / f"{plan.table.name}{suffix}.csv", index=False)
+    plot_table(plan, frame, out_dir / f"{plan.table.name}{suffix}.png")
     return path, text

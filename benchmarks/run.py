@@ -1,28 +1,37 @@
 """The table runner.
 
     python -m benchmarks.run --list                       # the tables
-    python -m benchmarks.run table1 --dry-run             # the plan: runs, dependencies, GPU-hour estimate
+    python -m benchmarks.run status                       # coverage of every table: runnable / run / matching
+    python -m benchmarks.run table1 --dry-run             # the plan: dependency graph, shared runs, GPU-hours
+    python -m benchmarks.run fmnist --dry-run --measure   # ... with run times measured on this machine
     python -m benchmarks.run table1                       # train what is missing (teachers first), render
     python -m benchmarks.run table1 --preset smoke        # every runnable cell for a few steps, offline
     python -m benchmarks.run table1 --methods KD --pairs resnet56->resnet20 --trials 5
+    python -m benchmarks.run table1 table2 --launcher parallel --per-gpu 2     # all visible GPUs, 2 runs each
+    python -m benchmarks.run all --launcher slurm --slurm-partition gpu --slurm-time 720
+    python -m benchmarks.run norm.t1 --from-wandb my-team/kdbench               # rebuild from logged runs
 
-Finished runs are never redone (their ``record.json`` exists); interrupted runs resume from ``last.ckpt``.
-The rendered table goes to ``tables/results/<table>.md`` (``<table>.smoke.md`` under the smoke preset).
+Finished runs are never redone (their ``record.json`` exists); interrupted runs resume from ``last.ckpt``; a run
+several tables need is trained once.  Rendered tables go to ``tables/results/<table>.{md,csv,png}``
+(``<table>.smoke.*`` under the smoke preset).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 from benchmarks.errors import KDBenchError, user_errors
-from benchmarks.plan import Plan, build_plan, list_presets, load_preset
+from benchmarks.plan import Plan, RunSpec, build_plan, list_presets, load_preset, merge_runs, recipe
 from benchmarks.store import RunStore
-from benchmarks.tables import REPO_ROOT, list_tables, load_table
+from benchmarks.tables import REPO_ROOT, Table, list_tables, load_table
 
-__all__ = ["main"]
+__all__ = ["main", "plan_tables", "print_plan", "coverage"]
 
 RESULTS_DIR = REPO_ROOT / "tables" / "results"
 
@@ -37,9 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("table", nargs="?", help="table name (see --list)")
+    parser.add_argument("tables", nargs="*", help="table names (see --list), 'all', or 'status'")
     parser.add_argument("--list", action="store_true", help="list the tables and exit")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and a GPU-hour estimate; run nothing")
+    parser.add_argument("--verbose", action="store_true", help="with --dry-run: list every run")
+    parser.add_argument("--measure", action="store_true", help="with --dry-run: time a few real steps of each run here")
     parser.add_argument("--preset", default="full", help=f"run preset (one of: {', '.join(list_presets())})")
     parser.add_argument("--trials", type=int, help="trials per cell (default: the table's, or the preset's)")
     parser.add_argument("--methods", nargs="*", help="only these rows (labels or method names, comma separated)")
@@ -47,17 +58,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--store", help="result store folder (default: results, or the preset's)")
     parser.add_argument("--data-root", default="data", help="dataset root folder (default: data)")
     parser.add_argument("--render-only", action="store_true", help="render the table from the store; train nothing")
+    parser.add_argument(
+        "--launcher", default="sequential", choices=["sequential", "parallel", "slurm"], help="how runs are executed"
+    )
+    parser.add_argument("--per-gpu", type=int, default=1, help="parallel: concurrent runs per visible GPU")
+    parser.add_argument("--jobs", type=int, help="parallel, no GPU: concurrent runs (default 2)")
+    parser.add_argument("--slurm-folder", default="results/slurm", help="slurm: submitit's job folder")
+    parser.add_argument("--slurm-cluster", choices=["auto", "slurm", "local", "debug"], default="auto")
+    parser.add_argument("--slurm-partition", help="slurm: partition")
+    parser.add_argument("--slurm-time", type=int, help="slurm: time limit per run in minutes (default 1440)")
+    parser.add_argument("--slurm-cpus", type=int, help="slurm: CPUs per task")
+    parser.add_argument("--slurm-mem", type=float, help="slurm: memory per node in GB")
+    parser.add_argument("--slurm-parallelism", type=int, help="slurm: array tasks running at once")
+    parser.add_argument("--slurm-param", action="append", default=[], help="slurm: any submitit parameter KEY=VALUE")
+    parser.add_argument("--no-wait", action="store_true", help="slurm: submit all levels chained by dependency")
+    parser.add_argument("--from-wandb", metavar="ENTITY/PROJECT", help="rebuild the tables from runs logged to W&B")
     return parser.parse_args(argv)
 
 
-def _data_root(table_dataset: str, root: str, synthetic_allowed: bool) -> tuple[str, bool]:
-    """The data root to use, generating a fixture in the real format when allowed and the real data is absent."""
-    from datamodules import datamodule_for
+# ----------------------------------------------------------------------------------------------------- data
+def _data_root(table: Table, root: str, synthetic_allowed: bool) -> tuple[str, bool]:
+    """The data root to use: ``--data-root``, else one of the table's ``data_roots``, else a generated fixture
+    in the real format when the preset allows it; the first that holds the dataset."""
+    from datamodules import DATASETS
 
-    datamodule = datamodule_for(table_dataset)
-    if datamodule.is_available(root) or not synthetic_allowed:
+    datamodule = DATASETS.get(table.dataset)
+    if datamodule is None:
+        return root, False  # the plan shows every cell as blocked on the missing datamodule
+    for candidate in [root, *table.data_roots]:
+        if datamodule.is_available(candidate):
+            return candidate, False
+    if not synthetic_allowed:
         return root, False
-    synthetic_root = str(Path(root) / "synthetic" / table_dataset)
+    synthetic_root = str(Path(root) / "synthetic" / table.dataset)
     marker = Path(synthetic_root) / ".complete"
     if not marker.is_file():
         datamodule.write_fixture(synthetic_root)
@@ -65,80 +98,291 @@ def _data_root(table_dataset: str, root: str, synthetic_allowed: bool) -> tuple[
     return synthetic_root, True
 
 
-def print_plan(plan: Plan) -> None:
-    from benchmarks.cost import estimate_gpu_seconds
-    from datamodules import datamodule_for
-
-    datamodule = datamodule_for(plan.table.dataset)
-    runs = plan.ordered()
-    runnable = [r for r in runs if not r.blocked]
-    total = 0.0
-    print(f"plan for {plan.table.name} (preset {plan.preset.name}, store {plan.store.root}):")
-    for spec in runs:
-        if spec.blocked:
-            status = f"blocked: {spec.blocked}"
-            estimate = ""
-        else:
-            status = (
-                "finished"
-                if plan.store.is_finished(spec.run_id)
-                else ("resumable" if plan.store.last_checkpoint(spec.run_id) else "to run")
+def plan_tables(names: list[str], args: argparse.Namespace, quiet: bool = False) -> list[Plan]:
+    preset = load_preset(args.preset)
+    store = RunStore(Path(args.store or preset.store or "results").resolve())
+    plans = []
+    for name in names:
+        table = load_table(name)
+        data_root, synthetic = _data_root(table, args.data_root, preset.synthetic_data)
+        if synthetic and not quiet:
+            print(
+                f"{table.dataset} not found under {args.data_root}: using a generated fixture at {data_root} (smoke only)"
             )
-            seconds = estimate_gpu_seconds(spec.config, datamodule.train_size, datamodule.num_classes)
-            if status != "finished":
-                total += seconds
-            estimate = f" ~{seconds / 3600:.2f} GPU-h"
-        shared = f" shared by {len(spec.cells)} cells" if len(spec.cells) > 1 else ""
-        deps = f" after {', '.join(spec.depends_on)}" if spec.depends_on else ""
-        print(f"  {spec.run_id} {spec.kind:<7} {spec.label:<45} {status}{estimate}{deps}{shared}")
+        plans.append(
+            build_plan(
+                table,
+                preset,
+                store,
+                data_root=data_root,
+                trials=args.trials,
+                pairs=_split(args.pairs),
+                methods=_split(args.methods),
+                teacher_root=args.data_root,
+            )
+        )
+    return plans
+
+
+# ------------------------------------------------------------------------------------------------- dry run
+def _status(plan: Plan, spec: RunSpec) -> str:
+    if spec.blocked:
+        return "blocked"
+    if plan.store.is_finished(spec.run_id):
+        return "finished"
+    return "resumable" if plan.store.last_checkpoint(spec.run_id) else "to run"
+
+
+def _hours(seconds: float | None) -> str:
+    return "?" if seconds is None else f"~{seconds / 3600:.2f} GPU-h"
+
+
+def _estimates(plan: Plan) -> dict[str, float | None]:
+    from benchmarks.cost import dataset_sizes, estimate_gpu_seconds
+
+    train_size, _, num_classes = dataset_sizes(plan.table.dataset)
+    return {
+        rid: None if spec.blocked else estimate_gpu_seconds(spec.config, train_size, num_classes)
+        for rid, spec in plan.runs.items()
+    }
+
+
+def _other_tables(plan: Plan, args: argparse.Namespace) -> dict[str, list[str]]:
+    """run id -> the other tables whose plans (same preset and store) need the same run."""
+    others: dict[str, list[str]] = defaultdict(list)
+    quiet = argparse.Namespace(**{**vars(args), "pairs": None, "methods": None})
+    for name in list_tables():
+        if name == plan.table.name or load_table(name).dataset != plan.table.dataset:
+            continue  # runs are only ever shared within a dataset
+        other = plan_tables([name], quiet, quiet=True)[0]
+        for run_id in other.runs.keys() & plan.runs.keys():
+            others[run_id].append(name)
+    return others
+
+
+def print_plan(
+    plan: Plan, args: argparse.Namespace | None = None, shared_with: dict[str, list[str]] | None = None
+) -> None:
+    table = plan.table
+    runs = plan.ordered()
+    estimates = _estimates(plan)
+    statuses = {spec.run_id: _status(plan, spec) for spec in runs}
+    recipes_used = sorted({spec.recipe for spec in runs if spec.recipe})
+    print(f"plan for {table.name} ({table.title}); preset {plan.preset.name}, store {plan.store.root}")
     print(
-        f"{len(runs)} runs ({len(runnable)} runnable, {len(runs) - len(runnable)} blocked); "
-        f"estimated {total / 3600:.1f} GPU-hours for what is not finished "
-        "(rough: see benchmarks/cost.py for the model)"
+        f"  dataset {table.dataset}; {plan.trials} trial(s); metric {table.metric}"
+        + (f" ({table.trials_note})" if table.trials_note else "")
+    )
+    for name in recipes_used:
+        print(f"  recipe {name}: {recipe(name).get('description', '')}")
+    for arch, path in sorted(plan.released.items()):
+        print(f"  teacher {arch}: released weights {path}")
+
+    print("dependency graph (teacher -> offline stages -> prerequisite runs -> students):")
+    dependents: dict[str | None, list[RunSpec]] = defaultdict(list)
+    for spec in runs:
+        if spec.kind != "teacher":
+            parent = spec.teacher_run or (f"released:{spec.teacher_source}" if spec.teacher_source else None)
+            dependents[parent].append(spec)
+    roots: list[str | None] = [s.run_id for s in runs if s.kind == "teacher"]
+    roots += [k for k in dependents if k is not None and k not in roots]  # released, or dropped teachers
+    if None in dependents:
+        roots.append(None)
+    for root in roots:
+        if root is None:
+            print("  (no teacher)")
+        elif root.startswith("released:"):
+            print(f"  released teacher {root.split(':', 1)[1]}")
+        elif root not in plan.runs:
+            print(f"  teacher [{root}] not planned: every run that needs it is blocked")
+        else:
+            teacher = plan.runs[root]
+            others = f"; also needed by {', '.join(shared_with[root])}" if shared_with and root in shared_with else ""
+            print(f"  {teacher.label} [{root}] {statuses[root]} {_hours(estimates[root])}{others}")
+        children = dependents.get(root, [])
+        offline = Counter(stage for child in children if not child.blocked for stage in child.offline)
+        for (name, description), count in sorted(offline.items()):
+            print(f"    offline stage {name}: {description} (cached, shared by {count} run(s))")
+        for child in (c for c in children if c.kind == "stage"):
+            users = [s for s in runs if child.run_id in s.depends_on]
+            print(
+                f"    stage {child.label} [{child.run_id}] {statuses[child.run_id]} {_hours(estimates[child.run_id])}"
+                f" -> {len(users)} run(s)"
+            )
+        students = [c for c in children if c.kind == "student"]
+        if students:
+            by_status = Counter(statuses[c.run_id] for c in students)
+            print("    students: " + ", ".join(f"{n} {status}" for status, n in sorted(by_status.items())))
+
+    shared = [s for s in runs if len(s.cells) > 1 or (shared_with and s.run_id in shared_with)]
+    if shared:
+        print(f"shared runs ({len(shared)}; each trained once):")
+        for spec in shared[: 12 if not getattr(args, "verbose", False) else len(shared)]:
+            cells = ", ".join(f"{row} {pair}" for row, pair, _ in spec.cells[:4]) or "none of this table's"
+            others = (
+                f"; tables {', '.join(shared_with[spec.run_id])}" if shared_with and spec.run_id in shared_with else ""
+            )
+            print(f"  {spec.run_id} {spec.kind} {spec.label}: cells {cells}{others}")
+        if len(shared) > 12 and not getattr(args, "verbose", False):
+            print(f"  ... {len(shared) - 12} more (--verbose lists them)")
+
+    if getattr(args, "verbose", False):
+        print("runs:")
+        for spec in runs:
+            status = f"blocked: {spec.blocked}" if spec.blocked else statuses[spec.run_id]
+            deps = f" after {', '.join(spec.depends_on)}" if spec.depends_on else ""
+            estimate = "" if spec.blocked else f" {_hours(estimates[spec.run_id])}"
+            print(f"  {spec.run_id} {spec.kind:<7} {spec.label:<45} {status}{estimate}{deps}")
+
+    kinds = Counter(s.kind for s in runs)
+    runnable = [s for s in runs if not s.blocked]
+    todo = [s for s in runnable if statuses[s.run_id] != "finished"]
+    total = sum(estimates[s.run_id] or 0.0 for s in todo)
+    unknown = sum(1 for s in todo if estimates[s.run_id] is None)
+    print(
+        f"{len(runs)} runs ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}): {len(runnable)} runnable, "
+        f"{len(runs) - len(runnable)} blocked, {sum(1 for s in runs if statuses[s.run_id] == 'finished')} finished"
+    )
+    print(
+        f"estimated {total / 3600:.1f} GPU-hours for the {len(todo)} runnable runs not finished"
+        + (f" ({unknown} without an estimate)" if unknown else "")
+        + " (rough: see benchmarks/cost.py for the model)"
     )
     if plan.blocked_cells:
         reasons = sorted(set(plan.blocked_cells.values()))
-        print("cells that cannot run yet:")
+        print(f"cells that cannot run yet ({len(plan.blocked_cells)} of {len(plan.cells)}):")
         for reason in reasons:
             cells = [f"{row} {pair}" for (row, pair), r in plan.blocked_cells.items() if r == reason]
             print(f"  {reason}: {len(cells)} cell(s), e.g. {cells[0]}")
 
 
-def execute_plan(plan: Plan) -> dict[str, int]:
-    from benchmarks.execute import execute_run
+def print_measurements(plan: Plan) -> float:
+    """Time a few real steps of each distinct runnable run here, single-threaded, and extrapolate.
 
-    counts = {"finished": 0, "skipped": 0, "failed": 0, "blocked": 0}
-    ok: set[str] = set()
-    runs = plan.ordered()
-    for index, spec in enumerate(runs, start=1):
-        prefix = f"[{index}/{len(runs)}] {spec.kind} {spec.label}"
-        if spec.blocked:
-            counts["blocked"] += 1
-            continue
-        failed_deps = [d for d in spec.depends_on if d not in ok]
-        if failed_deps:
-            counts["blocked"] += 1
-            print(f"{prefix}: skipped, its teacher run {failed_deps[0]} did not finish", flush=True)
-            continue
-        outcome = execute_run(spec, plan.store)
-        counts[outcome.status] += 1
-        if outcome.status in ("finished", "skipped"):
-            ok.add(spec.run_id)
-        if outcome.status == "skipped":
-            print(f"{prefix}: already finished ({spec.run_id})", flush=True)
-        elif outcome.status == "finished":
-            record = plan.store.record(spec.run_id) or {}
-            top1 = record.get("metrics", {}).get(plan.table.metric)
-            resumed = " (resumed)" if outcome.resumed else ""
+    Runs are measured with one thread: the CPU time of a single-threaded step is stable on a shared machine
+    (several threads spin-wait when cores are busy, which inflates both wall and CPU time), and it is the cost a
+    run has under ``--launcher parallel --jobs N``, which gives each of N concurrent runs one core.  Returns the
+    total single-threaded CPU seconds.
+    """
+    import torch
+
+    from benchmarks.cost import dataset_sizes, measure_run
+
+    train_size, eval_size, _ = dataset_sizes(plan.table.dataset)
+    measured: dict[str, dict[str, float]] = {}
+    total = 0.0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    print(f"measured on this machine, one thread per run (train {train_size} / eval {eval_size} images):")
+    try:
+        for spec in plan.ordered():
+            if spec.blocked or plan.store.is_finished(spec.run_id):
+                continue
+            key = f"{spec.kind}:{spec.row}:{spec.pair.label if spec.pair else spec.label}"
+            if key not in measured:
+                measured[key] = measure_run(spec.config, train_size, eval_size)
+            m = measured[key]
+            total += m["cpu_seconds"]
             print(
-                f"{prefix}: done in {outcome.seconds:.1f}s{resumed}, {plan.table.metric} {top1:.2f} ({spec.run_id})",
-                flush=True,
+                f"  {spec.kind:<7} {spec.label:<45} {m['train_step_cpu_s'] * 1000:7.1f} ms/step x {m['steps']} steps"
+                f" + {m['eval_batch_cpu_s'] * 1000:.0f} ms/eval batch x {m['evaluations']} evaluations"
+                f" = {m['cpu_seconds'] / 60:.1f} CPU-min"
             )
-        else:
-            print(
-                f"{prefix}: FAILED ({outcome.message}); see {plan.store.run_dir(spec.run_id)}/failed.json", flush=True
-            )
-    return counts
+    finally:
+        torch.set_num_threads(threads)
+    cores = os.cpu_count() or 1
+    print(
+        f"measured estimate: {total / 60:.1f} single-threaded CPU-minutes for the runnable runs not finished; "
+        f"~{total / 60 / cores:.1f} minutes with --launcher parallel --jobs {cores} on {cores} idle cores "
+        "(dependencies permitting)"
+    )
+    return total
+
+
+# ----------------------------------------------------------------------------------------------- coverage
+def coverage(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Per table: cells, runnable cells, run cells (all trials), and those within the tolerance of the paper."""
+    from benchmarks.render import MATCH_TOLERANCE, collect
+
+    rows = []
+    for plan in plan_tables(list_tables(), args, quiet=True):
+        frame = collect(plan)
+        top1 = frame[frame["metric"] == "top1"] if len(frame) else frame
+        run = top1[top1["status"] == "ok"] if len(top1) else top1
+        with_paper = run.dropna(subset=["paper"]) if len(run) else run
+        rows.append(
+            {
+                "table": plan.table.name,
+                "cells": len(plan.cells),
+                "runnable": len(plan.cells) - len(plan.blocked_cells),
+                "run": len(run),
+                "compared": len(with_paper),
+                "matching": int((with_paper["delta"].abs() <= MATCH_TOLERANCE).sum()) if len(with_paper) else 0,
+            }
+        )
+    return rows
+
+
+def print_status(args: argparse.Namespace) -> None:
+    from benchmarks.render import MATCH_TOLERANCE
+
+    rows = coverage(args)
+    print(f"coverage of the store {args.store or load_preset(args.preset).store or 'results'} (preset {args.preset}):")
+    print(f"  {'table':<12} {'cells':>6} {'runnable':>9} {'run':>5} {'vs paper':>9} {'within':>7}")
+    for r in rows:
+        print(
+            f"  {r['table']:<12} {r['cells']:>6} {r['runnable']:>9} {r['run']:>5} {r['compared']:>9} {r['matching']:>7}"
+        )
+    total = {k: sum(r[k] for r in rows) for k in ("cells", "runnable", "run", "compared", "matching")}
+    print(
+        f"  {'all':<12} {total['cells']:>6} {total['runnable']:>9} {total['run']:>5} {total['compared']:>9} "
+        f"{total['matching']:>7}"
+    )
+    print(
+        f"cells: (row, pair) cells of kdbench runs; runnable: not blocked; run: every trial finished; vs paper: run "
+        f"and with a published top-1; within: |ours - paper| <= {MATCH_TOLERANCE} pt"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ launching
+def _launcher(args: argparse.Namespace) -> Any:
+    from benchmarks.launch import ParallelLauncher, SequentialLauncher, SubmititLauncher, visible_gpus
+
+    if args.launcher == "parallel":
+        return ParallelLauncher(per_gpu=args.per_gpu, jobs=args.jobs)
+    if args.launcher == "slurm":
+        parameters: dict[str, Any] = {}
+        for name, key in (
+            ("slurm_partition", "slurm_partition"),
+            ("slurm_time", "timeout_min"),
+            ("slurm_cpus", "cpus_per_task"),
+            ("slurm_mem", "mem_gb"),
+            ("slurm_parallelism", "slurm_array_parallelism"),
+        ):
+            if getattr(args, name) is not None:
+                parameters[key] = getattr(args, name)
+        for item in args.slurm_param:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise KDBenchError(f"--slurm-param takes KEY=VALUE, got {item!r}")
+            parameters[key] = int(value) if value.isdigit() else value
+        cluster = None if args.slurm_cluster == "auto" else args.slurm_cluster
+        return SubmititLauncher(
+            args.slurm_folder,
+            cluster=cluster,
+            parameters=parameters,
+            gpu=bool(visible_gpus()) or cluster == "slurm",
+            wait=not args.no_wait,
+        )
+    return SequentialLauncher()
+
+
+def _table_names(names: list[str]) -> list[str]:
+    if not names:
+        raise KDBenchError(f"name a table; valid: {', '.join(list_tables())}, all, status")
+    if names == ["all"]:
+        return list_tables()
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,45 +391,50 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             for name in list_tables():
                 table = load_table(name)
+                pairs = len(table.pairs) + len(table.quoted_columns)
+                print(f"{name:<10} {table.dataset:<14} {pairs:>2} pairs x {len(table.rows):>2} rows  {table.title}")
+            return 0
+        if args.tables[:1] == ["status"]:
+            print_status(args)
+            return 0
+        names = _table_names(args.tables)
+        plans = plan_tables(names, args)
+        if args.dry_run:
+            for plan in plans:
+                shared = _other_tables(plan, args) if len(plans) == 1 else None
+                print_plan(plan, args, shared)
+                if args.measure:
+                    print_measurements(plan)
+                print()
+            if len(plans) > 1:
+                merged = merge_runs(plans)
+                multi = [s for s in merged if len(s.tables) > 1]
                 print(
-                    f"{name:<12} {table.dataset:<14} {len(table.pairs)} pairs x {len(table.rows)} rows  {table.title}"
+                    f"{len(merged)} distinct runs over {len(plans)} tables; {len(multi)} are needed by several tables"
                 )
             return 0
-        if not args.table:
-            raise KDBenchError(f"name a table; valid: {', '.join(list_tables())}")
-        table = load_table(args.table)
-        preset = load_preset(args.preset)
-        store = RunStore(args.store or preset.store or "results")
-        data_root, synthetic = _data_root(table.dataset, args.data_root, preset.synthetic_data)
-        if synthetic:
-            print(
-                f"{table.dataset} not found under {args.data_root}: using a generated fixture at {data_root} (smoke only)"
-            )
-        plan = build_plan(
-            table,
-            preset,
-            store,
-            data_root=data_root,
-            trials=args.trials,
-            pairs=_split(args.pairs),
-            methods=_split(args.methods),
-        )
-        if args.dry_run:
-            print_plan(plan)
-            return 0
         started = time.perf_counter()
-        if not args.render_only:
-            counts = execute_plan(plan)
-            print(
-                f"{counts['finished']} trained, {counts['skipped']} already finished, {counts['failed']} failed, "
-                f"{counts['blocked']} blocked, in {time.perf_counter() - started:.0f}s"
-            )
+        if args.from_wandb:
+            from benchmarks.wandb_import import import_wandb
+
+            if not args.store:
+                for plan in plans:
+                    plan.store = RunStore(Path("results") / "wandb" / args.from_wandb.replace("/", "_"))
+            wanted = {rid for plan in plans for ids in plan.cells.values() for rid in ids}
+            report = import_wandb(args.from_wandb, wanted, plans[0].store)
+            print(report.summary(args.from_wandb))
+        elif not args.render_only:
+            report = _launcher(args).launch(merge_runs(plans), plans[0].store)
+            print(report.summary(time.perf_counter() - started))
         from benchmarks.render import write_table
 
-        path, text = write_table(plan, RESULTS_DIR)
-        print()
-        print(text)
-        print(f"written to {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
+        for plan in plans:
+            path, text = write_table(plan, RESULTS_DIR)
+            print()
+            print(text)
+            print(
+                f"written to {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path} (+ .csv, .png)"
+            )
         return 0
 
 

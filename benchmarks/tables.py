@@ -1,30 +1,63 @@
 """Table definitions (``tables/<name>.yaml``) and the papers' published numbers (``tables/paper_numbers.csv``).
 
-A table file says which dataset and recipe it uses, which teacher->student pairs are its columns, which rows
-(methods or named variants, with their hyper-parameters) it has, how many trials, and which published number
-each cell is compared with::
+A table file is data.  It says which dataset and recipe it uses, which teacher->student pairs are its columns,
+which rows (methods or named variants, with their hyper-parameters) it has, how many trials, which epoch is
+reported, and which published number each cell is compared with::
 
     title: CIFAR-100, same-architecture pairs
-    dataset: cifar100
-    recipe: crd_cifar100            # an entry of configs/recipes/recipes.yaml
-    trials: 3
-    metric: best_top1               # best_top1 | last_top1
+    paper: norm                     # whose table this is (omitted for kdbench's own unified tables)
+    dataset: cifar100               # a key of datamodules.DATASETS
+    recipe: crd_cifar100            # an entry of configs/recipes/recipes.yaml, for every run of the table ...
+    pair_recipes: {resnet34->resnet18: norm_imagenet_step}   # ... unless a pair ...
+    teacher_recipe: crd_cifar100    # ... or the teachers use another one
+    teacher_checkpoints:            # released teacher weights instead of trained teachers (path under --data-root)
+      resnet34: {path: teachers/imagenet/resnet34-333f7ec4.pth, url: https://download.pytorch.org/models/...}
+    trials: 5                       # the paper's count (trials_note says where it comes from)
+    metric: best_top1               # best_top1 (best evaluation epoch) | last_top1 (last epoch): the paper's protocol
+    metrics: [top1, top5]           # which accuracies the paper prints per pair (default [top1])
     pairs: [resnet56->resnet20, resnet32x4->resnet8x4]
+    paper_pairs: {resnet50->mobilenetv1: resnet50->mobilenetv2}   # a column printed under other names in the CSV
+    quoted_columns:                 # columns of the paper kdbench does not run (e.g. ViT students): numbers only
+      - {label: R152→ViT-S, paper_pair: resnet152->vit_s}
     rows:
       - label: Teacher
         method: teacher             # the pair's teacher run itself
         paper: [{source: norm.T1, method: teacher}]
       - label: KD
-        method: KD
-        config: configs/methods/kd.yaml
-        init_args: {temperature: 4.0}           # optional overrides of the method's arguments
-        pair_init_args: {resnet56->resnet20: {}} # optional per-pair overrides
+        method: KD                  # a kd_modules class name
+        config: configs/methods/kd.yaml          # optional method config fragment
+        init_args: {temperature: 4.0}            # the method's arguments (model.init_args.*)
+        pair_init_args: {resnet56->resnet20: {}} # per-pair arguments
+        overrides: {data.init_args.contrast_k: 16384}   # any other config key (dotted); pair_overrides per pair
+        recipe: crd_cifar100        # this row's own recipe (e.g. baselines a paper quotes from CRD)
+        metric: last_top1           # this row's own protocol (e.g. CRD's last-epoch numbers)
+        teacher_seed: 1             # distil from a teacher trained with another seed (KCD T3b)
         paper: [{source: norm.T1, method: kd}]
+      - label: DistPro
+        method: DistPro
+        quoted_only: true           # published numbers only, never a kdbench run
+        paper: [{source: norm.T1, method: distpro, absent: [wrn_40_2->wrn_40_1]}]
 
-``paper`` references select rows of the CSV by paper, table, method and the cell's pair (the pair's names are
-translated to the CSV's with ``tables/paper_names.yaml``); ``note`` narrows to rows whose note contains it.
-The first reference is the one Δ is computed against; further ones are shown as quoted rows.
-A row with ``quoted_only: true`` has no kdbench run: its published numbers are shown, never as ours.
+**Published numbers.**  ``paper`` references select rows of the CSV by paper and CSV table (``source``, e.g.
+``norm.T1``, ``letkd.supp-T1``), ``method`` and the cell's column.  A pair column's CSV names come from
+``tables/paper_names.yaml`` (kdbench network name -> CSV name; a ``_tiny`` suffix is dropped first), unless
+``paper_pairs`` (table) or ``pairs`` (one reference) names the CSV pair for that column.  ``note`` keeps only CSV
+rows whose note contains it, ``not_note`` only rows whose note does not.  Each reference must resolve to exactly
+one CSV row per column and metric, except in the columns listed under its ``absent`` (the paper printed ``n/a``
+or ``-`` there) — a test checks this for every table, so no cell silently resolves to nothing.  The first
+reference of a row is the one Δ is computed against; further ones are shown as quoted lines under the row.
+
+**Columns that are not pairs.**  Ablation tables whose printed columns are settings rather than pairs (KCD T3a's
+θ0..θ3 student initialisations, KCD T2's consistency metrics, KCD T6's number of transformations, letKD T5's
+parts) are written with their settings as *rows*, one variant each, and the single pair as the only column; the
+row label carries the printed column header.  Tables whose columns are pairs *and* metrics (ND T2, letKD T2:
+top-1 and top-5 per pair) list ``metrics``; each pair then renders as one column per metric, all from the same
+runs (``best_top5`` is the top-5 at the best top-1 epoch, ``last_top5`` at the last epoch).
+
+**Names.**  Networks are kdbench registry names (``models.create_model``); methods are ``kd_modules`` class
+names; variants are ``init_args`` of their method.  A row may name a method or argument that has not landed
+yet: the planner then shows the cell as blocked with the reason (the method is missing, or it does not accept
+an argument, listing the ones it does) rather than failing.
 """
 
 from __future__ import annotations
@@ -42,21 +75,34 @@ from benchmarks.errors import KDBenchError
 __all__ = [
     "REPO_ROOT",
     "TABLES_DIR",
+    "PAPER_CSV",
     "Pair",
     "PaperRef",
+    "QuotedColumn",
+    "ReleasedTeacher",
+    "Column",
     "Row",
     "Table",
     "PaperNumber",
+    "METRICS",
+    "PROTOCOLS",
     "load_table",
     "list_tables",
     "paper_numbers",
+    "paper_name",
     "lookup_paper",
+    "cell_metric",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TABLES_DIR = REPO_ROOT / "tables"
 PAPER_CSV = TABLES_DIR / "paper_numbers.csv"
 PAPER_NAMES = TABLES_DIR / "paper_names.yaml"
+
+#: Accuracies a paper prints per pair.
+METRICS = ("top1", "top5")
+#: Which evaluation epoch a table reports: the best one (NORM, letKD, ND, mdistiller) or the last one (CRD).
+PROTOCOLS = ("best_top1", "last_top1")
 
 
 @dataclass(frozen=True)
@@ -80,12 +126,23 @@ class Pair:
         return f"{self.teacher}→{self.student}"
 
 
+def _csv_pair(text: str) -> tuple[str, str]:
+    """A CSV column's (teacher, student); either side may be empty (``->resnet50_1_4``: unnamed teacher)."""
+    parts = [p.strip() for p in str(text).replace("→", "->").split("->")]
+    if len(parts) != 2 or not any(parts):
+        raise KDBenchError(f"paper pair {text!r} is not of the form 'teacher->student' (CSV names)")
+    return parts[0], parts[1]
+
+
 @dataclass(frozen=True)
 class PaperRef:
-    source: str  # "<paper>.<table>" as in the CSV, e.g. "norm.T1"
-    method: str
-    note: str | None = None
+    source: str  # "<paper>.<CSV table>", e.g. "norm.T1", "letkd.supp-T1"
+    method: str  # the CSV's method name
+    note: str | None = None  # keep CSV rows whose note contains this
+    not_note: str | None = None  # keep CSV rows whose note does not contain this
     label: str | None = None  # how the reference is named in the rendered table
+    absent: tuple[str, ...] = ()  # columns where the paper printed no number
+    pairs: tuple[tuple[str, str], ...] = ()  # (column key, "csv_teacher->csv_student") for this reference only
 
     @property
     def paper(self) -> str:
@@ -93,11 +150,53 @@ class PaperRef:
 
     @property
     def table(self) -> str:
-        return self.source.split(".", 1)[1]
+        return self.source.split(".", 1)[1] if "." in self.source else ""
 
     @property
     def display(self) -> str:
         return self.label or f"{self.paper.upper()} {self.table}" + (f" ({self.note})" if self.note else "")
+
+    def csv_pair_for(self, column_key: str) -> tuple[str, str] | None:
+        for key, value in self.pairs:
+            if key == column_key:
+                return _csv_pair(value)
+        return None
+
+
+@dataclass(frozen=True)
+class QuotedColumn:
+    """A column of the paper that kdbench does not run (a network it will not build): numbers only."""
+
+    label: str
+    paper_pair: tuple[str, str]
+    note: str | None = None
+    not_note: str | None = None
+
+
+@dataclass(frozen=True)
+class ReleasedTeacher:
+    """Published teacher weights used instead of a trained teacher (ImageNet: torchvision's)."""
+
+    path: str  # relative to --data-root (or absolute)
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Column:
+    """One printed column: a pair (or a quoted column) and one paper metric."""
+
+    key: str  # the pair label, or the quoted column's label
+    label: str  # display header
+    pair: Pair | None  # None: a quoted column (no kdbench runs)
+    metric: str  # "top1" | "top5"
+    paper_teacher: str
+    paper_student: str
+    note: str | None = None
+    not_note: str | None = None
+
+    @property
+    def quoted(self) -> bool:
+        return self.pair is None
 
 
 @dataclass
@@ -107,8 +206,14 @@ class Row:
     config: str | None = None
     init_args: dict[str, Any] = field(default_factory=dict)
     pair_init_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    pair_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recipe: str | None = None
+    metric: str | None = None
+    teacher_seed: int | None = None
     paper: list[PaperRef] = field(default_factory=list)
     quoted_only: bool = False
+    note: str | None = None
 
     @property
     def is_teacher(self) -> bool:
@@ -116,6 +221,9 @@ class Row:
 
     def args_for(self, pair: Pair) -> dict[str, Any]:
         return {**self.init_args, **self.pair_init_args.get(pair.label, {})}
+
+    def overrides_for(self, pair: Pair) -> dict[str, Any]:
+        return {**self.overrides, **self.pair_overrides.get(pair.label, {})}
 
 
 @dataclass
@@ -131,6 +239,14 @@ class Table:
     teacher_recipe: str | None = None
     notes: list[str] = field(default_factory=list)
     path: Path | None = None
+    paper: str | None = None
+    metrics: list[str] = field(default_factory=lambda: ["top1"])
+    pair_recipes: dict[str, str] = field(default_factory=dict)
+    paper_pairs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    quoted_columns: list[QuotedColumn] = field(default_factory=list)
+    teacher_checkpoints: dict[str, ReleasedTeacher] = field(default_factory=dict)
+    trials_note: str | None = None
+    data_roots: list[str] = field(default_factory=list)
 
     def row(self, label: str) -> Row:
         for row in self.rows:
@@ -138,9 +254,44 @@ class Table:
                 return row
         raise KDBenchError(f"table {self.name} has no row {label!r}; valid: {', '.join(r.label for r in self.rows)}")
 
+    def pair(self, label: str) -> Pair:
+        for pair in self.pairs:
+            if pair.label == label:
+                return pair
+        raise KDBenchError(f"table {self.name} has no pair {label!r}; valid: {', '.join(self.column_keys())}")
+
+    def recipe_for(self, row: Row, pair: Pair) -> str:
+        return row.recipe or self.pair_recipes.get(pair.label) or self.recipe
+
+    def column_keys(self) -> list[str]:
+        return [p.label for p in self.pairs] + [q.label for q in self.quoted_columns]
+
+    def columns(self, pairs: list[Pair] | None = None) -> list[Column]:
+        """The printed columns: each (chosen) pair, then each quoted column, once per paper metric."""
+        columns = []
+        for pair in self.pairs if pairs is None else pairs:
+            teacher, student = self.paper_pairs.get(pair.label) or (paper_name(pair.teacher), paper_name(pair.student))
+            for metric in self.metrics:
+                label = pair.display + (f" {metric}" if len(self.metrics) > 1 else "")
+                columns.append(Column(pair.label, label, pair, metric, teacher, student))
+        for quoted in self.quoted_columns:
+            for metric in self.metrics:
+                label = quoted.label + (f" {metric}" if len(self.metrics) > 1 else "")
+                columns.append(
+                    Column(quoted.label, label, None, metric, *quoted.paper_pair, quoted.note, quoted.not_note)
+                )
+        return columns
+
+
+def cell_metric(protocol: str, metric: str) -> str:
+    """The record key of our value for a column: ``best_top1`` + ``top5`` -> ``best_top5``."""
+    return f"{protocol.split('_', 1)[0]}_{metric}"
+
 
 def list_tables() -> list[str]:
-    return sorted(p.stem for p in TABLES_DIR.glob("*.yaml") if p.name != PAPER_NAMES.name)
+    """Table names: kdbench's unified tables first, then the papers' (``<paper>.<table>``)."""
+    names = [p.stem for p in TABLES_DIR.glob("*.yaml") if p.name != PAPER_NAMES.name]
+    return sorted(names, key=lambda n: ("." in n, n))
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -149,41 +300,173 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+TABLE_KEYS = {
+    "title",
+    "paper",
+    "dataset",
+    "recipe",
+    "pair_recipes",
+    "teacher_recipe",
+    "teacher_checkpoints",
+    "trials",
+    "trials_note",
+    "metric",
+    "metrics",
+    "pairs",
+    "paper_pairs",
+    "quoted_columns",
+    "rows",
+    "notes",
+    "data_roots",
+}
+ROW_KEYS = {
+    "label",
+    "method",
+    "config",
+    "init_args",
+    "pair_init_args",
+    "overrides",
+    "pair_overrides",
+    "recipe",
+    "metric",
+    "teacher_seed",
+    "paper",
+    "quoted_only",
+    "note",
+}
+REF_KEYS = {"source", "method", "note", "not_note", "label", "absent", "pairs"}
+QUOTED_KEYS = {"label", "paper_pair", "note", "not_note"}
+
+
+def _check_keys(raw: Any, valid: set[str], where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise KDBenchError(f"{where} must be a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - valid)
+    if unknown:
+        raise KDBenchError(f"{where}: unknown key {unknown[0]!r}; valid: {', '.join(sorted(valid))}")
+    return raw
+
+
+def _pair_keyed(raw: Any, where: str) -> dict[str, dict[str, Any]]:
+    return {Pair.parse(k).label: dict(v or {}) for k, v in _check_keys(raw or {}, set(raw or {}), where).items()}
+
+
+def _ref(raw: Any, where: str) -> PaperRef:
+    raw = _check_keys(raw, REF_KEYS, where)
+    return PaperRef(
+        source=str(raw["source"]),
+        method=str(raw["method"]),
+        note=raw.get("note"),
+        not_note=raw.get("not_note"),
+        label=raw.get("label"),
+        absent=tuple(str(a).replace("→", "->") for a in _as_list(raw.get("absent"))),
+        pairs=tuple((str(k).replace("→", "->"), str(v)) for k, v in (raw.get("pairs") or {}).items()),
+    )
+
+
+def _row(raw: Any, where: str) -> Row:
+    raw = _check_keys(raw, ROW_KEYS, where)
+    where = f"{where} ({raw.get('label')})"
+    return Row(
+        label=str(raw["label"]),
+        method=str(raw["method"]),
+        config=raw.get("config"),
+        init_args=dict(raw.get("init_args") or {}),
+        pair_init_args=_pair_keyed(raw.get("pair_init_args"), f"{where} pair_init_args"),
+        overrides=dict(raw.get("overrides") or {}),
+        pair_overrides=_pair_keyed(raw.get("pair_overrides"), f"{where} pair_overrides"),
+        recipe=raw.get("recipe"),
+        metric=raw.get("metric"),
+        teacher_seed=None if raw.get("teacher_seed") is None else int(raw["teacher_seed"]),
+        paper=[_ref(ref, f"{where} paper reference") for ref in _as_list(raw.get("paper"))],
+        quoted_only=bool(raw.get("quoted_only", False)),
+        note=raw.get("note"),
+    )
+
+
+def _validate(table: Table) -> None:
+    where = f"table {table.name}"
+    if table.metric not in PROTOCOLS:
+        raise KDBenchError(f"{where}: metric {table.metric!r} is not one of {', '.join(PROTOCOLS)}")
+    bad_metrics = [m for m in table.metrics if m not in METRICS]
+    if bad_metrics or not table.metrics:
+        raise KDBenchError(f"{where}: metrics {table.metrics!r} must be a non-empty list of {', '.join(METRICS)}")
+    if table.trials < 1:
+        raise KDBenchError(f"{where}: trials must be at least 1, got {table.trials}")
+    labels = [r.label for r in table.rows]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise KDBenchError(f"{where}: row label {duplicates[0]!r} is used twice (row labels must be unique)")
+    keys = table.column_keys()
+    if len(set(keys)) != len(keys):
+        raise KDBenchError(f"{where}: a pair or quoted column is listed twice")
+    pair_labels = {p.label for p in table.pairs}
+    for mapping, what in ((table.pair_recipes, "pair_recipes"), (table.paper_pairs, "paper_pairs")):
+        for key in mapping:
+            if key not in pair_labels:
+                raise KDBenchError(f"{where}: {what} names pair {key!r}; valid: {', '.join(sorted(pair_labels))}")
+    for row in table.rows:
+        if row.metric is not None and row.metric not in PROTOCOLS:
+            raise KDBenchError(f"{where} row {row.label}: metric {row.metric!r} is not one of {', '.join(PROTOCOLS)}")
+        for key in list(row.pair_init_args) + list(row.pair_overrides):
+            if key not in pair_labels:
+                raise KDBenchError(
+                    f"{where} row {row.label}: per-pair settings name pair {key!r}; valid: {', '.join(sorted(pair_labels))}"
+                )
+        if row.quoted_only and not row.paper:
+            raise KDBenchError(f"{where} row {row.label}: a quoted-only row needs paper references")
+        for ref in row.paper:
+            if "." not in ref.source:
+                raise KDBenchError(f"{where} row {row.label}: paper source {ref.source!r} is not '<paper>.<table>'")
+            for key in list(ref.absent) + [k for k, _ in ref.pairs]:
+                if key not in keys:
+                    raise KDBenchError(
+                        f"{where} row {row.label}: reference {ref.display} names column {key!r}; valid: {', '.join(keys)}"
+                    )
+
+
 def load_table(name: str) -> Table:
     path = TABLES_DIR / f"{name}.yaml"
     if not path.is_file():
         raise KDBenchError(f"unknown table {name!r}; valid: {', '.join(list_tables())}")
     raw = yaml.safe_load(path.read_text()) or {}
     try:
-        rows = [
-            Row(
-                label=str(r["label"]),
-                method=str(r["method"]),
-                config=r.get("config"),
-                init_args=dict(r.get("init_args") or {}),
-                pair_init_args={Pair.parse(k).label: dict(v or {}) for k, v in (r.get("pair_init_args") or {}).items()},
-                paper=[PaperRef(**ref) for ref in _as_list(r.get("paper"))],
-                quoted_only=bool(r.get("quoted_only", False)),
-            )
-            for r in raw["rows"]
-        ]
+        raw = _check_keys(raw, TABLE_KEYS, f"table file {path.name}")
         table = Table(
             name=name,
             title=str(raw.get("title", name)),
+            paper=raw.get("paper"),
             dataset=str(raw["dataset"]),
             recipe=str(raw["recipe"]),
+            pair_recipes={Pair.parse(k).label: str(v) for k, v in (raw.get("pair_recipes") or {}).items()},
             teacher_recipe=raw.get("teacher_recipe"),
+            teacher_checkpoints={
+                str(arch): ReleasedTeacher(**_check_keys(spec, {"path", "url"}, f"teacher_checkpoints.{arch}"))
+                for arch, spec in (raw.get("teacher_checkpoints") or {}).items()
+            },
             pairs=[Pair.parse(p) for p in raw["pairs"]],
-            rows=rows,
+            paper_pairs={Pair.parse(k).label: _csv_pair(v) for k, v in (raw.get("paper_pairs") or {}).items()},
+            quoted_columns=[
+                QuotedColumn(
+                    label=str(q["label"]),
+                    paper_pair=_csv_pair(q["paper_pair"]),
+                    note=q.get("note"),
+                    not_note=q.get("not_note"),
+                )
+                for q in (_check_keys(q, QUOTED_KEYS, "quoted column") for q in _as_list(raw.get("quoted_columns")))
+            ],
+            rows=[_row(r, f"table file {path.name} row") for r in raw["rows"]],
             trials=int(raw.get("trials", 1)),
+            trials_note=raw.get("trials_note"),
             metric=str(raw.get("metric", "best_top1")),
+            metrics=[str(m) for m in _as_list(raw.get("metrics")) or ["top1"]],
             notes=[str(n) for n in _as_list(raw.get("notes"))],
+            data_roots=[str(r) for r in _as_list(raw.get("data_roots"))],
             path=path,
         )
     except (KeyError, TypeError) as error:
         raise KDBenchError(f"table file {path} is malformed: {type(error).__name__} {error}") from None
-    if table.metric not in ("best_top1", "last_top1"):
-        raise KDBenchError(f"table {name}: metric {table.metric!r} is not one of best_top1, last_top1")
+    _validate(table)
     return table
 
 
@@ -205,6 +488,11 @@ class PaperNumber:
     @property
     def number(self) -> float:
         return float(self.value)
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """Identifies the CSV row (the CSV has intended duplicate keys that differ only by note)."""
+        return (self.paper, self.table, self.metric, self.teacher, self.student, self.method, self.note)
 
 
 @lru_cache(maxsize=1)
@@ -229,28 +517,45 @@ def paper_numbers() -> tuple[PaperNumber, ...]:
 
 
 @lru_cache(maxsize=1)
+def _paper_index() -> dict[tuple[str, str, str], list[PaperNumber]]:
+    index: dict[tuple[str, str, str], list[PaperNumber]] = {}
+    for number in paper_numbers():
+        index.setdefault((number.paper, number.table, number.method), []).append(number)
+    return index
+
+
+@lru_cache(maxsize=1)
 def _paper_names() -> dict[str, str]:
     if not PAPER_NAMES.is_file():
         return {}
     return {str(k): str(v) for k, v in (yaml.safe_load(PAPER_NAMES.read_text()) or {}).items()}
 
 
+TINY_SUFFIX = "_tiny"
+
+
 def paper_name(arch: str) -> str:
-    """The name the papers' CSV uses for a kdbench network (``tables/paper_names.yaml``; default: itself)."""
-    return _paper_names().get(arch, arch)
+    """The name the papers' CSV uses for a kdbench network (``tables/paper_names.yaml``; default: itself).
+
+    Tiny-ImageNet networks (``<cifar name>_tiny``) are printed under their CIFAR names.
+    """
+    names = _paper_names()
+    if arch in names:
+        return names[arch]
+    if arch.endswith(TINY_SUFFIX):
+        return paper_name(arch[: -len(TINY_SUFFIX)])
+    return arch
 
 
-def lookup_paper(ref: PaperRef, pair: Pair, metric: str = "top1") -> list[PaperNumber]:
-    """Published numbers for ``ref`` in the column of ``pair`` (usually one)."""
-    teacher, student = paper_name(pair.teacher), paper_name(pair.student)
+def lookup_paper(ref: PaperRef, column: Column) -> list[PaperNumber]:
+    """Published numbers of ``ref`` in ``column`` (exactly one unless the column is in ``ref.absent``)."""
+    teacher, student = ref.csv_pair_for(column.key) or (column.paper_teacher, column.paper_student)
     return [
         n
-        for n in paper_numbers()
-        if n.paper == ref.paper
-        and n.table == ref.table
-        and n.method == ref.method
-        and n.metric == metric
+        for n in _paper_index().get((ref.paper, ref.table, ref.method), [])
+        if n.metric == column.metric
         and n.teacher == teacher
         and n.student == student
-        and (ref.note is None or ref.note in n.note)
+        and all(text is None or text in n.note for text in (ref.note, column.note))
+        and all(text is None or text not in n.note for text in (ref.not_note, column.not_note))
     ]
