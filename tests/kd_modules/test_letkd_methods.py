@@ -17,7 +17,7 @@ from datamodules import CIFAR100, InMemoryDataModule
 from kd_modules import LetKD1, LetKD2, QuEST, TeacherConfig
 from kd_modules.letkd import KDLayer, LetKDSetupError, TargetsConfig
 from kd_modules.losses.letkd import codebook_assignment
-from models import FeatureShape, create_model, list_models, register_model
+from models import FeatureShape, create_model
 from models.checkpoints import export_network
 from models.cifar.resnet import CifarResNet
 
@@ -41,8 +41,15 @@ class _HalfResolutionResNet(CifarResNet):
         return torch.flatten(F.adaptive_avg_pool2d(final_map, 1), 1)
 
 
-if "test_resnet8_half" not in list_models("test"):
-    register_model("test_resnet8_half", dataset="test")(lambda num_classes=100: _HalfResolutionResNet(num_classes))
+@pytest.fixture()
+def half_resolution_student(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Register the half-resolution resnet8 for one test only (other tests iterate over the whole registry)."""
+    import models.registry as registry
+
+    registry.list_models()  # load the real families first, so the temporary entry is not the only one
+    entry = registry.ModelEntry("test_resnet8_half", "test", lambda num_classes=100: _HalfResolutionResNet(num_classes))
+    monkeypatch.setitem(registry._REGISTRY, entry.name, entry)
+    return entry.name
 
 
 @pytest.fixture()
@@ -124,10 +131,12 @@ def test_targets_follow_the_cached_artefacts(cache: Path, data: CIFAR100, traine
     assert set(losses) == {"ce", "inter", "penult"} and all(torch.isfinite(v) for v in losses.values())
 
 
-def test_cross_architecture_pooling(cache: Path, data: CIFAR100, trained_teacher: Path) -> None:
+def test_cross_architecture_pooling(
+    cache: Path, data: CIFAR100, trained_teacher: Path, half_resolution_student: str
+) -> None:
     teacher = TeacherConfig("resnet8", str(trained_teacher))
     # Teacher map 8x8, student map 4x4: pooled automatically, at both locations of letKD-2.
-    module = LetKD2(student="test_resnet8_half", teacher=teacher, **SMALL, **SMALL_SUB)
+    module = LetKD2(student=half_resolution_student, teacher=teacher, **SMALL, **SMALL_SUB)
     assert module.pool_penult and module.pool_inter
     module.prepare_targets(data)
     batch = data.on_after_batch_transfer(next(iter(data.train_eval_dataloader())), 0)
@@ -141,7 +150,7 @@ def test_cross_architecture_pooling(cache: Path, data: CIFAR100, trained_teacher
     assert all(torch.isfinite(v) for v in losses.values())
     # Forcing it the other way round is refused with the sizes in the message.
     with pytest.raises(LetKDSetupError, match="teacher map is 8x8 but the student map is 4x4"):
-        LetKD1(student="test_resnet8_half", teacher=teacher, targets=replace(SMALL_TARGETS, teacher_pooling=False))
+        LetKD1(student=half_resolution_student, teacher=teacher, targets=replace(SMALL_TARGETS, teacher_pooling=False))
     with pytest.raises(LetKDSetupError, match=r"after 2x2 pooling: 4x4\) but the student map is 8x8"):
         LetKD1(student="resnet8", teacher=teacher, targets=replace(SMALL_TARGETS, teacher_pooling=True))
     # Same-size pair: no pooling.

@@ -85,8 +85,9 @@ def test_cifar_recipe_is_the_released_loop(name: str, lr: float) -> None:
 
 def test_imagenet_recipes() -> None:
     step, epochs = _recipe_optim("norm_imagenet_step")
+    # NORM's loop is range(0, 101): 101 epochs, the last 11 at lr 1e-4.
     assert (epochs, step.lr, step.weight_decay, step.schedule, step.milestones) == (
-        100,
+        101,
         0.1,
         1e-4,
         "step",
