@@ -113,6 +113,8 @@ def test_killed_table_run_completes_without_redoing_finished_runs(tmp_path: Path
         "smoke",
         "--pairs",
         PAIRS,
+        "--methods",
+        "Vanilla,KD",
         "--store",
         str(tmp_path / "store"),
         "--data-root",
