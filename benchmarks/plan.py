@@ -63,6 +63,8 @@ import inspect
 import json
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -478,6 +480,77 @@ def _unaccepted(cls: type, args: dict[str, Any], what: str) -> str | None:
     return f"{what} {cls.__name__} does not accept argument{plural} {', '.join(unknown)} (accepts: {', '.join(sorted(accepted))})"
 
 
+def _init_hints(cls: type) -> dict[str, Any]:
+    """Resolved annotations of the ``__init__`` that defines ``cls``'s arguments ({} when they cannot be resolved)."""
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass) and klass is not object:
+            try:
+                return typing.get_type_hints(vars(klass)["__init__"])
+            except Exception:  # an annotation that names something not importable at run time: no checks
+                return {}
+    return {}
+
+
+def _literal_choices(annotation: Any) -> tuple[Any, ...] | None:
+    """The values a ``Literal[...]`` (optionally ``| None``) annotation allows; None for any other annotation."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        literals = [m for m in members if typing.get_origin(m) is typing.Literal]
+        if literals and all(m is type(None) or m in literals for m in members):
+            return tuple(v for m in literals for v in typing.get_args(m)) + ((None,) if type(None) in members else ())
+    return None
+
+
+def _dataclass_type(annotation: Any) -> type | None:
+    """The dataclass an annotation names (``Config`` or ``Config | None``), else None."""
+    candidates = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else (annotation,)
+    )
+    for candidate in candidates:
+        if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
+
+
+def _bad_value(hints: dict[str, Any], args: dict[str, Any], prefix: str) -> str | None:
+    """A value outside its ``Literal`` choices, or a key a dataclass-typed argument does not have (recursively)."""
+    for name, value in args.items():
+        annotation = hints.get(name)
+        if annotation is None:
+            continue
+        choices = _literal_choices(annotation)
+        if choices is not None and value not in choices:
+            valid = ", ".join(repr(c) for c in choices)
+            return f"argument {prefix}{name} is {value!r}, not one of {valid}"
+        nested = _dataclass_type(annotation)
+        if nested is not None and isinstance(value, dict):
+            fields = {f.name for f in dataclasses.fields(nested)}
+            unknown = sorted(k for k in value if k not in fields)
+            if unknown:
+                return (
+                    f"does not accept argument {prefix}{name}.{unknown[0]} "
+                    f"({prefix}{name} accepts: {', '.join(sorted(fields))})"
+                )
+            try:
+                nested_hints = typing.get_type_hints(nested)
+            except Exception:
+                continue
+            problem = _bad_value(nested_hints, value, f"{prefix}{name}.")
+            if problem:
+                return problem
+    return None
+
+
+def _unaccepted_values(cls: type, args: dict[str, Any], what: str) -> str | None:
+    """Why ``cls(**args)`` would reject a value: a nested key it does not have or a choice it does not offer."""
+    problem = _bad_value(_init_hints(cls), args, "")
+    return f"{what} {cls.__name__} {problem}" if problem else None
+
+
 def _datamodule_problem(dataset: str, config: dict[str, Any]) -> str | None:
     from datamodules import datamodule_for
     from datamodules.errors import DatasetError
@@ -492,7 +565,8 @@ def _datamodule_problem(dataset: str, config: dict[str, Any]) -> str | None:
         cls = getattr(importlib.import_module(module_name or "datamodules"), class_name)
     except (ImportError, AttributeError):
         return f"datamodule class {class_path} not found"
-    return _unaccepted(cls, get_dotted(config, "data.init_args", {}) or {}, "datamodule")
+    args = get_dotted(config, "data.init_args", {}) or {}
+    return _unaccepted(cls, args, "datamodule") or _unaccepted_values(cls, args, "datamodule")
 
 
 def _networks_problem(archs: list[str]) -> str | None:
@@ -657,9 +731,14 @@ class Planner:
         config_problem = None
         if config_file:
             try:
-                _merge_into(config, _load_yaml(config_file))
+                fragment = _load_yaml(config_file)
             except KDBenchError:
                 config_problem = f"method config {config_file} not written yet"
+            else:
+                _merge_into(config, fragment)
+                written_for = str(get_dotted(fragment, "model.class_path", "")).rsplit(".", 1)[-1]
+                if written_for and written_for != method:
+                    config_problem = f"method config {config_file} is written for {written_for}, not {method}"
         set_dotted(config, "model.class_path", f"kd_modules.{method}")
         set_dotted(config, "model.init_args.student", pair.student)
         for key, value in init_args.items():
@@ -701,6 +780,7 @@ class Planner:
             _datamodule_problem(self.table.dataset, config)
             or _availability(method, [pair.student] + ([pair.teacher] if needs_teacher or sized_by_teacher else []))
             or (_unaccepted(cls, model_args, "method") if cls is not None else None)
+            or (_unaccepted_values(cls, model_args, "method") if cls is not None else None)
             or config_problem
             or teacher_problem
         )

@@ -177,6 +177,32 @@ def test_method_arguments_the_method_does_not_accept_block_the_cell(tmp_path: Pa
     assert reason.startswith("method KD does not accept argument temprature (accepts: ") and "temperature" in reason
 
 
+def test_nested_keys_choices_and_foreign_configs_block_the_cell(tmp_path: Path) -> None:
+    rows = (
+        Row("QuEST?", "QuEST", init_args={"targets": {"num_clusters": 16, "num_subclasses": 8}}),
+        Row("NORM?", "NORM", init_args={"ft": "residual"}),
+        Row("FitNet?", "FitNet", config="configs/methods/kd.yaml"),
+        Row("ok", "QuEST", init_args={"targets": {"num_clusters": 16}}, config="configs/methods/quest.yaml"),
+    )
+    plan = build_plan(_table(*rows), load_preset("full"), RunStore(tmp_path), data_root="data")
+    blocked = {row: reason for (row, _), reason in plan.blocked_cells.items()}
+    assert blocked["QuEST?"].startswith("method QuEST does not accept argument targets.num_subclasses (targets ")
+    assert "num_clusters" in blocked["QuEST?"]
+    assert blocked["NORM?"] == "method NORM argument ft is 'residual', not one of 'default', 'plain', 'none'"
+    assert blocked["FitNet?"] == "method config configs/methods/kd.yaml is written for KD, not FitNet"
+    assert "ok" not in blocked
+    tiny = _table(Row("KD", "KD"))
+    tiny.dataset, tiny.recipe = "tiny-imagenet", "letkd_tiny"
+    tiny.pairs = [Pair("resnet56_tiny", "resnet20_tiny")]
+    plan = build_plan(tiny, load_preset("full"), RunStore(tmp_path), data_root="data")
+    assert not plan.blocked_cells
+    tiny.rows[-1].overrides = {"data.init_args.pipeline": "cifar"}
+    plan = build_plan(tiny, load_preset("full"), RunStore(tmp_path), data_root="data")
+    assert plan.blocked_cells[("KD", "resnet56_tiny->resnet20_tiny")] == (
+        "datamodule TinyImageNet argument pipeline is 'cifar', not one of 'mdistiller', 'letkd', 'none'"
+    )
+
+
 def test_missing_datamodule_and_method_config_block_with_the_reason(tmp_path: Path) -> None:
     coco = _table(Row("KD", "KD"))
     coco.dataset = "coco"  # detection tables are quoted, never run: no datamodule
