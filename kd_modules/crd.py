@@ -12,9 +12,9 @@ from kd_modules.base import Batch, OptimConfig, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.losses.crd import contrast_scores, l2_normalize, momentum_update, nce_loss
-from models import FeatureOutput
+from models import FeatureOutput, KDNet
 
-__all__ = ["ContrastEmbed", "ContrastMemory", "CRD", "CRDKD"]
+__all__ = ["ContrastEmbed", "ContrastMemory", "ContrastiveTerm", "contrast_indices_of", "CRD", "CRDKD"]
 
 
 class ContrastEmbed(nn.Module):
@@ -69,6 +69,26 @@ class ContrastMemory(nn.Module):
         self.z_student.fill_(-1.0)
         self.z_teacher.fill_(-1.0)
 
+    def allocate_for_fit(self, trainer: Any, method: str) -> None:
+        """Size the banks from the fitting data module's ``num_train_samples`` (RepDistiller's ``n_data``),
+        unless they already have rows (``memory_size`` given, or restored from a checkpoint)."""
+        if self.num_data > 0:
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        size = getattr(datamodule, "num_train_samples", None)
+        if size is None:
+            raise MethodConfigError(
+                f"{method} sizes the CRD memory bank from the data module's num_train_samples; this run has no such "
+                "data module (pass memory_size)"
+            )
+        self.allocate(int(size))
+
+    def nce_objective(self, v_student: Tensor, v_teacher: Tensor, indices: Tensor, contrast_indices: Tensor) -> Tensor:
+        """CRD's loss (RepDistiller ``CRDLoss``): the NCE losses of both anchors against the other network's bank,
+        summed; updates the banks (see :meth:`forward`)."""
+        scores_student, scores_teacher = self(v_student, v_teacher, indices, contrast_indices)
+        return nce_loss(scores_student, self.num_data) + nce_loss(scores_teacher, self.num_data)
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         for name in ("memory_student", "memory_teacher"):
             saved = state_dict.get(prefix + name)
@@ -111,7 +131,55 @@ class ContrastMemory(nn.Module):
         return scores_student, scores_teacher
 
 
-class CRD(FeatureDistillation):
+def contrast_indices_of(batch: Batch, method: str, config: str) -> Tensor:
+    """The batch's ``contrast_indices`` (B, K+1); a clear error naming the data settings when they are missing."""
+    contrast_indices = batch.get("contrast_indices")
+    if contrast_indices is None:
+        raise MethodConfigError(
+            f"{method} needs contrast indices in the training batches: set data.init_args.contrast_k (16384) and "
+            f"contrast_mode (exact), e.g. with --config {config}"
+        )
+    return contrast_indices
+
+
+class ContrastiveTerm:
+    """Mixin of a distillation module that adds CRD's term on the pooled penultimate vectors (``feat[-1]``):
+    a :class:`ContrastEmbed` per network, the :class:`ContrastMemory` banks (sized in ``setup`` from the data
+    module unless ``memory_size`` is given) and :meth:`contrast_objective`.  Used by :class:`CRD` and NORM+CRD
+    (:class:`kd_modules.norm_crd.NORMCRD`); the modules are registered as ``embed_student``, ``embed_teacher``
+    and ``memory`` (RepDistiller's optimised ``embed_s``/``embed_t`` and its contrast memory).
+    """
+
+    #: How errors name the method, and the config that sets its contrast data.
+    contrast_method_name = "CRD"
+    contrast_config = "configs/methods/crd.yaml"
+    student: KDNet
+    teacher: KDNet | None
+    embed_student: ContrastEmbed
+    embed_teacher: ContrastEmbed
+    memory: ContrastMemory
+
+    def build_contrast(self, feat_dim: int, nce_t: float, nce_m: float, memory_size: int | None) -> None:
+        assert self.teacher is not None
+        self.embed_student = ContrastEmbed(self.student.embedding_dim, feat_dim)
+        self.embed_teacher = ContrastEmbed(self.teacher.embedding_dim, feat_dim)
+        self.memory = ContrastMemory(feat_dim, nce_t, nce_m)
+        if memory_size is not None:
+            self.memory.allocate(memory_size)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.memory.allocate_for_fit(self.trainer, self.contrast_method_name)  # type: ignore[attr-defined]
+
+    def contrast_objective(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> Tensor:
+        """``NCE_student + NCE_teacher`` of this batch (unweighted); updates the memory banks."""
+        contrast_indices = contrast_indices_of(batch, self.contrast_method_name, self.contrast_config)
+        v_student = self.embed_student(student.embedding)
+        v_teacher = self.embed_teacher(teacher.embedding)
+        return self.memory.nce_objective(v_student, v_teacher, batch["indices"], contrast_indices)
+
+
+class CRD(ContrastiveTerm, FeatureDistillation):
     """Contrastive representation distillation on the penultimate vectors (``feat[-1]``), RepDistiller's code.
 
     Both vectors go through their own trainable :class:`ContrastEmbed` (128-d, unit norm); each is scored
@@ -153,37 +221,10 @@ class CRD(FeatureDistillation):
         memory_size: int | None = None,
     ) -> None:
         super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
-        assert self.teacher is not None
-        self.embed_student = ContrastEmbed(self.student.embedding_dim, feat_dim)
-        self.embed_teacher = ContrastEmbed(self.teacher.embedding_dim, feat_dim)
-        self.memory = ContrastMemory(feat_dim, nce_t, nce_m)
-        if memory_size is not None:
-            self.memory.allocate(memory_size)
-
-    def setup(self, stage: str) -> None:
-        if self.memory.num_data > 0 or stage != "fit":
-            return
-        datamodule = getattr(self.trainer, "datamodule", None)
-        size = getattr(datamodule, "num_train_samples", None)
-        if size is None:
-            raise MethodConfigError(
-                "CRD sizes its memory bank from the data module's num_train_samples; this run has no such data "
-                "module (pass memory_size)"
-            )
-        self.memory.allocate(int(size))
+        self.build_contrast(feat_dim, nce_t, nce_m, memory_size)
 
     def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:
-        contrast_indices = batch.get("contrast_indices")
-        if contrast_indices is None:
-            raise MethodConfigError(
-                "CRD needs contrast indices in the training batches: set data.init_args.contrast_k (16384) and "
-                "contrast_mode (exact), e.g. with --config configs/methods/crd.yaml"
-            )
-        v_student = self.embed_student(student.embedding)
-        v_teacher = self.embed_teacher(teacher.embedding)
-        scores_student, scores_teacher = self.memory(v_student, v_teacher, batch["indices"], contrast_indices)
-        n = self.memory.num_data
-        return {"crd": nce_loss(scores_student, n) + nce_loss(scores_teacher, n)}
+        return {"crd": self.contrast_objective(student, teacher, batch)}
 
 
 class CRDKD(CRD):

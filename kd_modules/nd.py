@@ -28,7 +28,10 @@ resnet32x4->shufflenetv2  4.0 / 0.5      3.0 / 4.0       0.5 / 6.0 / 0.5      8.
 ImageNet (T = 1, warm-up 5 epochs, ``projection_init="imagenet"``): KD++ R34->R18 2.5 / 1.0, R50->R18 4.0 / 1.0,
 R101->R18 3.5 / 4.0, R152->R18 4.0 / 2.0, R50->MobileNetV1 4.0 / 1.0; ReviewKD++ R34->R18 1.0 / 3.0, R50->R18
 3.0 / 2.0, R101->R18 3.0 / 1.0, R152->R18 3.0 / 1.0, R50->MobileNetV1 8.0 / 4.0 (README; the script shows 6.0 /
-1.0).  DKD++ and DIST++ build on DKD and DIST (kd_modules/dkd.py, dist.py) and follow the same pattern.
+1.0); DKD++ (alpha / beta / nd) R34->R18 0.8 / 0.5 / 1.0, R50->R18 0.6 / 0.5 / 2.0, R101->R18 0.8 / 0.5 / 1.0 (the
+README example uses nd 2.0), R152->R18 1.0 / 1.0 / 1.0, R50->MobileNetV1 0.8 / 1.0 / 1.0, with the ND term ramped
+too (``nd_ramp=True``, ``ImageNet/train_dkd.py``).  DKD++ and DIST++ reuse the pure DKD and DIST losses
+(:mod:`kd_modules.losses.dkd`, :mod:`kd_modules.losses.dist`) under ND's 0-based ramp.
 
 Official-code facts reproduced: the plain batch mean of the dino term (the paper's class-balanced Eq. 7 is
 ``nd_reduction="class_balanced"``); class means from one augmented pass over the training split (a clean pass is
@@ -48,6 +51,8 @@ from torch import Tensor, nn
 
 from kd_modules.base import Batch, DistillationModule, MethodConfigError, OptimConfig, TeacherConfig
 from kd_modules.class_means import TRANSFORMS, MeanTransform, pooled_tap, tap_channels, teacher_class_means
+from kd_modules.losses.dist import dist_loss
+from kd_modules.losses.dkd import nckd_loss, tckd_loss
 from kd_modules.losses.kd import kd_loss
 from kd_modules.losses.nd import (
     REDUCTIONS,
@@ -70,6 +75,8 @@ __all__ = [
     "dino_taps",
     "NDDistillation",
     "KDPlusPlus",
+    "DKDPlusPlus",
+    "DISTPlusPlus",
     "ReviewKDPlusPlus",
     "KDFeatureRegularizer",
 ]
@@ -362,6 +369,172 @@ class KDPlusPlus(NDDistillation):
         if self.kd_weight:
             kd = kd_loss(student.logits, teacher.logits, self.temperature)
             losses["kd"] = self.kd_weight * self.kd_ramp() * kd
+        losses.update(self.nd_losses(student, teacher, labels, self.nd_weight))
+        return student.logits, losses
+
+
+class DKDPlusPlus(NDDistillation):
+    """DKD++: ``CE + ramp(epoch) * (alpha * TCKD + beta * NCKD) + nd_weight * [ramp(epoch)] * L_dino``
+    (ND's ``CIFAR/train_cifar_dkd.py``, ``ImageNet/train_dkd.py``).
+
+    The DKD terms are mdistiller's (:func:`kd_modules.losses.dkd.tckd_loss` / ``nckd_loss``: binary target /
+    non-target KL and the non-target KL with the ground-truth logit masked by -1000, both x T^2 / B), as ND's
+    ``DKDLoss``.  Unlike the DKD baseline (mdistiller counts epochs from 1, so its first epoch has factor
+    1/warm-up), ND's ramp is ``min(1, epoch / warm_up)`` with 0-based epochs: the first epoch has no DKD term.
+    On ImageNet the official script multiplies the dino term by the same ramp (``nd_ramp=True``,
+    ``configs/methods/dkdpp_imagenet.yaml``); on CIFAR it does not.
+
+    Defaults are the official script's argparse defaults (CE 1, alpha 1, beta 1, ND 1, T 4, warm-up 20); the
+    per-pair weights (ND spec §2.5) are in the module docs and ``configs/methods/dkdpp.yaml``.
+
+    Args:
+        student: network name.
+        teacher: the frozen teacher.
+        num_classes: classifier width (linked from the data).
+        optim: optimiser and schedule (ND: Nesterov, lr 0.1 / 0.02, batch 128 — the ``nd_cifar100`` recipe).
+        ce_weight: weight of the cross-entropy term (``--cls_loss_factor``).
+        alpha: weight of TCKD (``--dkd_alpha``), ramped.
+        beta: weight of NCKD (``--dkd_beta``), ramped.
+        nd_weight: weight of the dino term (``--nd_loss_factor``).
+        temperature: DKD temperature (4 on CIFAR, 1 on ImageNet).
+        warmup_epochs: ramp length in epochs (20 on CIFAR, 5 on ImageNet; 0: none).
+        nd_ramp: multiply the dino term by the ramp too (official ImageNet DKD++).
+        nd_reduction: ``batch`` (official) or ``class_balanced`` (paper Eq. 7).
+        centers: ``class_means`` (ND) or ``classifier_weights``.
+        class_mean_transform: ``train`` (official: one augmented view per image) or ``clean``.
+        class_mean_seed: seed of the augmented class-mean pass.
+        projection_init: EmbTrans initialisation, ``cifar`` or ``imagenet``.
+    """
+
+    def __init__(
+        self,
+        student: str,
+        teacher: TeacherConfig,
+        num_classes: int = 100,
+        optim: OptimConfig = OptimConfig(),
+        ce_weight: float = 1.0,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        nd_weight: float = 1.0,
+        temperature: float = 4.0,
+        warmup_epochs: float = 20.0,
+        nd_ramp: bool = False,
+        nd_reduction: Reduction = "batch",
+        centers: CenterSource = "class_means",
+        class_mean_transform: MeanTransform = "train",
+        class_mean_seed: int = 0,
+        projection_init: ProjectionInit = "cifar",
+    ) -> None:
+        super().__init__(
+            student,
+            teacher,
+            num_classes,
+            optim,
+            warmup_epochs=warmup_epochs,
+            nd_reduction=nd_reduction,
+            centers=centers,
+            class_mean_transform=class_mean_transform,
+            class_mean_seed=class_mean_seed,
+            projection_init=projection_init,
+        )
+        self.ce_weight = ce_weight
+        self.alpha = alpha
+        self.beta = beta
+        self.nd_weight = nd_weight
+        self.temperature = temperature
+        self.nd_ramp = nd_ramp
+
+    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        images, labels = batch["images"], batch["labels"]
+        student, teacher = self.both_features(images)
+        ramp = self.kd_ramp()
+        logits, teacher_logits = student.logits, teacher.logits
+        losses = {
+            "ce": self.ce_weight * F.cross_entropy(logits, labels),
+            "tckd": ramp * self.alpha * tckd_loss(logits, teacher_logits, labels, self.temperature),
+            "nckd": ramp * self.beta * nckd_loss(logits, teacher_logits, labels, self.temperature),
+        }
+        nd_weight = self.nd_weight * ramp if self.nd_ramp else self.nd_weight
+        losses.update(self.nd_losses(student, teacher, labels, nd_weight))
+        return logits, losses
+
+
+class DISTPlusPlus(NDDistillation):
+    """DIST++: ``CE + kd_weight * ramp(epoch) * tau^2 (beta * inter + gamma * intra) + nd_weight * L_dino``
+    (ND's ``CIFAR/DIST++/train_dist.py``; CIFAR only).
+
+    The DIST term is :func:`kd_modules.losses.dist.dist_loss` with ND's instantiation ``DIST(beta=1, gamma=1,
+    tau=4)``: the pair-specific weight is ``kd_weight`` (``--kd_loss_factor``) outside it, not DIST's own CIFAR
+    weight 2 (spec §2.8 gotcha 7).  0-based ramp as every ND method; the dino term is not ramped.
+
+    Defaults are the official script's (CE 1, KD 1, ND 1, tau 4, warm-up 20); per-pair weights in the module docs
+    and ``configs/methods/distpp.yaml``.
+
+    Args:
+        student: network name.
+        teacher: the frozen teacher.
+        num_classes: classifier width (linked from the data).
+        optim: optimiser and schedule (ND: Nesterov, lr 0.1 / 0.02, batch 128 — the ``nd_cifar100`` recipe).
+        ce_weight: weight of the cross-entropy term (``--cls_loss_factor``).
+        kd_weight: weight of the DIST term (``--kd_loss_factor``), ramped.
+        nd_weight: weight of the dino term (``--nd_loss_factor``).
+        beta: weight of DIST's inter-class relation (1).
+        gamma: weight of DIST's intra-class relation (1).
+        tau: DIST's softmax temperature (``--t`` 4).
+        warmup_epochs: ramp length in epochs (20; 0: none).
+        nd_reduction: ``batch`` (official) or ``class_balanced`` (paper Eq. 7).
+        centers: ``class_means`` (ND) or ``classifier_weights``.
+        class_mean_transform: ``train`` (official: one augmented view per image) or ``clean``.
+        class_mean_seed: seed of the augmented class-mean pass.
+        projection_init: EmbTrans initialisation, ``cifar`` or ``imagenet``.
+    """
+
+    def __init__(
+        self,
+        student: str,
+        teacher: TeacherConfig,
+        num_classes: int = 100,
+        optim: OptimConfig = OptimConfig(),
+        ce_weight: float = 1.0,
+        kd_weight: float = 1.0,
+        nd_weight: float = 1.0,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        tau: float = 4.0,
+        warmup_epochs: float = 20.0,
+        nd_reduction: Reduction = "batch",
+        centers: CenterSource = "class_means",
+        class_mean_transform: MeanTransform = "train",
+        class_mean_seed: int = 0,
+        projection_init: ProjectionInit = "cifar",
+    ) -> None:
+        super().__init__(
+            student,
+            teacher,
+            num_classes,
+            optim,
+            warmup_epochs=warmup_epochs,
+            nd_reduction=nd_reduction,
+            centers=centers,
+            class_mean_transform=class_mean_transform,
+            class_mean_seed=class_mean_seed,
+            projection_init=projection_init,
+        )
+        self.ce_weight = ce_weight
+        self.kd_weight = kd_weight
+        self.nd_weight = nd_weight
+        self.beta = beta
+        self.gamma = gamma
+        self.tau = tau
+
+    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        images, labels = batch["images"], batch["labels"]
+        student, teacher = self.both_features(images)
+        relation = dist_loss(student.logits, teacher.logits, self.beta, self.gamma, self.tau)
+        losses = {
+            "ce": self.ce_weight * F.cross_entropy(student.logits, labels),
+            "dist": self.kd_weight * self.kd_ramp() * relation,
+        }
         losses.update(self.nd_losses(student, teacher, labels, self.nd_weight))
         return student.logits, losses
 

@@ -387,8 +387,8 @@ class NORM(DistillationModule):
     See the module docstring for the two formulations and the placements.  Rows of NORM's tables:
     NORM = defaults; NORM (w/ plain FT) = ``ft="plain"``; NORM+KD = ``kd_weight > 0``; Fig. 2 = ``n_segments``
     (N = 1 with ``ft="none"``, as the code removes the FT at N = 1); Fig. 4 = ``segments_used``; Table 8 =
-    ``distance``; Table 7 (reversed NORM) = ``contract_teacher=True, ft="none"``.  NORM+CRD: subclass and return
-    the CRD term from :meth:`extra_losses` (the released loop weights it by ``logit_scale`` = 2.5).
+    ``distance``; Table 7 (reversed NORM) = ``contract_teacher=True, ft="none"``.  NORM+CRD is
+    :class:`kd_modules.norm_crd.NORMCRD`, which returns the CRD term from :meth:`extra_losses`.
 
     Args:
         student: network name (its family must be in ``STUDENT_PLACEMENTS``).

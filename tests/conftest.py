@@ -81,3 +81,33 @@ def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # type: ignor
         return made[arch]
 
     return make
+
+
+def _check_method_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--model.help <name>`` lists every argument of the method's ``__init__`` with a type, and the class
+    docstring documents each one (Google-style ``Args:``)."""
+    import inspect
+
+    from benchmarks.cli import KDBenchCLI
+    from kd_modules import method_class
+
+    common = {"self", "student", "teacher", "num_classes", "optim"}
+    with pytest.raises(SystemExit) as exit_info:
+        KDBenchCLI(args=["fit", "--model.help", name])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    cls = method_class(name)
+    docstring = inspect.getdoc(cls) or ""
+    parameters = inspect.signature(cls.__init__).parameters
+    for parameter in parameters:
+        if parameter in common:
+            continue
+        assert f"--model.{parameter} " in text, f"{name}: --model.{parameter} missing from the help"
+        assert f"    {parameter}: " in docstring, f"{name}: argument {parameter} is not documented"
+    assert text.count("(type: ") >= len(parameters) - 2
+
+
+@pytest.fixture(scope="session")
+def check_method_help():  # type: ignore[no-untyped-def]
+    """``check_method_help(name, capsys)``: the method's CLI help and docstring cover every argument."""
+    return _check_method_help

@@ -42,8 +42,16 @@ def svd_factors(feature: Tensor, n: int, layout: KDSVDLayout = "repdistiller") -
     Non-finite entries are zeroed; both are L2-normalised along dim 1 (so the kept singular values of a sample
     have unit norm, and so does every kept vector), as the references' ``svd``.  ``torch.linalg.svd`` returns
     V^H; it is transposed back to V (``torch.svd``'s convention, which the references use).
+
+    The SVD's backward divides by differences of singular values, so repeated ones (ReLU maps of 1x1 / 2x2
+    spatial size, e.g. VGG's last stages) give non-finite gradients; the references let them poison the
+    student's weights.  Here non-finite gradient entries at the SVD input are zeroed, the backward analogue of
+    the forward's zeroing of non-finite values.
     """
-    _, s, vh = torch.linalg.svd(_as_matrices(feature, layout), full_matrices=False)
+    matrices = _as_matrices(feature, layout)
+    if matrices.requires_grad:
+        matrices.register_hook(_finite)
+    _, s, vh = torch.linalg.svd(matrices, full_matrices=False)
     v = _finite(vh.transpose(-2, -1))
     s = _finite(s)
     return F.normalize(s[:, :n], dim=1), F.normalize(v[:, :, :n], dim=1)

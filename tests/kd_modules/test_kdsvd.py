@@ -110,3 +110,20 @@ def test_module_checks_the_layout_against_the_networks(teacher_checkpoint) -> No
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in module.student.parameters())
     with pytest.raises(MethodConfigError, match="layout 'svd' is not one of"):
         KDSVD(student="resnet20", teacher=wide, layout="svd")  # type: ignore[arg-type]
+
+
+def test_repeated_singular_values_give_finite_student_gradients() -> None:
+    # A 2x2 ReLU-like map active at one location only has rank 1: three exactly-zero singular values, where the
+    # SVD backward is non-finite (checked first on the raw SVD); the loss must still give finite gradients.
+    torch.manual_seed(0)
+    base = torch.zeros(2, 4, 2, 2)
+    base[:, :, 0, 0] = torch.rand(2, 4)
+    raw = base.clone().requires_grad_(True)
+    _, _, vh = torch.linalg.svd(raw.reshape(2, 4, 4).transpose(1, 2), full_matrices=False)
+    vh[:, :, :4].sum().backward()
+    assert not torch.isfinite(raw.grad).all()
+
+    student = [base.clone().requires_grad_(True), torch.rand(2, 4, 2, 2, requires_grad=True)]
+    teacher = [torch.rand(2, 4, 2, 2), torch.rand(2, 4, 2, 2)]
+    kdsvd_loss(student, teacher, k=1).backward()
+    assert all(torch.isfinite(f.grad).all() for f in student)

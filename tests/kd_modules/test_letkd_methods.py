@@ -31,6 +31,7 @@ class _HalfResolutionResNet(CifarResNet):
 
     def __init__(self, num_classes: int = 100) -> None:
         super().__init__(8, (16, 16, 32, 64), num_classes)
+        self.stem_shape = FeatureShape(16, 16, 16)
         self.stage_shapes = [FeatureShape(16, 16, 16), FeatureShape(32, 8, 8), FeatureShape(64, 4, 4)]
         self.final_shape = self.stage_shapes[-1]
 
