@@ -103,6 +103,10 @@ def build_loggers(info: RunInfo, run_dir: Path) -> list[Logger]:
     return loggers
 
 
+#: Parsers built by :meth:`KDBenchCLI.setup_parser`, reused by every later run of the process.
+_PARSERS: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
+
+
 class KDBenchCLI(LightningCLI):
     """LightningCLI with kdbench's run bookkeeping, loggers, checkpoints and result record."""
 
@@ -125,6 +129,30 @@ class KDBenchCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        """Build the parser once per process and reuse it.
+
+        Building it (signatures of every method, datamodule and Trainer argument) costs ~0.7 s, more than a
+        smoke run's training; the table runner starts hundreds of runs in one process.  The parser holds no
+        per-run state: parsing returns a new namespace, and the per-run instantiators are re-registered by
+        LightningCLI on every run (keyed by class, so they replace the previous run's).
+        """
+        key = (type(self), add_subcommands, repr(main_kwargs), repr(subparser_kwargs))
+        cached = _PARSERS.get(key)
+        if cached is None:
+            super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+            _PARSERS[key] = (
+                self.parser,
+                getattr(self, "_subcommand_method_arguments", None),
+                getattr(self, "_subcommand_parsers", None),
+            )
+            return
+        self.parser = cached[0]
+        if add_subcommands:
+            self._subcommand_method_arguments, self._subcommand_parsers = cached[1], cached[2]
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunInfo, "run", help="Bookkeeping of the run (never changes its result)")

@@ -9,8 +9,10 @@ interrupted ones resume from ``last.ckpt``, a run whose dependency failed is ski
 * :class:`SequentialLauncher` — one run after the other, in this process (the default; ``make demo``).
 * :class:`ParallelLauncher` — every visible GPU runs ``--per-gpu`` runs at a time, each a subprocess
   (``python -m benchmarks.execute <config>``) pinned with ``CUDA_VISIBLE_DEVICES``; a run whose preset asks for
-  ``trainer.devices = n > 1`` (Lightning DDP) gets ``n`` whole GPUs.  On a machine without GPUs it runs
-  ``--jobs`` plain processes side by side, splitting the CPU threads between them.
+  ``trainer.devices = n > 1`` (Lightning DDP) gets ``n`` whole GPUs.  On a machine without GPUs it keeps
+  ``--jobs`` worker processes ("lanes") alive for the whole launch, each with its share of the CPU threads, and
+  hands them runs one at a time: a smoke run trains for a second, less than starting a Python process with torch
+  and Lightning, so per-run processes would cost more than the runs.
 * :class:`SubmititLauncher` — SLURM job arrays through submitit: the runs are grouped into dependency levels
   (teachers, then stages, then students) and each level is one array per resource shape.  By default the
   launcher waits for a level before submitting the next; with ``wait=False`` (``--no-wait``, SLURM only) it
@@ -20,12 +22,15 @@ interrupted ones resume from ``last.ckpt``, a run whose dependency failed is ski
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,7 +158,9 @@ class ParallelLauncher(Launcher):
         gpus: the GPUs to use (default: every visible one).
         poll_seconds: how often finished processes are collected.
         command: the command a run is started with, its config path appended
-            (default ``python -m benchmarks.execute``).
+            (default ``python -m benchmarks.execute``); given, every run is its own process.
+        lanes: on a machine without GPUs, run in ``jobs`` long-lived worker processes (default: yes, unless
+            ``command`` is given).
     """
 
     def __init__(
@@ -164,8 +171,10 @@ class ParallelLauncher(Launcher):
         poll_seconds: float = 0.2,
         printer: Printer = _print,
         command: list[str] | None = None,
+        lanes: bool | None = None,
     ) -> None:
         super().__init__(printer)
+        self.lanes = command is None if lanes is None else lanes
         self.command = command or [sys.executable, "-m", "benchmarks.execute"]
         if per_gpu < 1:
             raise KDBenchError(f"--per-gpu must be at least 1, got {per_gpu}")
@@ -203,11 +212,47 @@ class ParallelLauncher(Launcher):
         return env
 
     def launch(self, runs: list[RunSpec], store: RunStore) -> LaunchReport:
+        if self.gpus or not self.lanes:
+            return self._launch(runs, store, None)
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+        with ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_lane_init, initargs=(threads,)) as lanes:
+            return self._launch(runs, store, lanes)
+
+    def _start(self, spec: RunSpec, config_path: Path, claimed: list[str], lanes: ProcessPoolExecutor | None) -> Any:
+        log_path = config_path.parent / "launcher.log"
+        if lanes is not None:
+            return lanes.submit(_lane_run, str(config_path), str(log_path))
+        log = open(log_path, "ab")  # noqa: SIM115 - the child holds it; closed when the parent's copy is dropped
+        try:
+            return subprocess.Popen(
+                [*self.command, str(config_path)],
+                cwd=os.getcwd(),
+                env=self._environment(claimed),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            log.close()
+
+    @staticmethod
+    def _returncode(handle: Any) -> int | None:
+        """None while the run is going on, else its exit status (a lane's run: 0 when it finished)."""
+        if isinstance(handle, Future):
+            if not handle.done():
+                return None
+            try:
+                return 0 if handle.result().status in ("finished", "skipped") else 1
+            except Exception:  # noqa: BLE001 - a lane that died (killed, out of memory) fails only its run
+                return 1
+        return handle.poll()
+
+    def _launch(self, runs: list[RunSpec], store: RunStore, lanes: ProcessPoolExecutor | None) -> LaunchReport:
         report = LaunchReport()
         free = self._capacity()
         pending = list(runs)
         planned = {s.run_id for s in runs}
-        running: dict[str, tuple[subprocess.Popen[bytes], RunSpec, list[str], float, Any]] = {}
+        running: dict[str, tuple[Any, RunSpec, list[str], float]] = {}
         done = 0
         total = sum(1 for spec in runs if not spec.blocked)
         while pending or running:
@@ -227,26 +272,18 @@ class ParallelLauncher(Launcher):
                     continue
                 for gpu in claimed:
                     free[gpu] -= 1
-                config_path = write_config(spec, store)
-                log = open(store.run_dir(spec.run_id) / "launcher.log", "ab")  # noqa: SIM115 - closed when it ends
-                process = subprocess.Popen(
-                    [*self.command, str(config_path)],
-                    cwd=os.getcwd(),
-                    env=self._environment(claimed),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-                running[spec.run_id] = (process, spec, claimed, time.perf_counter(), log)
+                handle = self._start(spec, write_config(spec, store), claimed, lanes)
+                running[spec.run_id] = (handle, spec, claimed, time.perf_counter())
                 self.peak_running = max(self.peak_running, len(running))
                 pending.remove(spec)
-            for run_id, (process, spec, claimed, started, log) in list(running.items()):
-                if process.poll() is None:
+            for run_id, (handle, spec, claimed, started) in list(running.items()):
+                returncode = self._returncode(handle)
+                if returncode is None:
                     continue
-                log.close()
                 del running[run_id]
                 for gpu in claimed:
                     free[gpu] += 1
-                outcome = self._outcome(spec, store, process.returncode, time.perf_counter() - started)
+                outcome = self._outcome(spec, store, returncode, time.perf_counter() - started)
                 report.add(outcome)
                 done += 1
                 self.printer(f"[{done}/{total}] " + _describe(spec, outcome, store))
@@ -262,6 +299,31 @@ class ParallelLauncher(Launcher):
             return RunOutcome(spec.run_id, "finished", seconds)
         message = failure_message(store, spec.run_id) or f"process exited with status {returncode}"
         return RunOutcome(spec.run_id, "failed", seconds, message)
+
+
+def _lane_init(threads: int) -> None:
+    """A lane's start: its share of the CPU threads, set before any run builds a thread pool.
+
+    On Linux the lane also asks to be killed with its parent: a launcher killed half-way (SIGKILL, OOM) must not
+    leave lanes finishing runs behind the back of the next launch, which resumes those runs itself.
+    """
+    import torch
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _lane_run(config_path: str, log_path: str) -> RunOutcome:
+    """One run in a lane, its output appended to the run's ``launcher.log`` as a per-run process would."""
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        return execute_config(config_path)
 
 
 def submitit_job(config_path: str) -> dict[str, Any]:

@@ -237,13 +237,16 @@ class Preset:
     # Per-method overrides of the method's arguments (e.g. a small codebook in the smoke preset), applied after the
     # row's own init_args; a method not listed is untouched, so other methods never see arguments they lack.
     method_init_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The launcher a run of this preset uses when --launcher is not given (sequential / parallel / slurm).
+    launcher: str | None = None
 
     @property
     def is_smoke(self) -> bool:
         return self.name == "smoke"
 
 
-PRESET_KEYS = {"config", "trials", "store", "synthetic_data", "wandb", "method_init_args"}
+PRESET_KEYS = {"config", "trials", "store", "synthetic_data", "wandb", "method_init_args", "launcher"}
+LAUNCHERS = ("sequential", "parallel", "slurm")
 
 
 def list_presets() -> list[str]:
@@ -258,8 +261,12 @@ def load_preset(name: str) -> Preset:
     unknown = sorted(set(raw) - PRESET_KEYS)
     if unknown:
         raise KDBenchError(f"preset {name}: unknown key {unknown[0]!r}; valid: {', '.join(sorted(PRESET_KEYS))}")
+    launcher = raw.get("launcher")
+    if launcher is not None and launcher not in LAUNCHERS:
+        raise KDBenchError(f"preset {name}: unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
     return Preset(
         name=name,
+        launcher=launcher,
         config=raw.get("config") or {},
         trials=raw.get("trials"),
         store=raw.get("store"),

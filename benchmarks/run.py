@@ -59,7 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-root", default="data", help="dataset root folder (default: data)")
     parser.add_argument("--render-only", action="store_true", help="render the table from the store; train nothing")
     parser.add_argument(
-        "--launcher", default="sequential", choices=["sequential", "parallel", "slurm"], help="how runs are executed"
+        "--launcher",
+        choices=["sequential", "parallel", "slurm"],
+        help="how runs are executed (default: the preset's launcher, else sequential)",
     )
     parser.add_argument("--per-gpu", type=int, default=1, help="parallel: concurrent runs per visible GPU")
     parser.add_argument("--jobs", type=int, help="parallel, no GPU: concurrent runs (default 2)")
@@ -424,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             report = import_wandb(args.from_wandb, wanted, plans[0].store)
             print(report.summary(args.from_wandb))
         elif not args.render_only:
+            args.launcher = args.launcher or plans[0].preset.launcher or "sequential"
             report = _launcher(args).launch(merge_runs(plans), plans[0].store)
             print(report.summary(time.perf_counter() - started))
         from benchmarks.render import write_table
