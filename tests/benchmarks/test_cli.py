@@ -107,3 +107,15 @@ def test_every_fit_stores_theta0_and_student_init_restarts_from_it(cifar_root: P
 
     restarted = Vanilla(student="resnet8", student_init=str(tmp_path / "a" / "initial.pth")).student.state_dict()
     assert all(torch.equal(restarted[k], initial[k]) for k in initial)
+
+
+def test_reused_parser_keeps_no_state_between_runs(cifar_root: Path, tmp_path: Path) -> None:
+    # The parser is built once per process (benchmarks.cli._PARSERS); a run's arguments must not leak into the next.
+    from benchmarks import cli
+
+    common = ["--data=CIFAR100", f"--data.root={cifar_root}", "--model.student=resnet8", "--run.wandb=disabled"]
+    first = KDBenchCLI(args=["--model=Vanilla", "--model.optim.lr=0.3", *common], run=False)
+    parsers = dict(cli._PARSERS)
+    second = KDBenchCLI(args=["--model=Vanilla", *common], run=False)
+    assert cli._PARSERS == parsers and second.parser is first.parser  # built once
+    assert first.model.optim.lr == 0.3 and second.model.optim.lr != 0.3
