@@ -34,9 +34,7 @@ def _argument_problems(table: Table, store_root: Path) -> list[str]:
 
 
 # Tables this check is known to fail on, owned by another branch; strict, so the mark must go once they are fixed.
-KNOWN_UNRECONCILED = {
-    "table2": "table2's NORM+CRD row still passes crd_weight to NORM (NORM+CRD is NORMCRD, configs/methods/norm_crd.yaml)",
-}
+KNOWN_UNRECONCILED: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
