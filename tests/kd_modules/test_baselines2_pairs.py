@@ -16,7 +16,7 @@ from benchmarks.tables import REPO_ROOT
 from kd_modules import TeacherConfig, method_class
 
 # shipped config -> method class
-CONFIGS = {"ofd": "OFD", "simkd": "SimKD"}
+CONFIGS = {"ofd": "OFD", "simkd": "SimKD", "srrl": "SRRL"}
 METHODS = sorted(set(CONFIGS.values()))
 COMMON = {"self", "student", "teacher", "num_classes", "optim"}
 
