@@ -16,7 +16,9 @@ from benchmarks.tables import REPO_ROOT
 from kd_modules import TeacherConfig, method_class
 
 # shipped config -> method class
-CONFIGS = {"ofd": "OFD", "simkd": "SimKD", "srrl": "SRRL", "semckd": "SemCKD"}
+CONFIGS = {"ofd": "OFD", "simkd": "SimKD", "srrl": "SRRL", "semckd": "SemCKD", "ab": "AB", "ft": "FT"}
+# the first stages of two-stage methods (run by the planner as prerequisite runs), trained with their defaults
+STAGES = ["ABInit", "FTParaphraserInit"]
 METHODS = sorted(set(CONFIGS.values()))
 COMMON = {"self", "student", "teacher", "num_classes", "optim"}
 
@@ -67,12 +69,19 @@ def calibrated_teacher(tmp_path_factory: pytest.TempPathFactory):  # type: ignor
     return make
 
 
-def _train_a_few_steps(name: str, teacher: str, student: str, calibrated_teacher, steps: int = 2) -> None:  # type: ignore[no-untyped-def]
+def _train_a_few_steps(
+    name: str, teacher: str, student: str, calibrated_teacher, tmp_path: Path, steps: int = 2
+) -> None:  # type: ignore[no-untyped-def]
     cls = method_class(name)
-    config = next(c for c, m in CONFIGS.items() if m == name)
-    module = cls(
-        student=student, teacher=TeacherConfig(teacher, str(calibrated_teacher(teacher))), **_config_args(config)
-    )
+    config = next((c for c, m in CONFIGS.items() if m == name), None)
+    args = _config_args(config) if config else {}
+    teacher_config = TeacherConfig(teacher, str(calibrated_teacher(teacher)))
+    if name == "FT":  # the paraphraser of a (here untrained) first stage, as its run checkpoint
+        stage = method_class("FTParaphraserInit")(student=student, teacher=teacher_config)
+        path = tmp_path / "paraphraser.ckpt"
+        torch.save({"hyper_parameters": dict(stage.hparams), "state_dict": stage.state_dict()}, path)
+        args["paraphraser_checkpoint"] = str(path)
+    module = cls(student=student, teacher=teacher_config, **args)
     if hasattr(module, "setup_for_batch_size"):
         module.setup_for_batch_size(8)
     params = [p for m in module.trainable_modules() for p in m.parameters() if p.requires_grad]
@@ -117,13 +126,20 @@ def test_help_lists_every_argument_typed_and_documented(name: str, capsys: pytes
 def test_trains_through_the_cli_with_the_shipped_config(
     config: str, cifar_root: Path, tmp_path: Path, fit_args, trained_teacher: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    run = fit_args(
-        cifar_root,
-        tmp_path,
+    networks = [
         "--model.student=resnet8",
         "--model.teacher.arch=resnet8",
         f"--model.teacher.checkpoint={trained_teacher}",
-    )
+    ]
+    stage_output = {
+        "ab": ("ABInit", "student_init", "final.pth"),
+        "ft": ("FTParaphraserInit", "paraphraser_checkpoint", "checkpoints/last.ckpt"),
+    }
+    if config in stage_output:  # the first stage through the CLI too, its output passed on as the planner does
+        stage, argument, output = stage_output[config]
+        KDBenchCLI(args=fit_args(cifar_root, tmp_path / "stage", f"--model={stage}", *networks))
+        networks.append(f"--model.init_args.{argument}={tmp_path / 'stage' / output}")
+    run = fit_args(cifar_root, tmp_path, *networks)
     configs = ["--config", str(REPO_ROOT / "configs/recipes/crd_cifar100.yaml")]
     configs += ["--config", str(REPO_ROOT / f"configs/methods/{config}.yaml")]
     cli = KDBenchCLI(args=[run[0], *configs, *run[1:]])
@@ -133,13 +149,15 @@ def test_trains_through_the_cli_with_the_shipped_config(
     assert math.isfinite(cli.trainer.callback_metrics["train/loss"].item())
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_a_few_steps_on_one_pair(name: str, calibrated_teacher) -> None:  # type: ignore[no-untyped-def]
-    _train_a_few_steps(name, "resnet56", "resnet20", calibrated_teacher, steps=1)
+@pytest.mark.parametrize("name", METHODS + STAGES)
+def test_a_few_steps_on_one_pair(name: str, calibrated_teacher, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _train_a_few_steps(name, "resnet56", "resnet20", calibrated_teacher, tmp_path, steps=1)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("teacher", "student"), PAIRS, ids=[f"{t}->{s}" for t, s in PAIRS])
-@pytest.mark.parametrize("name", METHODS)
-def test_a_few_steps_on_every_table1_table2_pair(name: str, teacher: str, student: str, calibrated_teacher) -> None:  # type: ignore[no-untyped-def]
-    _train_a_few_steps(name, teacher, student, calibrated_teacher)
+@pytest.mark.parametrize("name", METHODS + STAGES)
+def test_a_few_steps_on_every_table1_table2_pair(
+    name: str, teacher: str, student: str, calibrated_teacher, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    _train_a_few_steps(name, teacher, student, calibrated_teacher, tmp_path)
