@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
 from kd_modules.connectors import ConvReg
 from kd_modules.feature_distillation import FeatureDistillation
+from kd_modules.init_stages import cross_entropy_step, init_stage
 from kd_modules.losses.ab import ab_loss
 from models import FeatureOutput, KDNet
 from models.checkpoints import load_network
@@ -123,18 +123,10 @@ class AB(FeatureDistillation):
     @classmethod
     def prerequisites(cls, init_args: dict[str, Any]) -> list[dict[str, Any]]:
         epochs = int(init_args.get("init_epochs", 30))
-        if epochs <= 0:
-            return []
-        return [
-            {
-                "name": "ab_init",
-                "method": "ABInit",
-                "pass_as": "student_init",
-                "init_args": {"margin": float(init_args.get("margin", 1.0))},
-                "overrides": {"trainer.max_epochs": epochs, "model.init_args.optim.schedule": "constant"},
-                "description": f"AB initialisation: student layers + connectors on the AB loss, {epochs} epochs",
-            }
-        ]
+        margin = {"margin": float(init_args.get("margin", 1.0))}
+        return init_stage(
+            "ab_init", "ABInit", "student_init", epochs, "AB initialisation: student layers + connectors on AB", margin
+        )
 
     def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:
         if self.connectors is None:
@@ -144,6 +136,4 @@ class AB(FeatureDistillation):
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         if self.connectors is not None or self.kd_weight != 0:
             return super().training_losses(batch)
-        # Main stage as RepDistiller: cross-entropy only, no teacher forward needed.
-        logits = self.student(batch["images"])
-        return logits, {"ce": self.ce_weight * F.cross_entropy(logits, batch["labels"])}
+        return cross_entropy_step(self, batch, self.ce_weight)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.feature_distillation import FeatureDistillation
+from kd_modules.init_stages import init_stage
 from kd_modules.losses.ft import ft_loss
 from models import FeatureOutput
 from models.checkpoints import CheckpointError
@@ -173,21 +174,16 @@ class FT(FeatureDistillation):
 
     @classmethod
     def prerequisites(cls, init_args: dict[str, Any]) -> list[dict[str, Any]]:
-        epochs = int(init_args.get("init_epochs", 30))
-        overrides: dict[str, Any] = {"trainer.max_epochs": epochs, "model.init_args.optim.schedule": "constant"}
-        if init_args.get("init_lr", 0.01) is not None:
-            overrides["model.init_args.optim.lr"] = float(init_args.get("init_lr", 0.01))
-        return [
-            {
-                "name": "ft_paraphraser",
-                "method": "FTParaphraserInit",
-                "pass_as": "paraphraser_checkpoint",
-                "output": "checkpoints/last.ckpt",
-                "init_args": {"rate": float(init_args.get("rate", 0.5))},
-                "overrides": overrides,
-                "description": f"FT paraphraser: autoencoder of the teacher's last stage map, {epochs} epochs",
-            }
-        ]
+        return init_stage(
+            "ft_paraphraser",
+            "FTParaphraserInit",
+            "paraphraser_checkpoint",
+            int(init_args.get("init_epochs", 30)),
+            "FT paraphraser: autoencoder of the teacher's last stage map",
+            {"rate": float(init_args.get("rate", 0.5))},
+            lr=init_args.get("init_lr", 0.01),
+            output="checkpoints/last.ckpt",
+        )
 
     def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:
         with torch.no_grad():

@@ -14,11 +14,12 @@ import yaml
 from benchmarks.cli import KDBenchCLI
 from benchmarks.tables import REPO_ROOT
 from kd_modules import TeacherConfig, method_class
+from kd_modules.errors import MethodConfigError
 
 # shipped config -> method class
-CONFIGS = {"ofd": "OFD", "simkd": "SimKD", "srrl": "SRRL", "semckd": "SemCKD", "ab": "AB", "ft": "FT"}
+CONFIGS = {"ofd": "OFD", "simkd": "SimKD", "srrl": "SRRL", "semckd": "SemCKD", "ab": "AB", "ft": "FT", "fsp": "FSP"}
 # the first stages of two-stage methods (run by the planner as prerequisite runs), trained with their defaults
-STAGES = ["ABInit", "FTParaphraserInit"]
+STAGES = ["ABInit", "FTParaphraserInit", "FSPInit"]
 METHODS = sorted(set(CONFIGS.values()))
 COMMON = {"self", "student", "teacher", "num_classes", "optim"}
 
@@ -81,6 +82,11 @@ def _train_a_few_steps(
         path = tmp_path / "paraphraser.ckpt"
         torch.save({"hyper_parameters": dict(stage.hparams), "state_dict": stage.state_dict()}, path)
         args["paraphraser_checkpoint"] = str(path)
+    if name in ("FSP", "FSPInit") and method_class("FSP").pair_problem(student, teacher, {}):
+        # n/a in the papers (unequal channel counts): refused with the reason, and the planner blocks the cell
+        with pytest.raises(MethodConfigError, match="FSP needs equal channel counts"):
+            cls(student=student, teacher=teacher_config, **args)
+        return
     module = cls(student=student, teacher=teacher_config, **args)
     if hasattr(module, "setup_for_batch_size"):
         module.setup_for_batch_size(8)
@@ -132,6 +138,7 @@ def test_trains_through_the_cli_with_the_shipped_config(
         f"--model.teacher.checkpoint={trained_teacher}",
     ]
     stage_output = {
+        "fsp": ("FSPInit", "student_init", "final.pth"),
         "ab": ("ABInit", "student_init", "final.pth"),
         "ft": ("FTParaphraserInit", "paraphraser_checkpoint", "checkpoints/last.ckpt"),
     }
