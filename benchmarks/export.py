@@ -10,6 +10,12 @@ only global average pooling and the classifier follow it, so ``logits = W·GAP(A
 plain student architecture (``models.checkpoints.load_network`` reads it, e.g. as a teacher).  The fold is
 checked numerically before anything is written.  WRN students cannot be folded (their FT sits before the final
 BN-ReLU): the command says so and exits with status 2.
+
+``--method simkd`` exports a SimKD run instead: the student up to its last stage, the trained projector and the
+reused teacher classifier as one network (``kd_modules.simkd.load_simkd_network`` reads it), from the run's
+Lightning checkpoint (``checkpoints/last.ckpt`` for ``final``)::
+
+    python -m benchmarks.export results/runs/<run_id> --method simkd      # -> <run>/deploy.pth
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from kd_modules.norm import NORMFeatureTransform, check_foldable, fold_error, fo
 from models import create_model
 from models.checkpoints import CheckpointError, export_network, read_state_dict
 
-__all__ = ["export_folded", "main"]
+__all__ = ["export_folded", "export_simkd", "main"]
 
 _CHECKPOINTS = {"final": "final.pth", "best": "checkpoints/best.ckpt", "last": "checkpoints/last.ckpt"}
 
@@ -92,6 +98,20 @@ def export_folded(path: str | Path, out: str | Path) -> tuple[Path, str]:
     return out, summary
 
 
+def export_simkd(path: str | Path, out: str | Path) -> tuple[Path, str]:
+    """Write the deployable SimKD network of the run checkpoint ``path`` to ``out``; returns (out, summary)."""
+    from kd_modules.simkd import save_simkd_network, simkd_network_from_run_checkpoint
+
+    network, student_arch, teacher_arch = simkd_network_from_run_checkpoint(path)
+    out = save_simkd_network(network, student_arch, teacher_arch, out)
+    size = sum(p.numel() for p in network.parameters())
+    summary = (
+        f"exported the SimKD student {student_arch} with its projector and the {teacher_arch} classifier "
+        f"({size:,} parameters) to {out}"
+    )
+    return out, summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -101,10 +121,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint", choices=sorted(_CHECKPOINTS), default="final", help="which checkpoint of a run folder"
     )
+    parser.add_argument(
+        "--method",
+        choices=["norm", "simkd"],
+        default="norm",
+        help="norm: fold NORM's feature transform; simkd: student + projector + teacher classifier",
+    )
     args = parser.parse_args(argv)
     with user_errors("benchmarks.export"):
-        path, default_out = _resolve(Path(args.source), args.checkpoint)
-        _, summary = export_folded(path, args.out or default_out)
+        if args.method == "simkd":
+            which = "last" if args.checkpoint == "final" else args.checkpoint
+            path, default_out = _resolve(Path(args.source), which)
+            if Path(args.source).is_dir():
+                default_out = Path(args.source) / "deploy.pth"
+            _, summary = export_simkd(path, args.out or default_out)
+        else:
+            path, default_out = _resolve(Path(args.source), args.checkpoint)
+            _, summary = export_folded(path, args.out or default_out)
         print(summary)
     return 0
 

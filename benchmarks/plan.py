@@ -47,6 +47,10 @@ need is trained once.
     identical to another run is that run: KCD's ``{"name": "ce_student", "method": "Vanilla", "pass_as":
     "ce_student_checkpoint"}`` *is* the table's plain-student run of the same trial, trained once.
 
+``pair_problem(student: str, teacher: str, init_args: dict) -> str | None``
+    Why the method is undefined for this teacher-student pair (e.g. FSP needs equal channel counts, the papers
+    print n/a), or None; such cells are shown as not runnable with that reason instead of failing at run time.
+
 Every run config is complete: the method's and the datamodule's argument defaults are written into it, so a row
 that spells out a default (``temperature: 4.0``) and a row that relies on it are the same run, and a changed
 default in the code gives new runs.  Store paths inside a config (``.../runs/<run id>/<file>``) count in the
@@ -597,6 +601,11 @@ def _availability(method: str, archs: list[str]) -> str | None:
     return None
 
 
+def _pair_problem(cls: type | None, pair: Pair, init_args: dict[str, Any]) -> str | None:
+    hook = getattr(cls, "pair_problem", None) if cls is not None else None
+    return None if hook is None else hook(pair.student, pair.teacher, dict(init_args))
+
+
 def _optional_classmethod(cls: type | None, name: str, init_args: dict[str, Any]) -> list[Any]:
     hook = getattr(cls, name, None) if cls is not None else None
     if hook is None:
@@ -788,6 +797,7 @@ class Planner:
             or _availability(method, [pair.student] + ([pair.teacher] if needs_teacher or sized_by_teacher else []))
             or (_unaccepted(cls, model_args, "method") if cls is not None else None)
             or (_unaccepted_values(cls, model_args, "method") if cls is not None else None)
+            or _pair_problem(cls, pair, model_args)
             or config_problem
             or teacher_problem
         )

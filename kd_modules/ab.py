@@ -1,0 +1,139 @@
+"""AB: Heo et al., "Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons" (AAAI 2019),
+two-stage as RepDistiller runs it (``--distill abound``, ``helper/pretrain.py::init``; spec methods-baselines §10).
+
+Stage 1 (:class:`ABInit`, a prerequisite run of the planner): the student's layers (all but its classifier) and the
+connectors are trained on the AB loss alone, 30 epochs at a constant learning rate.  Stage 2 (:class:`AB`): the
+student starts from stage 1's weights and is trained with cross-entropy (RepDistiller sets the AB term of the main
+stage to 0, so ``-b`` is a no-op there).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
+from kd_modules.connectors import ConvReg
+from kd_modules.feature_distillation import FeatureDistillation
+from kd_modules.init_stages import cross_entropy_step, init_stage
+from kd_modules.losses.ab import ab_loss
+from models import FeatureOutput, KDNet
+from models.checkpoints import load_network
+
+__all__ = ["AB", "ABInit", "ab_connectors"]
+
+
+def ab_connectors(student: KDNet, teacher: KDNet) -> nn.ModuleList:
+    """RepDistiller ``Connector``: per paired stage, identity when channels and height match, else ``ConvReg`` without
+    its ReLU (conv + BN)."""
+    connectors = []
+    for s, t in zip(student.stage_shapes, teacher.stage_shapes):
+        if s.chw[0] == t.chw[0] and s.chw[1] == t.chw[1]:
+            connectors.append(nn.Identity())
+        else:
+            connectors.append(ConvReg(s, t, use_relu=False))
+    return nn.ModuleList(connectors)
+
+
+def _ab_term(connectors: nn.ModuleList, student: FeatureOutput, teacher: FeatureOutput, margin: float) -> Tensor:
+    n = len(connectors)
+    students = [c(s) for c, s in zip(connectors, student.stages_pre[:n])]
+    return ab_loss(students, list(teacher.stages_pre[:n]), margin)
+
+
+class ABInit(DistillationModule):
+    """AB's initialisation stage: the student's layers and the connectors trained on the AB loss of the pre-ReLU
+    stage outputs, nothing else (RepDistiller ``init``: the student's classifier is not trained).  Run it as the
+    prerequisite stage of :class:`AB` (30 epochs, constant learning rate); its ``final.pth`` starts the main stage.
+
+    Args:
+        student: network name.
+        teacher: the frozen teacher.
+        num_classes: classifier width (linked from the data).
+        optim: optimiser and schedule (RepDistiller: constant learning rate).
+        margin: the AB margin m (RepDistiller 1.0).
+    """
+
+    requires_teacher = True
+
+    def __init__(
+        self,
+        student: str,
+        teacher: TeacherConfig,
+        num_classes: int = 100,
+        optim: OptimConfig = OptimConfig(),
+        margin: float = 1.0,
+    ) -> None:
+        super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
+        assert self.teacher is not None
+        self.margin = margin
+        self.connectors = ab_connectors(self.student, self.teacher)
+        self.student.classifier.requires_grad_(False)  # RepDistiller trains get_feat_modules() only
+
+    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        images = batch["images"]
+        teacher = self.teacher_features(images)
+        student = self.student.forward_features(images)
+        return student.logits, {"ab": _ab_term(self.connectors, student, teacher, self.margin)}
+
+
+class AB(FeatureDistillation):
+    """AB's main stage: the student, initialised by :class:`ABInit` (``student_init``, filled in by the planner from
+    the prerequisite run), trained with cross-entropy; RepDistiller ``-r 1 -a 0 -b 1`` with the AB term zeroed in the
+    main stage (``feat_weight`` 0 here; a non-zero weight keeps the AB loss during the main stage, through fresh
+    connectors).
+
+    Args:
+        student: network name.
+        teacher: the frozen teacher.
+        num_classes: classifier width (linked from the data).
+        optim: optimiser and schedule.
+        ce_weight: cross-entropy weight (1).
+        kd_weight: Hinton-KD weight (0).
+        temperature: KD temperature.
+        feat_weight: weight of the AB loss in the main stage (RepDistiller: 0).
+        margin: the AB margin m (1.0).
+        init_epochs: length of the initialisation stage (RepDistiller ``--init_epochs`` 30).
+        student_init: the initialisation stage's student (set by the planner; None trains from scratch).
+    """
+
+    def __init__(
+        self,
+        student: str,
+        teacher: TeacherConfig,
+        num_classes: int = 100,
+        optim: OptimConfig = OptimConfig(),
+        ce_weight: float = 1.0,
+        kd_weight: float = 0.0,
+        temperature: float = 4.0,
+        feat_weight: float = 0.0,
+        margin: float = 1.0,
+        init_epochs: int = 30,
+        student_init: str | None = None,
+    ) -> None:
+        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        assert self.teacher is not None
+        if student_init is not None:
+            self.student = load_network(student, num_classes, student_init)
+        self.margin = margin
+        self.init_epochs = init_epochs
+        self.connectors = ab_connectors(self.student, self.teacher) if feat_weight != 0 else None
+
+    @classmethod
+    def prerequisites(cls, init_args: dict[str, Any]) -> list[dict[str, Any]]:
+        epochs = int(init_args.get("init_epochs", 30))
+        margin = {"margin": float(init_args.get("margin", 1.0))}
+        return init_stage(
+            "ab_init", "ABInit", "student_init", epochs, "AB initialisation: student layers + connectors on AB", margin
+        )
+
+    def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:
+        if self.connectors is None:
+            return {}
+        return {"ab": _ab_term(self.connectors, student, teacher, self.margin)}
+
+    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.connectors is not None or self.kd_weight != 0:
+            return super().training_losses(batch)
+        return cross_entropy_step(self, batch, self.ce_weight)
