@@ -57,6 +57,7 @@ __all__ = [
     "MODEL_STATES",
     "class_partition",
     "consistency_statistics",
+    "normalised_train_batches",
     "KCD",
 ]
 
@@ -73,6 +74,28 @@ _OFFLINE_VERSION = 1
 def class_partition(labels: Tensor, num_classes: int, partitions: int) -> Tensor:
     """Table 6's partition of an image: K equal contiguous label ranges, ``floor(label * K / num_classes)``."""
     return torch.div(labels * partitions, num_classes, rounding_mode="floor")
+
+
+def normalised_train_batches(datamodule: Any, device: torch.device | str, limit: int | None) -> tuple[Any, int]:
+    """The un-augmented training split's batches on ``device``, normalised as the networks see them, and their count.
+
+    Only the first ``limit`` images when ``limit`` is set (smoke runs, quick diagnostics).
+    """
+    loader = datamodule.train_eval_dataloader()
+
+    def batches() -> Any:
+        seen = 0
+        for batch in loader:
+            if limit is not None and seen >= limit:
+                return
+            if limit is not None and seen + batch["labels"].shape[0] > limit:
+                batch = {k: v[: limit - seen] for k, v in batch.items()}
+            batch = datamodule.on_after_batch_transfer({k: v.to(device) for k, v in batch.items()}, 0)
+            seen += batch["labels"].shape[0]
+            yield batch
+
+    total = len(loader) if limit is None else min(len(loader), math.ceil(limit / loader.batch_size))
+    return batches(), total
 
 
 def consistency_statistics(
@@ -458,23 +481,7 @@ class KCD(DistillationModule):
             report["gamma_transformed"].append(float(gamma(matrices[k], mapping)))
 
     def _train_batches(self, datamodule: Any, device: torch.device) -> tuple[Any, int]:
-        """The normalised un-augmented training batches (the first ``consistency_max_images`` images)."""
-        loader = datamodule.train_eval_dataloader()
-        limit = self.consistency_max_images
-
-        def batches() -> Any:
-            seen = 0
-            for batch in loader:
-                if limit is not None and seen >= limit:
-                    return
-                if limit is not None and seen + batch["labels"].shape[0] > limit:
-                    batch = {k: v[: limit - seen] for k, v in batch.items()}
-                batch = datamodule.on_after_batch_transfer({k: v.to(device) for k, v in batch.items()}, 0)
-                seen += batch["labels"].shape[0]
-                yield batch
-
-        total = len(loader) if limit is None else min(len(loader), math.ceil(limit / loader.batch_size))
-        return batches(), total
+        return normalised_train_batches(datamodule, device, self.consistency_max_images)
 
     def _fit_subnet(self, datamodule: Any, device: torch.device, student: KDNet, teacher: KDNet, inputs: dict) -> None:
         from kd_modules.kcd_subnet import fit_subnet
