@@ -17,7 +17,25 @@ No official code exists; spec ``methods-seed.md`` §4.  The pipeline (Algorithm 
 5-6. distillation: ``ce_weight * CE + feat_weight * L2(F_S, T(F_T))`` (Eq. 9-10), optionally combined with FitNet,
    RKD or RCO (``combine``).
 
-Every detail the paper leaves open (spec §4, "UNKNOWN") is an argument; the defaults are the spec's suggestions.
+Every detail the paper leaves open (spec §4, "UNKNOWN") is an argument; the defaults are the spec's suggestions:
+
+* distilled layer: the last stage's output (``layer=last``), post-activation (``pre_activation=false``);
+* M: the whole training split (``consistency_max_images=None``), un-augmented, both networks in eval mode,
+  float64 sums; ``eps=1e-8`` in ``1/(distance + eps)``; a constant channel has correlation 0;
+* KL reading: ``-KL(p_j || q_i)`` over images with ``p = (max(t, 0) + eps) / sum`` (``kl_distribution=sum``;
+  ``softmax`` is the other reading);
+* channel-count mismatch: injective selection of ``c_S`` teacher channels when ``c_T >= c_S``; each teacher
+  channel used at most ``ceil(c_S / c_T)`` times otherwise (:mod:`kd_modules.losses.kcd`);
+* loss: MSE averaged over elements x 100 (``reduction=mean``, ``feat_weight=100``), CE x 1;
+* theta_1: the CE-only run under the same recipe as the final run (it *is* the table's plain-student run);
+* Table 3a's other inits: fresh draws under seed ``10000 + k``; Table 4's initial teacher: the distillation
+  teacher's architecture drawn under ``transform_teacher_init_seed`` (released teachers' own inits are unknown);
+* dynamic: the statistics of the training batches (augmented, student in train mode) since the last recomputation;
+* K partitions: ``floor(label * K / num_classes)``;
+* Sub-net-FC/Res: :mod:`kd_modules.kcd_subnet`; KCD + FitNet: FitNet's ConvReg on the student's last-stage map
+  onto ``T(F_T)`` (the same layer as KCD, not FitNet's stage-2 hint); KCD + RKD: RKD (25/50 inside, x 10) on the
+  embeddings plus the KCD L2; KCD + RCO and RCO: :mod:`kd_modules.rco` (one mapping per anchor, from theta_1 and
+  that anchor).
 """
 
 from __future__ import annotations
@@ -577,9 +595,13 @@ class KCD(DistillationModule):
             return
         stats = self._recorded
         if self.trainer.world_size > 1:
-            # Every device saw its share of the images: sum the statistics before recomputing.
-            state = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in stats.state().items()}
-            stats = ConsistencyStatistics.from_state(state, eps=self.consistency_eps)
+            # Every device saw its share of the images: merge the devices' statistics (``merge`` also rescales the
+            # running maxima of the softmax-KL sums, which a plain sum would not).
+            gathered = self.all_gather(stats.state())
+            stats = ConsistencyStatistics.from_state({k: v[0] for k, v in gathered.items()}, eps=self.consistency_eps)
+            for rank in range(1, self.trainer.world_size):
+                other = {k: v[rank] for k, v in gathered.items()}
+                stats.merge(ConsistencyStatistics.from_state(other, eps=self.consistency_eps))
         report: dict[str, Any] = {"gamma_identity": [], "gamma_transformed": []}
         self._set_mappings(0, stats.matrix(self.consistency, self.kl_distribution), report)
         self._recorded = None
