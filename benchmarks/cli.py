@@ -50,6 +50,8 @@ class RunInfo:
         wandb: ``auto`` (online when WANDB_API_KEY is set, else offline), ``online``, ``offline`` or ``disabled``.
         wandb_project: W&B project.
         export_final: write ``final.pth`` (the student after the last epoch) when fit finishes.
+        route: save the network after these fractions of the run's optimiser steps into ``route/`` (RCO's
+            anchor points; the table runner sets it on teacher runs).
     """
 
     dir: str | None = None
@@ -64,6 +66,7 @@ class RunInfo:
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
     wandb_project: str = "kdbench"
     export_final: bool = True
+    route: list[float] = field(default_factory=list)
 
 
 def wandb_mode(setting: str) -> str | None:
@@ -197,6 +200,10 @@ class KDBenchCLI(LightningCLI):
                     auto_insert_metric_name=False,
                 )
             )
+        if info.route:
+            from kd_modules.rco import RouteSnapshots
+
+            extra_callbacks.append(RouteSnapshots(info.route, run_dir))
         configured = trainer_config.get("callbacks") or []
         kwargs["callbacks"] = (list(configured) if isinstance(configured, list) else [configured]) + extra_callbacks
         return super().instantiate_trainer(**kwargs)

@@ -100,6 +100,8 @@ __all__ = [
 PRESETS_DIR = REPO_ROOT / "configs" / "presets"
 RECIPES_FILE = REPO_ROOT / "configs" / "recipes" / "recipes.yaml"
 MAX_PREREQUISITE_DEPTH = 3
+#: Fractions of a teacher run's steps at which it saves its route (RCO anchors; kd_modules.rco.DEFAULT_ROUTE).
+TEACHER_ROUTE = (0.25, 0.5, 0.75)
 
 # Config keys that never change a result: left out of the identity.
 NON_SEMANTIC = {
@@ -717,6 +719,8 @@ class Planner:
         config = _finish(config, self.preset, seed=seed)
         run_id = run_identity(config)
         self._info(config, run_id, f"{self.table.name}/teacher/{arch}/s{seed}", "teacher", None, seed, recipe_name)
+        # Teacher runs snapshot their training route (RCO's anchors); bookkeeping only, not part of the identity.
+        config["run"]["route"] = list(TEACHER_ROUTE)
         label = f"teacher {arch}" + (f" seed {seed}" if seed else "")
         spec = RunSpec(run_id, "teacher", config, self.table.name, None, label, seed, blocked=blocked)
         spec.recipe = recipe_name
