@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kdbench-installed
 
-.PHONY: demo test install clean-results
+.PHONY: demo test test-exhaustive install clean-results
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m benchmarks.run table1 --preset smoke
 
+# The suite CI runs (~10 min on 2 cores); the every-method x every-pair grids are `make test-exhaustive`.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not exhaustive"
+
+test-exhaustive: $(STAMP)
+	$(PY) -m pytest -q -m exhaustive
 
 clean-results:
 	rm -rf results/smoke tables/results/*.smoke.*

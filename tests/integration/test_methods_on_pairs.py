@@ -55,6 +55,14 @@ CROSS_PAIRS = [
 ]
 PAIRS = TABLE1_PAIRS + CROSS_PAIRS
 VARIANT_PAIRS = ["resnet32x4->resnet8x4", "wrn_40_2->wrn_40_1", "vgg13->MobileNetV2", "resnet32x4->ShuffleV2"]
+#: The pairs every case also runs on in the default suite (``make test``); the others are marked ``exhaustive``
+#: (``make test-exhaustive``): one same-family pair and one cross-family pair.
+CORE_PAIRS = ("resnet32x4->resnet8x4", "vgg13->MobileNetV2")
+
+
+def _pairs(pairs: list[str]) -> list[Any]:
+    return [p if p in CORE_PAIRS else pytest.param(p, marks=pytest.mark.exhaustive) for p in pairs]
+
 
 #: The epoch the step is taken in: past every warm-up (ND, DKD, ReviewKD: 20 epochs), NORM's lambda = 0.5.
 LATE_EPOCH = 200
@@ -242,7 +250,7 @@ def _run_or_expect(
 
 
 # -------------------------------------------------------------------------------------------------------- cases
-@pytest.mark.parametrize("pair", PAIRS)
+@pytest.mark.parametrize("pair", _pairs(PAIRS))
 @pytest.mark.parametrize(("label", "config", "method"), ROWS, ids=[label for label, _, _ in ROWS])
 def test_table1_row_on_pair(
     label: str, config: str | None, method: str, pair: str, one_per_class: Path, untrained_teacher, late_epoch
@@ -252,7 +260,7 @@ def test_table1_row_on_pair(
     _run_or_expect(Path(config).stem if config else None, method, pair, row_args, one_per_class, untrained_teacher)
 
 
-@pytest.mark.parametrize("pair", VARIANT_PAIRS)
+@pytest.mark.parametrize("pair", _pairs(VARIANT_PAIRS))
 @pytest.mark.parametrize("config", OTHER_CONFIGS)
 def test_variant_config_on_pair(config: str, pair: str, one_per_class: Path, untrained_teacher, late_epoch) -> None:  # type: ignore[no-untyped-def]
     method = _config(config)["model"]["class_path"].rsplit(".", 1)[1]

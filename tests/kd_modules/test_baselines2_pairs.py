@@ -161,7 +161,7 @@ def test_a_few_steps_on_one_pair(name: str, calibrated_teacher, tmp_path: Path) 
     _train_a_few_steps(name, "resnet56", "resnet20", calibrated_teacher, tmp_path, steps=1)
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive
 @pytest.mark.parametrize(("teacher", "student"), PAIRS, ids=[f"{t}->{s}" for t, s in PAIRS])
 @pytest.mark.parametrize("name", METHODS + STAGES)
 def test_a_few_steps_on_every_table1_table2_pair(
