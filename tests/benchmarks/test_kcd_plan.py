@@ -22,8 +22,9 @@ def test_plain_student_stage_is_reused_not_retrained(tmp_path: Path) -> None:
             assert args["ce_student_checkpoint"] == str(store.run_dir(plain.run_id) / "final.pth")
             assert plain.run_id in kcd.depends_on and plain.kind == "student"
             assert kcd.offline and kcd.offline[0][0] == "kcd_consistency"
-    # ... so no separate stage run exists: one teacher and the table's cells only.
-    assert not [r for r in plan.runs.values() if r.kind == "stage"]
+    # ... so KCD adds no stage run of its own (the only stages are the AB row's initialisation stage).
+    stages = [r.config["model"]["class_path"] for r in plan.runs.values() if r.kind == "stage"]
+    assert stages and all(path.endswith(".ABInit") for path in stages), stages
     # KCD + RCO also reads the teacher run's route; plain RCO only that.
     teacher = next(r for r in plan.runs.values() if r.kind == "teacher")
     assert teacher.config["run"]["route"] == [0.25, 0.5, 0.75]

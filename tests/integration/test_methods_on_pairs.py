@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -71,15 +72,39 @@ METHODS_DIR = REPO_ROOT / "configs" / "methods"
 SMOKE = load_preset("smoke")
 
 
+#: Methods whose runs need artefacts of other planned runs (FT: its paraphraser stage's checkpoint; KCD: the
+#: CE-only student; RCO: the teacher's route snapshots).  The table runner provides them; their own tests build
+#: them (tests/kd_modules/test_ft.py, test_baselines2_pairs.py, test_kcd_method.py, test_rco.py).
+NEEDS_PLANNED_STAGES = {"FT", "KCD", "RCO"}
+#: Methods that classify through the teacher's head: the student's own head is not on the path (SimKD).
+TEACHER_HEAD = {"SimKD"}
+
+
+def _config_method(config: str) -> str:
+    raw = yaml.safe_load((METHODS_DIR / f"{config}.yaml").read_text())
+    return str(raw["model"]["class_path"]).rsplit(".", 1)[1]
+
+
 def _row_cases() -> list[tuple[str, str | None, str]]:
-    """(row label, config, method class) of every table1 row that trains a student."""
-    return [(row.label, row.config, row.method) for row in TABLE1.rows if not row.is_teacher and not row.quoted_only]
+    """(row label, config, method class) of every table1 row that trains a student (one step, on its own)."""
+    return [
+        (row.label, row.config, row.method)
+        for row in TABLE1.rows
+        if not row.is_teacher and not row.quoted_only and row.method not in NEEDS_PLANNED_STAGES
+    ]
 
 
 ROWS = _row_cases()
 ROW_CONFIGS = {Path(config).stem for _, config, _ in ROWS if config}
+STAGED_CONFIGS = {
+    p.stem
+    for p in METHODS_DIR.glob("*.yaml")
+    if "imagenet" not in p.stem and _config_method(p.stem) in NEEDS_PLANNED_STAGES
+}
 OTHER_CONFIGS = sorted(
-    p.stem for p in METHODS_DIR.glob("*.yaml") if "imagenet" not in p.stem and p.stem not in ROW_CONFIGS
+    p.stem
+    for p in METHODS_DIR.glob("*.yaml")
+    if "imagenet" not in p.stem and p.stem not in ROW_CONFIGS and p.stem not in STAGED_CONFIGS
 )
 
 # Variants defined only where the networks' shapes allow them (each raises a MethodConfigError elsewhere).
@@ -228,7 +253,8 @@ def one_step(
     where = f"{method} ({config}) on {pair_label}"
     assert trainer.global_step == 1, where
     assert probe.loss is not None and torch.isfinite(torch.tensor(probe.loss)), f"{where}: loss {probe.loss}"
-    missing = [n for n, g in probe.grads.items() if not n.startswith("teacher.") and g is None]
+    off_path = _after_last_stage(module) if method in TEACHER_HEAD else set()
+    missing = [n for n, g in probe.grads.items() if not n.startswith("teacher.") and g is None and n not in off_path]
     assert not missing, f"{where}: no gradient reaches {missing[:5]}"
     non_finite = [n for n, g in probe.grads.items() if g is not None and not torch.isfinite(g).all()]
     assert not non_finite, f"{where}: non-finite gradients in {non_finite[:5]}"
@@ -238,10 +264,25 @@ def one_step(
         assert grads and any(g.abs().sum() > 0 for g in grads), f"{where}: {prefix[:-1]} receives no gradient"
 
 
+def _after_last_stage(module: DistillationModule) -> set[str]:
+    """Student parameters that the last stage's output does not depend on (its neck and head)."""
+    student = module.student
+    student.zero_grad(set_to_none=True)
+    student.forward_features(torch.randn(2, 3, 32, 32)).stages_post[-1].sum().backward()
+    names = {f"student.{n}" for n, p in student.named_parameters() if p.requires_grad and p.grad is None}
+    student.zero_grad(set_to_none=True)
+    return names
+
+
 def _run_or_expect(
     config: str | None, method: str, pair: str, row_args: dict[str, Any], root: Path, teacher_for: Any
 ) -> None:
     error = expected_error(config or "", pair)
+    hook = getattr(method_class(method), "pair_problem", None)
+    parsed = Pair.parse(pair)
+    undefined = hook(parsed.student, parsed.teacher, dict(row_args)) if hook is not None else None
+    if undefined is not None:  # the method is undefined on this pair (FSP: unequal channels): its clear error
+        error = re.escape(undefined[:40])
     if error is None:
         one_step(config, method, pair, row_args, root, teacher_for)
     else:
@@ -268,7 +309,7 @@ def test_variant_config_on_pair(config: str, pair: str, one_per_class: Path, unt
 
 
 def test_every_cifar_method_config_is_covered() -> None:
-    covered = ROW_CONFIGS | set(OTHER_CONFIGS)
+    covered = ROW_CONFIGS | set(OTHER_CONFIGS) | STAGED_CONFIGS
     shipped = {p.stem for p in METHODS_DIR.glob("*.yaml") if "imagenet" not in p.stem}
     assert covered == shipped
     assert len(PAIRS) == 13 and len(set(PAIRS)) == 13

@@ -109,7 +109,7 @@ def test_codebook_is_a_lloyd_fixed_point_of_the_teacher_vectors() -> None:
     assert error < random_error
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # a timing benchmark (~3-6 min on 2 cores): `make test-exhaustive`
 def test_cifar_size_codebook_builds_in_under_ten_minutes() -> None:
     # CIFAR-100 x ResNet-56: 50,000 images x 8x8 locations = 3.2M vectors of dim 64, K = 4096, 20 iterations.
     vectors = np.random.default_rng(0).standard_normal((3_200_000, 64)).astype(np.float32)
