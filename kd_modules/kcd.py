@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
 from kd_modules.connectors import ConvReg
 from kd_modules.errors import MethodConfigError
+from kd_modules.losses.ab import ab_loss
 from kd_modules.losses.fitnet import hint_loss
 from kd_modules.losses.kcd import (
     KL_DISTRIBUTIONS,
@@ -81,8 +82,7 @@ __all__ = [
 
 TRANSFORMS: tuple[str, ...] = ("bipartite", "greedy", "random", "none", "subnet_fc", "subnet_res")
 SUBNETS: tuple[str, ...] = ("subnet_fc", "subnet_res")
-#: ``ab`` (KCD + AB) is not offered: AB is not part of this build (its rows name the method ``KCDAB``).
-COMBINES: tuple[str, ...] = ("none", "fitnet", "rkd", "rco")
+COMBINES: tuple[str, ...] = ("none", "fitnet", "ab", "rkd", "rco")
 MODEL_STATES: tuple[str, ...] = ("trained", "init")
 #: Seed base of the extra student initialisations of Table 3a (``distill_init=k`` draws under seed base + k).
 OTHER_INIT_SEED_BASE = 10_000
@@ -154,7 +154,8 @@ class KCD(DistillationModule):
     ``L = ce_weight * CE + feat_weight * L2(F_S, T(F_T))`` (Eq. 9-10) with ``T`` computed once from the trained
     CE-only student theta_1 and the teacher (Algorithm 1), the student restarted from exactly theta_0.  Combined
     methods (``combine``) apply ``T`` to the teacher map before their own loss: FitNet (a student regressor onto
-    ``T(F_T)``, MSE, weight ``feat_weight``), RKD (RKD's distance/angle terms on the embeddings, weight
+    ``T(F_T)``, MSE, weight ``feat_weight``), AB (AB's hinge on the pre-activation maps against ``T`` of the teacher's,
+    weight ``ab_weight``), RKD (RKD's distance/angle terms on the embeddings, weight
     ``rkd_weight``, *plus* the KCD L2), RCO (the KCD L2 against each anchor of the teacher's route in turn, one
     ``T`` per anchor).
 
@@ -202,8 +203,13 @@ class KCD(DistillationModule):
         ce_weight: cross-entropy weight.
         feat_weight: weight of the KCD L2 (UNKNOWN: the FitNets weight 10^2, with ``reduction=mean``).
         reduction: ``mean`` (MSE over elements, default) or ``batchmean`` (summed per image, the COCO reading).
-        combine: ``none`` (KCD alone), ``fitnet``, ``rkd``, ``rco``.
+        combine: ``none`` (KCD alone), ``fitnet``, ``ab``, ``rkd``, ``rco``.
         rkd_weight: weight of the RKD term for ``combine=rkd`` (KCD's RKD weight 10).
+        ab_weight: weight of the AB term for ``combine=ab`` (KCD's AB weight 10).  UNKNOWN how KCD ran AB: here the
+            AB loss (RepDistiller's hinge, margin ``ab_margin``) of the student's pre-activation map against the
+            *transformed* teacher pre-activation map replaces the L2, in the distillation run itself (AB's separate
+            initialisation stage is not run).
+        ab_margin: AB's margin m (RepDistiller 1.0).
         rkd_distance_weight: RKD's distance-term weight inside the RKD term (25).
         rkd_angle_weight: RKD's angle-term weight inside the RKD term (50).
         route_dir: ``combine=rco``: the teacher run's route folder (filled in by the table runner).
@@ -246,6 +252,8 @@ class KCD(DistillationModule):
         reduction: str = "mean",
         combine: str = "none",
         rkd_weight: float = 10.0,
+        ab_weight: float = 10.0,
+        ab_margin: float = 1.0,
         rkd_distance_weight: float = 25.0,
         rkd_angle_weight: float = 50.0,
         route_dir: str | None = None,
@@ -260,11 +268,6 @@ class KCD(DistillationModule):
         _check_choice("kl_distribution", kl_distribution, KL_DISTRIBUTIONS)
         _check_choice("transform_student", transform_student, MODEL_STATES)
         _check_choice("transform_teacher", transform_teacher, MODEL_STATES)
-        if combine == "ab":
-            raise MethodConfigError(
-                "combine='ab' (KCD + AB) needs the AB method, which this build does not have; valid: "
-                + ", ".join(COMBINES)
-            )
         _check_choice("combine", combine, COMBINES)
         _check_choice("reduction", reduction, ("mean", "batchmean"))
         if num_transforms < 1 or num_transforms > num_classes:
@@ -333,6 +336,14 @@ class KCD(DistillationModule):
             subnet = build_subnet(transform, self.c_t, self.c_s)
             subnet.requires_grad_(False)  # fitted offline, frozen during distillation
             self.subnet = subnet
+        self.ab_weight, self.ab_margin = ab_weight, ab_margin
+        if combine == "ab":
+            student_shape, teacher_shape = distilled_shape(self.student, layer), distilled_shape(self.teacher, layer)
+            if (student_shape.height, student_shape.width) != (teacher_shape.height, teacher_shape.width):
+                raise MethodConfigError(
+                    f"combine='ab' compares maps element-wise: the {layer!r} maps differ in size (student "
+                    f"{student_shape.height}x{student_shape.width}, teacher {teacher_shape.height}x{teacher_shape.width})"
+                )
         if combine == "fitnet":
             target = distilled_shape(self.student, layer)  # T(F_T) has the student's channel count
             teacher_shape = distilled_shape(self.teacher, layer)
@@ -571,6 +582,13 @@ class KCD(DistillationModule):
         losses = {"ce": self.ce_weight * F.cross_entropy(student.logits, labels)}
         if self.combine == "fitnet":
             losses["hint"] = self.feat_weight * hint_loss(self.regressor(student_map), target)
+        elif self.combine == "ab":
+            # T commutes with the stage's ReLU (it moves channels), so T of the pre-activation map is well defined.
+            teacher_pre = self.transformed_teacher_map(
+                distilled_map(teacher_features, self.layer, True).clone(), labels
+            )
+            student_pre = distilled_map(student, self.layer, True)
+            losses["ab"] = self.ab_weight * ab_loss([student_pre], [teacher_pre], self.ab_margin)
         else:
             losses["kcd"] = self.feat_weight * kcd_l2_loss(student_map, target, self.reduction)
         if self.combine == "rkd":

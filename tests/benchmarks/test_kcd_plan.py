@@ -33,7 +33,8 @@ def test_plain_student_stage_is_reused_not_retrained(tmp_path: Path) -> None:
     kcd_rco = plan.runs[plan.cells[("KCD+RCO", "resnet56->resnet20")][0]]
     assert teacher.run_id in kcd_rco.depends_on and "route_dir" in kcd_rco.config["model"]["init_args"]
     assert not rco.blocked and not kcd_rco.blocked
-    assert "KCDAB is not implemented" in plan.runs[plan.cells[("KCD+AB", "resnet56->resnet20")][0]].blocked
+    kcd_ab = plan.runs[plan.cells[("KCD+AB", "resnet56->resnet20")][0]]
+    assert not kcd_ab.blocked and kcd_ab.config["model"]["init_args"]["combine"] == "ab"
 
 
 def test_kcd_tables_have_no_blocked_kcd_rows_but_for_ab(tmp_path: Path) -> None:

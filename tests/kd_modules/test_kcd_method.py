@@ -82,8 +82,8 @@ def test_class_partition_and_bad_settings(teacher_checkpoint) -> None:  # type: 
     teacher = TeacherConfig("resnet8", str(teacher_checkpoint("resnet8")))
     with pytest.raises(MethodConfigError, match="valid: bipartite"):
         KCD("resnet8", teacher, transform="hungarian")
-    with pytest.raises(MethodConfigError, match="AB method"):
-        KCD("resnet8", teacher, combine="ab")
+    with pytest.raises(MethodConfigError, match="valid: none, fitnet, ab, rkd, rco"):
+        KCD("resnet8", teacher, combine="at")
     with pytest.raises(MethodConfigError, match="num_transforms"):
         KCD("resnet8", teacher, num_transforms=101)
     with pytest.raises(MethodConfigError, match="dynamic"):
@@ -98,3 +98,27 @@ def test_prerequisites_describe_algorithm_1() -> None:
     assert [p["name"] for p in KCD.prerequisites({"distill_init": 2})] == ["ce_student"]
     teacher_stage = KCD.prerequisites({"transform_teacher_seed": 0})[-1]
     assert teacher_stage["network"] == "teacher" and teacher_stage["seed"] == 0
+
+
+def test_ab_combination_applies_the_mapping_before_the_ab_hinge(teacher_checkpoint) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    teacher = TeacherConfig("resnet8", str(teacher_checkpoint("resnet8")))
+    module = KCD("resnet8", teacher, transform="random", combine="ab", ab_weight=10.0, ce_weight=0.0)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    _, losses = module.training_losses({"images": images, "labels": labels, "indices": torch.arange(4)})
+    assert set(losses) == {"ce", "ab"}
+    # Independently: the teacher's last-stage pre-ReLU map with channel c of the target taken from teacher channel
+    # mapping[c], and the hinge written element by element with explicit branches.
+    mapping = module.mappings[0, 0]
+    assert mapping.tolist() != list(range(64))  # not the identity, so the check can fail
+    with torch.no_grad():
+        t = module.teacher.forward_features(images).stages_pre[-1][:, mapping]
+        s = module.student.forward_features(images).stages_pre[-1]
+    total = 0.0
+    for sv, tv in zip(s.flatten().tolist(), t.flatten().tolist()):
+        if tv > 0 and sv <= 1.0:
+            total += (sv - 1.0) ** 2
+        elif tv <= 0 and sv > -1.0:
+            total += (sv + 1.0) ** 2
+    expected = 10.0 * total / 4 / 1000.0 * 3.0
+    assert losses["ab"].item() == pytest.approx(expected, rel=1e-4)
