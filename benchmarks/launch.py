@@ -10,9 +10,10 @@ interrupted ones resume from ``last.ckpt``, a run whose dependency failed is ski
 * :class:`ParallelLauncher` — every visible GPU runs ``--per-gpu`` runs at a time, each a subprocess
   (``python -m benchmarks.execute <config>``) pinned with ``CUDA_VISIBLE_DEVICES``; a run whose preset asks for
   ``trainer.devices = n > 1`` (Lightning DDP) gets ``n`` whole GPUs.  On a machine without GPUs it keeps
-  ``--jobs`` worker processes ("lanes") alive for the whole launch, each with its share of the CPU threads, and
-  hands them runs one at a time: a smoke run trains for a second, less than starting a Python process with torch
-  and Lightning, so per-run processes would cost more than the runs.
+  ``--jobs`` worker processes ("lanes") alive for the whole launch and hands them runs one at a time: a smoke run
+  trains for a second, less than starting a Python process with torch and Lightning, so per-run processes would
+  cost more than the runs.  Each run gets the CPU threads divided among the runs that can go at its start, so a run
+  that everything else waits for (the teacher) uses every core instead of one lane's share.
 * :class:`SubmititLauncher` — SLURM job arrays through submitit: the runs are grouped into dependency levels
   (teachers, then stages, then students) and each level is one array per resource shape.  By default the
   launcher waits for a level before submitting the next; with ``wait=False`` (``--no-wait``, SLURM only) it
@@ -185,6 +186,7 @@ class ParallelLauncher(Launcher):
             raise KDBenchError(f"--jobs must be at least 1, got {self.jobs}")
         self.poll_seconds = poll_seconds
         self.peak_running = 0  # most runs at once in the last launch (reported, and checked by the tests)
+        self.thread_shares: dict[str, int] = {}  # run id -> CPU threads its lane ran it with (last launch)
 
     def _capacity(self) -> dict[str, int]:
         if self.gpus:
@@ -219,10 +221,23 @@ class ParallelLauncher(Launcher):
         with ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_lane_init, initargs=(threads,)) as lanes:
             return self._launch(runs, store, lanes)
 
-    def _start(self, spec: RunSpec, config_path: Path, claimed: list[str], lanes: ProcessPoolExecutor | None) -> Any:
+    def _thread_share(self, sharing: int) -> int:
+        """CPU threads for a lane run that starts while ``sharing`` runs (itself included) can go at once.
+
+        Dividing by the runs that can actually go, not by ``--jobs``, keeps a lone run (the teacher every student
+        waits for, or a stage) from training on one core while the others idle.  The share is fixed at the run's
+        start: a run that ends up sharing the machine later (the tail of the launch) keeps it.
+        """
+        return max(1, (os.cpu_count() or 1) // max(1, min(self.jobs, sharing)))
+
+    def _start(
+        self, spec: RunSpec, config_path: Path, claimed: list[str], lanes: ProcessPoolExecutor | None, sharing: int
+    ) -> Any:
         log_path = config_path.parent / "launcher.log"
         if lanes is not None:
-            return lanes.submit(_lane_run, str(config_path), str(log_path))
+            threads = self._thread_share(sharing)
+            self.thread_shares[spec.run_id] = threads
+            return lanes.submit(_lane_run, str(config_path), str(log_path), threads)
         log = open(log_path, "ab")  # noqa: SIM115 - the child holds it; closed when the parent's copy is dropped
         try:
             return subprocess.Popen(
@@ -249,6 +264,7 @@ class ParallelLauncher(Launcher):
 
     def _launch(self, runs: list[RunSpec], store: RunStore, lanes: ProcessPoolExecutor | None) -> LaunchReport:
         report = LaunchReport()
+        self.thread_shares = {}
         free = self._capacity()
         pending = list(runs)
         planned = {s.run_id for s in runs}
@@ -272,7 +288,10 @@ class ParallelLauncher(Launcher):
                     continue
                 for gpu in claimed:
                     free[gpu] -= 1
-                handle = self._start(spec, write_config(spec, store), claimed, lanes)
+                sharing = (
+                    len(running) + 1 + sum(1 for other in pending if self._ready(other, spec, report, planned, store))
+                )
+                handle = self._start(spec, write_config(spec, store), claimed, lanes, sharing)
                 running[spec.run_id] = (handle, spec, claimed, time.perf_counter())
                 self.peak_running = max(self.peak_running, len(running))
                 pending.remove(spec)
@@ -290,6 +309,13 @@ class ParallelLauncher(Launcher):
             if running:
                 time.sleep(self.poll_seconds)
         return report
+
+    @staticmethod
+    def _ready(spec: RunSpec, starting: RunSpec, report: LaunchReport, planned: set[str], store: RunStore) -> bool:
+        """Whether ``spec`` (another pending run than ``starting``) would train now: unfinished, dependencies done."""
+        if spec is starting or spec.blocked or store.is_finished(spec.run_id):
+            return False
+        return all(d in report.outcomes for d in spec.depends_on if d in planned)
 
     @staticmethod
     def _outcome(spec: RunSpec, store: RunStore, returncode: int, seconds: float) -> RunOutcome:
@@ -320,8 +346,11 @@ def _lane_init(threads: int) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def _lane_run(config_path: str, log_path: str) -> RunOutcome:
-    """One run in a lane, its output appended to the run's ``launcher.log`` as a per-run process would."""
+def _lane_run(config_path: str, log_path: str, threads: int) -> RunOutcome:
+    """One run in a lane with ``threads`` CPU threads, its output appended to the run's ``launcher.log``."""
+    import torch
+
+    torch.set_num_threads(threads)
     with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         return execute_config(config_path)
 

@@ -53,6 +53,12 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def write_record(
     run_dir: str | Path,
     *,
@@ -76,6 +82,7 @@ def write_record(
         "epochs": epochs,
         "steps": steps,
         "wall_seconds": round(fit_seconds, 3),
+        "cpu_threads": _torch_threads(),  # wall_seconds on a CPU depends on it (the launcher shares the cores)
         "smoke": bool(fast_dev_run or limited),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": software_versions(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,6 @@ def test_parallel_launcher_schedules_processes_by_slot_and_dependency(
 ) -> None:
     """The scheduling, with a stand-in run command (a process that sleeps and writes a record)."""
     import json
-    import os
     import sys
 
     script = tmp_path / "fake_run.py"
@@ -91,8 +91,28 @@ def test_parallel_launcher_runs_real_runs_side_by_side(tmp_path: Path, cifar_roo
     report = launcher.launch(runs, store)
     assert report.counts["finished"] == 3 and report.counts["failed"] == 0, lines
     assert launcher.peak_running == 2
+    # The teacher and Vanilla start side by side and share the cores; each lane ran with the share it was given.
+    teacher, vanilla, kd = (s.run_id for s in runs)
+    cores = os.cpu_count() or 1
+    assert launcher.thread_shares[teacher] == launcher.thread_shares[vanilla] == max(1, cores // 2)
+    assert all(store.record(rid)["cpu_threads"] == launcher.thread_shares[rid] for rid in (teacher, vanilla, kd))
     again = ParallelLauncher(jobs=2, gpus=[], printer=lines.append).launch(runs, store)
     assert again.counts["skipped"] == 3 and again.counts["finished"] == 0
+
+
+@pytest.mark.slow
+def test_a_lane_run_that_nothing_else_can_run_beside_gets_every_core(tmp_path: Path, cifar_root: Path) -> None:
+    """KD alone: the teacher, then KD, each the only run that can go, so each takes all the CPU threads."""
+    store = RunStore(tmp_path / "store")
+    runs = _smoke_plan(store, cifar_root, ["KD"]).ordered()
+    lines: list[str] = []
+    launcher = ParallelLauncher(jobs=2, gpus=[], poll_seconds=0.05, printer=lines.append)
+    report = launcher.launch(runs, store)
+    assert report.counts["finished"] == 2, lines
+    cores = os.cpu_count() or 1
+    assert launcher.peak_running == 1
+    assert {store.record(s.run_id)["cpu_threads"] for s in runs} == {cores}
+    assert launcher.thread_shares == {s.run_id: cores for s in runs}
 
 
 def test_execute_entry_point_runs_a_written_config(tmp_path: Path, cifar_root: Path) -> None:
