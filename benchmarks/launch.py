@@ -155,7 +155,7 @@ class ParallelLauncher(Launcher):
 
     Args:
         per_gpu: concurrent runs per GPU (K).
-        jobs: concurrent runs on a machine without GPUs (default: 2).
+        jobs: concurrent runs on a machine without GPUs (default: one per CPU core).
         gpus: the GPUs to use (default: every visible one).
         poll_seconds: how often finished processes are collected.
         command: the command a run is started with, its config path appended
@@ -181,7 +181,7 @@ class ParallelLauncher(Launcher):
             raise KDBenchError(f"--per-gpu must be at least 1, got {per_gpu}")
         self.gpus = visible_gpus() if gpus is None else gpus
         self.per_gpu = per_gpu
-        self.jobs = jobs if jobs is not None else 2
+        self.jobs = jobs if jobs is not None else (os.cpu_count() or 1)
         if self.jobs < 1:
             raise KDBenchError(f"--jobs must be at least 1, got {self.jobs}")
         self.poll_seconds = poll_seconds

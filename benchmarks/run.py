@@ -51,7 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="print the plan and a GPU-hour estimate; run nothing")
     parser.add_argument("--verbose", action="store_true", help="with --dry-run: list every run")
     parser.add_argument("--measure", action="store_true", help="with --dry-run: time a few real steps of each run here")
-    parser.add_argument("--preset", default="full", help=f"run preset (one of: {', '.join(list_presets())})")
+    parser.add_argument(
+        "--preset",
+        help=f"run preset (one of: {', '.join(list_presets())}; default: the table's own, e.g. cpu for fmnist, else full)",
+    )
     parser.add_argument("--trials", type=int, help="trials per cell (default: the table's, or the preset's)")
     parser.add_argument("--methods", nargs="*", help="only these rows (labels or method names, comma separated)")
     parser.add_argument("--pairs", nargs="*", help="only these pairs (teacher->student, comma separated)")
@@ -64,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="how runs are executed (default: the preset's launcher, else sequential)",
     )
     parser.add_argument("--per-gpu", type=int, default=1, help="parallel: concurrent runs per visible GPU")
-    parser.add_argument("--jobs", type=int, help="parallel, no GPU: concurrent runs (default 2)")
+    parser.add_argument("--jobs", type=int, help="parallel, no GPU: concurrent runs (default: one per CPU core)")
     parser.add_argument("--slurm-folder", default="results/slurm", help="slurm: submitit's job folder")
     parser.add_argument("--slurm-cluster", choices=["auto", "slurm", "local", "debug"], default="auto")
     parser.add_argument("--slurm-partition", help="slurm: partition")
@@ -100,7 +103,16 @@ def _data_root(table: Table, root: str, synthetic_allowed: bool) -> tuple[str, b
     return synthetic_root, True
 
 
+def preset_name(names: list[str], args: argparse.Namespace) -> str:
+    """``--preset`` if given; else the tables' own preset when they agree on one (fmnist: cpu); else ``full``."""
+    if args.preset:
+        return str(args.preset)
+    own = {load_table(name).preset or "full" for name in names}
+    return own.pop() if len(own) == 1 else "full"
+
+
 def plan_tables(names: list[str], args: argparse.Namespace, quiet: bool = False) -> list[Plan]:
+    args.preset = preset_name(names, args)
     preset = load_preset(args.preset)
     store = RunStore(Path(args.store or preset.store or "results").resolve())
     plans = []
@@ -328,6 +340,7 @@ def coverage(args: argparse.Namespace) -> list[dict[str, Any]]:
 def print_status(args: argparse.Namespace) -> None:
     from benchmarks.render import MATCH_TOLERANCE
 
+    args.preset = preset_name(list_tables(), args)
     rows = coverage(args)
     print(f"coverage of the store {args.store or load_preset(args.preset).store or 'results'} (preset {args.preset}):")
     print(f"  {'table':<12} {'cells':>6} {'runnable':>9} {'run':>5} {'vs paper':>9} {'within':>7}")

@@ -247,6 +247,7 @@ class Table:
     teacher_checkpoints: dict[str, ReleasedTeacher] = field(default_factory=dict)
     trials_note: str | None = None
     data_roots: list[str] = field(default_factory=list)
+    preset: str | None = None  # the run preset when the command names none (fmnist: cpu)
 
     def row(self, label: str) -> Row:
         for row in self.rows:
@@ -318,6 +319,7 @@ TABLE_KEYS = {
     "rows",
     "notes",
     "data_roots",
+    "preset",
 }
 ROW_KEYS = {
     "label",
@@ -386,6 +388,9 @@ def _row(raw: Any, where: str) -> Row:
 
 def _validate(table: Table) -> None:
     where = f"table {table.name}"
+    presets = sorted(p.stem for p in (REPO_ROOT / "configs" / "presets").glob("*.yaml"))
+    if table.preset is not None and table.preset not in presets:
+        raise KDBenchError(f"{where}: preset {table.preset!r} is not one of {', '.join(presets)}")
     if table.metric not in PROTOCOLS:
         raise KDBenchError(f"{where}: metric {table.metric!r} is not one of {', '.join(PROTOCOLS)}")
     bad_metrics = [m for m in table.metrics if m not in METRICS]
@@ -462,6 +467,7 @@ def load_table(name: str) -> Table:
             metrics=[str(m) for m in _as_list(raw.get("metrics")) or ["top1"]],
             notes=[str(n) for n in _as_list(raw.get("notes"))],
             data_roots=[str(r) for r in _as_list(raw.get("data_roots"))],
+            preset=raw.get("preset"),
             path=path,
         )
     except (KeyError, TypeError) as error:

@@ -49,6 +49,28 @@ def test_unknown_names_are_one_line_with_the_choices(args: list[str], expected: 
     assert expected in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_table_names_its_own_preset_and_the_command_line_wins(tmp_path: Path) -> None:
+    """fmnist runs under the cpu preset (parallel lanes, W&B offline) unless --preset says otherwise."""
+    import argparse
+
+    from benchmarks.run import plan_tables, preset_name
+
+    def namespace(preset: str | None) -> argparse.Namespace:
+        return argparse.Namespace(
+            preset=preset, store=str(tmp_path), data_root=str(tmp_path), trials=None, pairs=None, methods=None
+        )
+
+    assert load_table("fmnist").preset == "cpu" and load_preset("cpu").launcher == "parallel"
+    assert preset_name(["fmnist"], namespace(None)) == "cpu"
+    assert preset_name(["table1"], namespace(None)) == "full"
+    assert preset_name(["fmnist", "table1"], namespace(None)) == "full"  # tables that disagree: the default
+    assert preset_name(["fmnist"], namespace("smoke")) == "smoke"
+    (plan,) = plan_tables(["fmnist"], namespace(None), quiet=True)
+    assert plan.preset.name == "cpu"
+    teacher = next(spec for spec in plan.ordered() if spec.kind == "teacher")
+    assert teacher.config["trainer"]["accelerator"] == "cpu"
+
+
 def test_list_and_dry_run(tmp_path: Path, cifar_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main(["--list"]) == 0
     assert "table1" in capsys.readouterr().out

@@ -159,6 +159,7 @@ def test_multi_metric_tables_show_top5_from_the_same_runs() -> None:
             "per-pair settings name pair 'x->y'",
         ),
         ("dataset: cifar100\nrecipe: r\npairs: [a]\nrows: []\n", "is not of the form 'teacher->student'"),
+        ("dataset: cifar100\nrecipe: r\npairs: [a->b]\nrows: []\npreset: gpu\n", "preset 'gpu' is not one of cpu,"),
     ],
 )
 def test_malformed_table_files_fail_with_one_clear_message(
