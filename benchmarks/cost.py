@@ -37,6 +37,7 @@ __all__ = [
     "DATASET_SIZES",
     "StepTimer",
     "measure_run",
+    "NotMeasurable",
 ]
 
 EFFECTIVE_FLOPS = 100e12
@@ -166,16 +167,44 @@ class StepTimer(Callback):
         Path(self.path).write_text(json.dumps(timings))
 
 
+class NotMeasurable(Exception):
+    """A planned run that cannot be timed before an earlier run of the plan has produced its input."""
+
+
+def _stand_in_for_earlier_runs(config: dict[str, Any], folder: Path, num_classes: int) -> None:
+    """Replace what a run reads from earlier runs that have not run yet by inputs of the same cost.
+
+    ``student_init`` (AB, FSP, KCD start from another run's weights) is dropped: a fresh draw costs the same.
+    ``ce_student_checkpoint`` (KCD's CE-only student) becomes a random student of the same architecture.  Any
+    other missing checkpoint (FT's paraphraser) raises :class:`NotMeasurable`.
+    """
+    from models.checkpoints import export_network
+
+    init = config.get("model", {}).get("init_args", {})
+    for key, value in list(init.items()):
+        if key == "teacher" or not isinstance(value, str) or not value.endswith((".pth", ".ckpt")):
+            continue
+        if Path(value).is_file():
+            continue
+        if key == "student_init":
+            del init[key]
+        elif key == "ce_student_checkpoint":
+            stand_in = folder / "ce_student.pth"
+            export_network(create_model(init["student"], num_classes), init["student"], stand_in)
+            init[key] = str(stand_in)
+        else:
+            raise NotMeasurable(f"needs {key} from an earlier run of the plan (measure again once it has run)")
+
+
 def measure_run(config: dict[str, Any], train_size: int, eval_size: int, steps: int = 6) -> dict[str, float]:
     """Time ``steps`` real training steps and two evaluation batches of ``config`` here; extrapolate the run.
 
     The first two training steps (warm-up, allocation) are not counted.  An untrained teacher is replaced by
     randomly initialised weights of its architecture (the cost does not depend on the weights).
     """
-    import yaml
 
     from benchmarks.cli import KDBenchCLI
-    from benchmarks.execute import quiet_lightning
+    from benchmarks.execute import dump_config, quiet_lightning
     from benchmarks.plan import deep_merge
     from models.checkpoints import export_network
 
@@ -190,6 +219,7 @@ def measure_run(config: dict[str, Any], train_size: int, eval_size: int, steps: 
             stand_in = folder / "teacher.pth"
             export_network(create_model(teacher["arch"], num_classes), teacher["arch"], stand_in)
             teacher["checkpoint"] = str(stand_in)
+        _stand_in_for_earlier_runs(trial, folder, dataset_classes(config))
         timings = folder / "timings.json"
         trial = deep_merge(
             trial,
@@ -210,7 +240,7 @@ def measure_run(config: dict[str, Any], train_size: int, eval_size: int, steps: 
                 "run": {"dir": str(folder / "run"), "wandb": "disabled", "export_final": False},
             },
         )
-        (folder / "config.yaml").write_text(yaml.safe_dump(trial))
+        (folder / "config.yaml").write_text(dump_config(trial, sort_keys=True))
         with quiet_lightning():
             KDBenchCLI(args=["fit", "--config", str(folder / "config.yaml")])
         measured = json.loads(timings.read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import traceback
 import warnings
@@ -51,11 +52,32 @@ def quiet_lightning() -> Iterator[None]:
                 logging.getLogger(name).setLevel(level)
 
 
+class _ConfigDumper(yaml.SafeDumper):
+    """PyYAML writes ``123e4567`` unquoted (a string for its YAML 1.1 reader), but jsonargparse reads such a
+    scalar as the float inf: a run id made of digits and one ``e`` (about 1 in 1,000) broke its run's config."""
+
+
+_NUMBER_LIKE = re.compile(r"[-+]?(\.\d+|\d+(\.\d*)?)([eE][-+]?\d+)?|[-+]?\.?(inf|nan)", re.IGNORECASE)
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "'" if _NUMBER_LIKE.fullmatch(value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ConfigDumper.add_representer(str, _represent_str)
+
+
+def dump_config(config: dict[str, Any], sort_keys: bool = False) -> str:
+    """A run config as YAML that reads back with every string a string (number-like strings quoted)."""
+    return yaml.dump(config, Dumper=_ConfigDumper, sort_keys=sort_keys)
+
+
 def write_config(spec: RunSpec, store: RunStore) -> Path:
     run_dir = store.run_dir(spec.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
-    path.write_text(yaml.safe_dump(spec.config, sort_keys=False))
+    path.write_text(dump_config(spec.config))
     return path
 
 

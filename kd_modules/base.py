@@ -33,12 +33,16 @@ from kd_modules.errors import MethodConfigError
 from models import FeatureOutput, KDNet, create_model
 from models.checkpoints import CheckpointError, load_network
 
-__all__ = ["OptimConfig", "TeacherConfig", "DistillationModule", "MethodConfigError"]
+__all__ = ["OptimConfig", "TeacherConfig", "DistillationModule", "MethodConfigError", "TrainingDivergedError"]
 
 # The frozen teacher is in eval mode on purpose; Lightning warns about any eval-mode module at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 Batch = dict[str, Tensor]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The student's loss went non-finite: the run fails with this message instead of recording chance accuracy."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,12 @@ class OptimConfig:
         unit: ``epoch`` (CRD/NORM/ND/letKD) or ``step`` (KCD's 32k/48k/64k-iteration schedule).
         warmup: linear warm-up length in ``unit`` (0: none).
         warmup_start_factor: learning-rate multiplier at the start of the warm-up.
+        loss_schedule_epochs: when positive, the loss-weight warm-ups (DKD, ReviewKD, the ND "++" methods, NORM)
+            read the epoch as if the run lasted this many epochs, ``floor(step / total steps * loss_schedule_epochs)``,
+            so a short run goes through the whole warm-up in the same fraction of its steps as the papers' runs.
+            0: the run's own epoch, as in the papers.  kdbench's 250-step Fashion-MNIST recipe sets 240 (the CIFAR
+            recipes' length): a 20-epoch warm-up then spans its first twelfth, as on CIFAR, instead of never
+            leaving its first value.
     """
 
     lr: float = 0.05
@@ -71,6 +81,13 @@ class OptimConfig:
     unit: Literal["epoch", "step"] = "epoch"
     warmup: int = 0
     warmup_start_factor: float = 0.1
+    loss_schedule_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss_schedule_epochs < 0:
+            raise MethodConfigError(
+                f"optim.loss_schedule_epochs must be 0 (the run's own epochs) or positive, got {self.loss_schedule_epochs}"
+            )
 
     def factor(self, t: int, horizon: int) -> float:
         """Learning-rate multiplier at time ``t`` (0-based, in ``unit``) for a run of ``horizon`` units."""
@@ -151,11 +168,12 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
         self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
-        self.val_loss = MeanMetric()
+        self.val_loss = MeanMetric(nan_strategy="disable")  # a NaN must show (and no per-batch NaN check)
         # Best/last accuracy are part of the module's state so that a resumed run keeps tracking them.
         self.tracked: dict[str, float] = {}
         self._fit_seconds_before_resume = 0.0
         self._fit_started_at: float | None = None
+        self._total_steps: int | None = None
 
     # ----------------------------------------------------------------------------------------- teacher handling
     def train(self, mode: bool = True) -> DistillationModule:
@@ -167,6 +185,17 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
     def on_train_epoch_start(self) -> None:
         if self.teacher is not None:
             self.teacher.eval()
+
+    @property
+    def schedule_epoch(self) -> int:
+        """The 0-based epoch that loss-weight warm-ups read: the run's own, or its equivalent in a run of
+        ``optim.loss_schedule_epochs`` epochs (a Python int from the step counter: no host sync)."""
+        length = self.optim.loss_schedule_epochs
+        if length == 0 or self._trainer is None:
+            return self.current_epoch
+        if self._total_steps is None:
+            self._total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        return min(length - 1, self.global_step * length // self._total_steps)
 
     def teacher_features(self, images: Tensor) -> FeatureOutput:
         """One teacher forward under inference mode.
@@ -250,10 +279,18 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
         self.log(f"{stage}/top1", top1)
         self.log(f"{stage}/top5", top5)
         self.log(f"{stage}/loss", loss)
-        return {"top1": float(top1), "top5": float(top5)}
+        return {"top1": float(top1), "top5": float(top5), "loss": float(loss)}
 
     def on_validation_epoch_end(self) -> None:
         result = self._finish_evaluation("val")
+        if not math.isfinite(result["loss"]):
+            # A student whose weights went non-finite scores chance accuracy forever: stop and fail the run, so that
+            # the table shows a divergence instead of a chance-level number (float() above already synced).
+            raise TrainingDivergedError(
+                f"{type(self).__name__} diverged: the validation loss is {result['loss']} at epoch {self.current_epoch},"
+                f" step {self.global_step} (the student's weights are no longer finite; lower the learning rate or the"
+                " distillation weights)"
+            )
         if self.trainer.sanity_checking:
             return
         epoch = self.current_epoch
@@ -263,7 +300,8 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
         self.log("val/top1_best", self.tracked["best_top1"])
 
     def on_test_epoch_end(self) -> None:
-        self.tracked.update({f"test_{k}": v for k, v in self._finish_evaluation("test").items()})
+        result = self._finish_evaluation("test")
+        self.tracked.update({f"test_{k}": result[k] for k in ("top1", "top5")})
 
     # ------------------------------------------------------------------------------------------ optimisation
     def trainable_modules(self) -> list[nn.Module]:
@@ -292,6 +330,7 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
     # ---------------------------------------------------------------------------------- run bookkeeping
     def on_fit_start(self) -> None:
         self._fit_started_at = time.perf_counter()
+        self._total_steps = None  # schedule_epoch reads this fit's length
 
     def fit_seconds(self) -> float:
         running = 0.0 if self._fit_started_at is None else time.perf_counter() - self._fit_started_at

@@ -72,7 +72,7 @@ class DKD(DistillationModule):
         images, labels = batch["images"], batch["labels"]
         teacher_logits = self.teacher_logits(images)
         logits = self.student(images)
-        ramp = self.warmup_factor(self.current_epoch)
+        ramp = self.warmup_factor(self.schedule_epoch)
         return logits, {
             "ce": self.ce_weight * F.cross_entropy(logits, labels),
             "tckd": ramp * self.alpha * tckd_loss(logits, teacher_logits, labels, self.temperature),

@@ -274,7 +274,7 @@ class NDDistillation(DistillationModule):
     # -------------------------------------------------------------------------------------------- pieces
     def kd_ramp(self) -> float:
         """``min(1, epoch / warmup_epochs)``, 0-based epochs: the first epoch has no KD-type term."""
-        return loss_ramp(self.current_epoch, self.warmup_epochs)
+        return loss_ramp(self.schedule_epoch, self.warmup_epochs)
 
     def tap_features(self, student: FeatureOutput, teacher: FeatureOutput, tap: DinoTap) -> tuple[Tensor, Tensor]:
         """The (projected) pooled student feature and the teacher's pooled feature at ``tap``."""

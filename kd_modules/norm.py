@@ -412,8 +412,8 @@ class NORM(DistillationModule):
             formulation's (2.5 / off); 0 turns it off explicitly.
         ramp: per-epoch weight on the NORM term: ``cifar``, ``imagenet`` or ``none``; None = the formulation's
             (``cifar`` / ``none``).  ImageNet recipes set ``imagenet``.
-        ramp_stretch: stretch the ramp's epoch boundaries to the run's ``max_epochs`` (short runs); the released
-            code uses fixed boundaries.
+        ramp_stretch: stretch the ramp's epoch boundaries to the run's length in the epochs the ramp reads
+            (``optim.loss_schedule_epochs`` when set, else ``max_epochs``); the released code uses fixed boundaries.
         contract_teacher: reversed NORM (Table 7): a trainable 1x1 conv contracts the teacher map to C_s/N
             channels and the N segments of the raw student map match it; requires ``ft="none"``.
     """
@@ -490,9 +490,11 @@ class NORM(DistillationModule):
     def ramp_weight(self) -> float:
         """λ(epoch) of the current epoch (plain Python: no device sync)."""
         stretch_to = None
-        if self.ramp_stretch and self._trainer is not None and self.trainer.max_epochs:
+        if self.ramp_stretch and self.optim.loss_schedule_epochs > 0:
+            stretch_to = self.optim.loss_schedule_epochs
+        elif self.ramp_stretch and self._trainer is not None and (self.trainer.max_epochs or 0) > 0:
             stretch_to = int(self.trainer.max_epochs)
-        return norm_ramp(self.current_epoch, self.ramp, stretch_to)
+        return norm_ramp(self.schedule_epoch, self.ramp, stretch_to)
 
     def student_map(self, out: FeatureOutput) -> Tensor:
         """The student tensor NORM matches: the FT's expanded map, or the raw tap without FT."""

@@ -191,7 +191,7 @@ class ReviewKD(DistillationModule):
         images, labels = batch["images"], batch["labels"]
         teacher = self.teacher_features(images)
         student = self.student.forward_features(images)
-        ramp = loss_ramp(self.current_epoch, self.warmup_epochs, self.warmup_one_based)
+        ramp = loss_ramp(self.schedule_epoch, self.warmup_epochs, self.warmup_one_based)
         return student.logits, {
             "ce": self.ce_weight * F.cross_entropy(student.logits, labels),
             "review": self.review_weight * ramp * self.review.loss(student, teacher),

@@ -303,3 +303,31 @@ def test_a_row_spelling_out_the_defaults_is_the_same_run(tmp_path: Path) -> None
     config = plan.runs[plan.cells[("KD", PAIR.label)][0]].config
     assert config["model"]["init_args"]["temperature"] == 4.0  # the complete config states every argument
     assert config["data"]["init_args"]["contrast_k"] == 0 and config["model"]["init_args"]["optim"]["warmup"] == 0
+
+
+def test_measuring_a_plan_stands_in_for_outputs_of_runs_not_yet_made(
+    tmp_path: Path, cifar_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """AB starts from its init stage's weights and KCD reads its CE-only student: a fresh draw of the same network
+    costs the same, so both are measured before those runs exist.  FT's paraphraser cannot be stood in for: it is
+    reported as not measured, and the other runs are still timed."""
+    from benchmarks.run import print_measurements
+    from benchmarks.tables import load_table
+
+    preset = load_preset("smoke")
+    plan = build_plan(
+        load_table("table1"),
+        preset,
+        RunStore(tmp_path),
+        data_root=str(cifar_root),
+        pairs=["resnet56->resnet20"],
+        methods=["AB", "FT", "KCD"],
+    )
+    total = print_measurements(plan)
+    out = capsys.readouterr().out
+    assert total > 0
+    lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "ms/step" in lines["AB"] and "ms/step" in lines["KCD"], out
+    assert "not measured: needs paraphraser_checkpoint from an earlier run" in lines["FT"], out
+    assert "not counted: 1 run(s) that need an earlier run's output" in out
+    assert not list(Path(tmp_path).glob("runs/*"))

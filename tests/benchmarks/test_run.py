@@ -162,3 +162,21 @@ def test_killed_table_run_completes_without_redoing_finished_runs(tmp_path: Path
     assert result.stdout.count(": already finished (") == len(finished_before)
     table = (REPO_ROOT / "tables" / "results" / "table1.smoke.md").read_text()
     assert "SMOKE RUN" in table and "| KD (paper: NORM T1) |" in table and "resnet56→resnet20" in table
+
+
+@pytest.mark.parametrize("run_id", ["123e4567", "0123456789012345", "1e999", "12.5e3", "inf", "5e-3"])
+def test_number_like_run_ids_survive_the_written_config(run_id: str, tmp_path: Path) -> None:
+    """Run ids are 16 hex digits; some read as numbers in YAML 1.2 (jsonargparse): 123e4567 would become inf."""
+    from jsonargparse import ArgumentParser
+
+    from benchmarks.execute import dump_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config({"run_id": run_id, "name": "fmnist/KD", "lr": 0.1}))
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--config", action="config")
+    parser.add_argument("--run_id", type=str)
+    parser.add_argument("--name", type=str)
+    parser.add_argument("--lr", type=float)
+    parsed = parser.parse_args(["--config", str(path)])
+    assert parsed.run_id == run_id and parsed.name == "fmnist/KD" and parsed.lr == 0.1
