@@ -19,7 +19,6 @@ from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.init_stages import cross_entropy_step, init_stage
 from kd_modules.losses.ab import ab_loss
 from models import FeatureOutput, KDNet
-from models.checkpoints import load_network
 
 __all__ = ["AB", "ABInit", "ab_connectors"]
 
@@ -112,10 +111,10 @@ class AB(FeatureDistillation):
         init_epochs: int = 30,
         student_init: str | None = None,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        super().__init__(
+            student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight, student_init
+        )
         assert self.teacher is not None
-        if student_init is not None:
-            self.student = load_network(student, num_classes, student_init)
         self.margin = margin
         self.init_epochs = init_epochs
         self.connectors = ab_connectors(self.student, self.teacher) if feat_weight != 0 else None

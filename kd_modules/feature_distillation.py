@@ -48,6 +48,7 @@ class FeatureDistillation(DistillationModule):
         kd_weight: α, the Hinton-KD weight (RepDistiller ``-a``; 0 disables the term).
         temperature: KD temperature (RepDistiller ``--kd_T``).
         feat_weight: β, the method term's weight (RepDistiller ``-b``, mdistiller ``FEAT_WEIGHT``).
+        student_init: start the student from stored weights (two-stage methods: their initialisation stage's output).
     """
 
     requires_teacher = True
@@ -62,8 +63,11 @@ class FeatureDistillation(DistillationModule):
         kd_weight: float = 0.0,
         temperature: float = 4.0,
         feat_weight: float = 1.0,
+        student_init: str | None = None,
     ) -> None:
-        super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
+        super().__init__(
+            student=student, num_classes=num_classes, teacher=teacher, optim=optim, student_init=student_init
+        )
         self.ce_weight = ce_weight
         self.kd_weight = kd_weight
         self.temperature = temperature

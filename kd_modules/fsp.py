@@ -21,7 +21,6 @@ from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.init_stages import cross_entropy_step, init_stage
 from kd_modules.losses.fsp import fsp_loss
 from models import FeatureOutput, KDNet, create_model
-from models.checkpoints import load_network
 
 __all__ = ["FSP", "FSPInit", "fsp_channel_problem"]
 
@@ -108,13 +107,13 @@ class FSP(FeatureDistillation):
         init_epochs: int = 30,
         student_init: str | None = None,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        super().__init__(
+            student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight, student_init
+        )
         assert self.teacher is not None
         problem = fsp_channel_problem(self.student, self.teacher, student, teacher.arch)
         if problem:
             raise MethodConfigError(problem)
-        if student_init is not None:
-            self.student = load_network(student, num_classes, student_init)
         self.init_epochs = init_epochs
 
     @classmethod
