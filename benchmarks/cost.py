@@ -174,24 +174,28 @@ class NotMeasurable(Exception):
 def _stand_in_for_earlier_runs(config: dict[str, Any], folder: Path, num_classes: int) -> None:
     """Replace what a run reads from earlier runs that have not run yet by inputs of the same cost.
 
-    ``student_init`` (AB, FSP, KCD start from another run's weights) is dropped: a fresh draw costs the same.
-    ``ce_student_checkpoint`` (KCD's CE-only student) becomes a random student of the same architecture.  Any
-    other missing checkpoint (FT's paraphraser) raises :class:`NotMeasurable`.
+    An untrained teacher and ``ce_student_checkpoint`` (KCD's CE-only student) become random networks of their
+    architectures; ``student_init`` (AB, FSP, KCD start from another run's weights) is dropped: a fresh draw costs
+    the same.  Any other missing checkpoint (FT's paraphraser) raises :class:`NotMeasurable`.
     """
     from models.checkpoints import export_network
 
+    def random_network(arch: str) -> str:
+        path = folder / f"stand_in_{arch}.pth"
+        export_network(create_model(arch, num_classes), arch, path)
+        return str(path)
+
     init = config.get("model", {}).get("init_args", {})
+    teacher = init.get("teacher")
+    if isinstance(teacher, dict) and not Path(str(teacher.get("checkpoint"))).is_file():
+        teacher["checkpoint"] = random_network(teacher["arch"])
     for key, value in list(init.items()):
-        if key == "teacher" or not isinstance(value, str) or not value.endswith((".pth", ".ckpt")):
-            continue
-        if Path(value).is_file():
+        if not isinstance(value, str) or not value.endswith((".pth", ".ckpt")) or Path(value).is_file():
             continue
         if key == "student_init":
             del init[key]
         elif key == "ce_student_checkpoint":
-            stand_in = folder / "ce_student.pth"
-            export_network(create_model(init["student"], num_classes), init["student"], stand_in)
-            init[key] = str(stand_in)
+            init[key] = random_network(init["student"])
         else:
             raise NotMeasurable(f"needs {key} from an earlier run of the plan (measure again once it has run)")
 
@@ -202,23 +206,15 @@ def measure_run(config: dict[str, Any], train_size: int, eval_size: int, steps: 
     The first two training steps (warm-up, allocation) are not counted.  An untrained teacher is replaced by
     randomly initialised weights of its architecture (the cost does not depend on the weights).
     """
-
     from benchmarks.cli import KDBenchCLI
     from benchmarks.execute import dump_config, quiet_lightning
     from benchmarks.plan import deep_merge
-    from models.checkpoints import export_network
 
     full_steps, epochs = run_steps(config, train_size)
     eval_batch = int(config.get("data", {}).get("init_args", {}).get("eval_batch_size", 500))
     with tempfile.TemporaryDirectory(prefix="kdbench-measure-") as tmp:
         folder = Path(tmp)
         trial = deep_merge(config, {})
-        teacher = trial.get("model", {}).get("init_args", {}).get("teacher")
-        if isinstance(teacher, dict) and not Path(str(teacher.get("checkpoint"))).is_file():
-            num_classes = dataset_classes(config)
-            stand_in = folder / "teacher.pth"
-            export_network(create_model(teacher["arch"], num_classes), teacher["arch"], stand_in)
-            teacher["checkpoint"] = str(stand_in)
         _stand_in_for_earlier_runs(trial, folder, dataset_classes(config))
         timings = folder / "timings.json"
         trial = deep_merge(
