@@ -195,13 +195,56 @@ def _canonical_paths(value: Any) -> Any:
     return value
 
 
+@lru_cache(maxsize=256)
+def _settings_groups(class_path: str) -> frozenset[str]:
+    """The arguments of a method that are :class:`kd_modules.base.SettingsGroup` s (flattened in identities)."""
+    from kd_modules.base import SettingsGroup
+
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name or "kd_modules"), class_name)
+    except (ImportError, AttributeError, ValueError):
+        return frozenset()
+    groups = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        try:
+            hints = typing.get_type_hints(vars(klass)["__init__"])
+        except Exception:  # an annotation not resolvable at run time: no groups in it
+            continue
+        for name, annotation in hints.items():
+            group = _dataclass_type(annotation)
+            if group is not None and issubclass(group, SettingsGroup):
+                groups.add(name)
+    return frozenset(groups)
+
+
+def _flatten_groups(model: dict[str, Any]) -> None:
+    """Settings groups of ``model.init_args`` counted as the method's own arguments (see ``SettingsGroup``)."""
+    args = model.get("init_args")
+    if not isinstance(args, dict):
+        return
+    for name in sorted(_settings_groups(str(model.get("class_path", "")))):
+        fields = args.pop(name, None)
+        if not isinstance(fields, dict):
+            continue
+        clash = sorted(set(fields) & set(args))
+        if clash:
+            raise KDBenchError(f"settings group {name} repeats the method argument {clash[0]}: rename one of them")
+        args.update(fields)
+
+
 def run_identity(config: dict[str, Any]) -> str:
     """Stable 16-hex-digit hash of the result-relevant part of a run config.
 
     Bookkeeping keys (:data:`NON_SEMANTIC`) are left out, a teacher checkpoint counts by its identity
-    (:func:`teacher_identity`), and any other store path by the run it lies in.
+    (:func:`teacher_identity`), any other store path by the run it lies in, and the fields of a method's
+    settings groups (:class:`kd_modules.base.SettingsGroup`) as the method's own arguments.
     """
     stripped = _strip(config)  # new dicts at every level: safe to edit below
+    if isinstance(stripped.get("model"), dict):
+        _flatten_groups(stripped["model"])
     teacher = stripped.get("model", {}).get("init_args", {}).get("teacher")
     if isinstance(teacher, dict) and teacher.get("checkpoint"):
         teacher["checkpoint"] = teacher_identity(str(teacher["checkpoint"]))

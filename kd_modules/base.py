@@ -33,7 +33,14 @@ from kd_modules.errors import MethodConfigError
 from models import FeatureOutput, KDNet, create_model
 from models.checkpoints import CheckpointError, load_network
 
-__all__ = ["OptimConfig", "TeacherConfig", "DistillationModule", "MethodConfigError", "TrainingDivergedError"]
+__all__ = [
+    "OptimConfig",
+    "TeacherConfig",
+    "SettingsGroup",
+    "DistillationModule",
+    "MethodConfigError",
+    "TrainingDivergedError",
+]
 
 # The frozen teacher is in eval mode on purpose; Lightning warns about any eval-mode module at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -43,6 +50,19 @@ Batch = dict[str, Tensor]
 
 class TrainingDivergedError(RuntimeError):
     """The student's loss went non-finite: the run fails with this message instead of recording chance accuracy."""
+
+
+@dataclass(frozen=True)
+class SettingsGroup:
+    """Base of a typed group of method arguments that several methods share (ND's settings, the contrastive
+    memory, KCD's transformation ...), written ``--model.init_args.<group>.<field>`` and ``<group>: {...}`` in YAML.
+
+    A group is how arguments are written, not what they mean: in a run's identity its fields count as if they
+    were the method's own arguments (``benchmarks.plan.run_identity`` flattens them), so moving flat arguments
+    into a group never changes a run's identity.  A group's field names must therefore not clash with the
+    method's other arguments, and keep the names the arguments had.  ``OptimConfig``, ``TeacherConfig`` and
+    ``TargetsConfig`` are older nested configs, not groups: they count nested, as they always have.
+    """
 
 
 @dataclass(frozen=True)

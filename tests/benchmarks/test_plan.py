@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from benchmarks.run import print_plan
 from benchmarks.store import RunStore
 from benchmarks.tables import Pair, PaperRef, ReleasedTeacher, Row, Table
 from kd_modules import DistillationModule, OptimConfig, TeacherConfig
+from kd_modules.base import SettingsGroup
 from models import create_model
 from models.checkpoints import export_network, load_network
 
@@ -331,3 +335,37 @@ def test_measuring_a_plan_stands_in_for_outputs_of_runs_not_yet_made(
     assert "not measured: needs paraphraser_checkpoint from an earlier run" in lines["FT"], out
     assert "not counted: 1 run(s) that need an earlier run's output" in out
     assert not list(Path(tmp_path).glob("runs/*"))
+
+
+
+@dataclass(frozen=True)
+class _Weights(SettingsGroup):
+    kd_weight: float = 0.9
+    temperature: float = 4.0
+
+
+class _GroupedKD(kd_modules.KD):
+    """KD with two of its arguments written as one settings group."""
+
+    def __init__(self, student: str, weights: _Weights = _Weights(), **kwargs: Any) -> None:
+        super().__init__(student, **kwargs)
+
+
+def test_settings_groups_count_in_the_identity_as_the_methods_own_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moving flat arguments into a ``SettingsGroup`` keeps the identity; a nested config (optim) counts nested."""
+    module = types.ModuleType("tests_grouped_kd")
+    module._GroupedKD = _GroupedKD  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tests_grouped_kd", module)
+
+    def config(**init_args: Any) -> dict[str, Any]:
+        return {"model": {"class_path": "tests_grouped_kd._GroupedKD", "init_args": init_args}}
+
+    grouped = config(weights={"kd_weight": 0.5, "temperature": 2.0})
+    assert run_identity(config(kd_weight=0.5, temperature=2.0)) == run_identity(grouped)
+    assert run_identity(config(weights={"kd_weight": 0.5, "temperature": 3.0})) != run_identity(grouped)
+    with pytest.raises(KDBenchError, match="repeats the method argument kd_weight"):
+        run_identity(config(kd_weight=1.0, weights={"kd_weight": 0.5}))
+    # OptimConfig is not a group: its fields stay nested in the identity, as they always were.
+    optim_nested = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1}}}}
+    optim_flat = {"model": {"class_path": "kd_modules.KD", "init_args": {"lr": 0.1}}}
+    assert run_identity(optim_nested) != run_identity(optim_flat)
