@@ -51,7 +51,9 @@ class RunInfo:
         wandb_project: W&B project.
         export_final: write ``final.pth`` (the student after the last epoch) when fit finishes.
         route: save the network after these fractions of the run's optimiser steps into ``route/`` (RCO's
-            anchor points; the table runner sets it on teacher runs).
+            anchor points; the table runner sets it on the teacher runs an RCO run reads).
+        cells: the table cells the run serves (``table``, ``row``, ``pair``, ``trial``), kept in its record so that
+            tables find it again after a default changed its identity.
     """
 
     dir: str | None = None
@@ -67,6 +69,7 @@ class RunInfo:
     wandb_project: str = "kdbench"
     export_final: bool = True
     route: list[float] = field(default_factory=list)
+    cells: list[dict[str, Any]] = field(default_factory=list)
 
 
 def wandb_mode(setting: str) -> str | None:

@@ -207,8 +207,8 @@ def measure_run(config: dict[str, Any], train_size: int, eval_size: int, steps: 
     randomly initialised weights of its architecture (the cost does not depend on the weights).
     """
     from benchmarks.cli import KDBenchCLI
+    from benchmarks.configs import deep_merge
     from benchmarks.execute import dump_config, quiet_lightning
-    from benchmarks.plan import deep_merge
 
     full_steps, epochs = run_steps(config, train_size)
     eval_batch = int(config.get("data", {}).get("init_args", {}).get("eval_batch_size", 500))

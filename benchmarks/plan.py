@@ -63,7 +63,6 @@ import copy
 import dataclasses
 import hashlib
 import importlib
-import inspect
 import json
 import os
 import re
@@ -74,8 +73,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from benchmarks.configs import (
+    MODEL_LINKED,
+    MODEL_NOT_COMPLETED,
+    check_arguments,
+    complete_arguments,
+    get_dotted,
+    load_yaml,
+    merge_into,
+    resolve_class,
+    set_dotted,
+)
 from benchmarks.errors import KDBenchError
 from benchmarks.store import RunStore
 from benchmarks.tables import REPO_ROOT, Pair, Row, Table
@@ -90,9 +98,7 @@ __all__ = [
     "build_plan",
     "merge_runs",
     "run_identity",
-    "deep_merge",
-    "set_dotted",
-    "get_dotted",
+    "identity_view",
     "recipe",
     "recipes",
 ]
@@ -100,8 +106,6 @@ __all__ = [
 PRESETS_DIR = REPO_ROOT / "configs" / "presets"
 RECIPES_FILE = REPO_ROOT / "configs" / "recipes" / "recipes.yaml"
 MAX_PREREQUISITE_DEPTH = 3
-#: Fractions of a teacher run's steps at which it saves its route (RCO anchors; kd_modules.rco.DEFAULT_ROUTE).
-TEACHER_ROUTE = (0.25, 0.5, 0.75)
 
 # Config keys that never change a result: left out of the identity.
 NON_SEMANTIC = {
@@ -117,37 +121,8 @@ NON_SEMANTIC = {
     ("trainer", "default_root_dir"),
     ("trainer", "log_every_n_steps"),
 }
-# Arguments the base module takes that a table row never sets itself.
+# Arguments the base module takes that a table row never sets itself (not shown to a method's hooks).
 BASE_ARGS = {"student", "num_classes", "teacher", "optim"}
-
-
-# ---------------------------------------------------------------------------------------------- dict helpers
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``update`` wins; neither input is modified."""
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
-    node = config
-    *parents, last = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = copy.deepcopy(value)
-
-
-def get_dotted(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
 
 
 def _strip(config: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -235,6 +210,17 @@ def _flatten_groups(model: dict[str, Any]) -> None:
         args.update(fields)
 
 
+def identity_view(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run config its identity is the hash of, canonical (see :func:`run_identity`)."""
+    stripped = _strip(config)  # new dicts at every level: safe to edit below
+    if isinstance(stripped.get("model"), dict):
+        _flatten_groups(stripped["model"])
+    teacher = stripped.get("model", {}).get("init_args", {}).get("teacher")
+    if isinstance(teacher, dict) and teacher.get("checkpoint"):
+        teacher["checkpoint"] = teacher_identity(str(teacher["checkpoint"]))
+    return _canonical_paths(stripped)
+
+
 def run_identity(config: dict[str, Any]) -> str:
     """Stable 16-hex-digit hash of the result-relevant part of a run config.
 
@@ -242,36 +228,12 @@ def run_identity(config: dict[str, Any]) -> str:
     (:func:`teacher_identity`), any other store path by the run it lies in, and the fields of a method's
     settings groups (:class:`kd_modules.base.SettingsGroup`) as the method's own arguments.
     """
-    stripped = _strip(config)  # new dicts at every level: safe to edit below
-    if isinstance(stripped.get("model"), dict):
-        _flatten_groups(stripped["model"])
-    teacher = stripped.get("model", {}).get("init_args", {}).get("teacher")
-    if isinstance(teacher, dict) and teacher.get("checkpoint"):
-        teacher["checkpoint"] = teacher_identity(str(teacher["checkpoint"]))
-    canonical = json.dumps(_canonical_paths(stripped), sort_keys=True, separators=(",", ":"), default=str)
+    canonical = json.dumps(identity_view(config), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _load_yaml(path: str | Path) -> dict[str, Any]:
-    path = REPO_ROOT / path if not Path(path).is_absolute() else Path(path)
-    if not path.is_file():
-        raise KDBenchError(f"config file not found: {path}")
-    stat = path.stat()
-    return copy.deepcopy(_parsed_yaml(str(path), stat.st_mtime_ns, stat.st_size))
-
-
-@lru_cache(maxsize=256)
-def _parsed_yaml(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text()) or {}
-
-
-def _merge_into(config: dict[str, Any], update: dict[str, Any]) -> None:
-    """``deep_merge`` in place: ``config`` is changed, ``update`` is copied where it is used."""
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            _merge_into(config[key], value)
-        else:
-            config[key] = copy.deepcopy(value)
+    return load_yaml(path, REPO_ROOT)
 
 
 # --------------------------------------------------------------------------------------------------- presets
@@ -412,15 +374,16 @@ class Prerequisite:
     description: str = ""
     network: str = "student"  # "student": a run on the pair's student; "teacher": the pair's teacher run
     seed: int | None = None  # default: the dependent run's seed (student) or 0 (teacher)
+    route: tuple[float, ...] = ()  # fractions of its steps at which the stage run saves its network (run.route)
 
-    KEYS = ("name", "pass_as", "method", "init_args", "overrides", "output", "description", "network", "seed")
+    KEYS = ("name", "pass_as", "method", "init_args", "overrides", "output", "description", "network", "seed", "route")
 
     @classmethod
     def parse(cls, raw: Any, owner: str) -> Prerequisite:
         usage = (
             f"{owner}.prerequisites() returned {raw!r}: each prerequisite is a dict with keys name, pass_as, "
             f"method (for the student network) and optionally init_args, overrides, output, description, network "
-            f"(student | teacher), seed"
+            f"(student | teacher), seed, route"
         )
         if not isinstance(raw, dict) or not {"name", "pass_as"} <= set(raw) or set(raw) - set(cls.KEYS):
             raise KDBenchError(usage)
@@ -443,6 +406,7 @@ class Prerequisite:
             description=str(raw.get("description", "")),
             network=network,
             seed=None if raw.get("seed") is None else int(raw["seed"]),
+            route=tuple(float(f) for f in raw.get("route") or ()),
         )
 
 
@@ -454,109 +418,6 @@ def _method_class(method: str) -> type | None:
         return method_class(method)
     except UnknownMethodError:
         return None
-
-
-def _accepted_args(cls: type) -> set[str] | None:
-    """Argument names ``cls(...)`` accepts, following ``**kwargs`` to the parent classes; None: anything."""
-    accepted: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass) or klass is object:
-            continue
-        parameters = inspect.signature(vars(klass)["__init__"]).parameters
-        accepted |= {
-            n for n, p in parameters.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-        }
-        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-            return accepted
-    return None
-
-
-_NO_DEFAULT = object()
-
-
-def _plain_default(value: Any) -> Any:
-    """A default value as config data (dataclasses as dicts), or ``_NO_DEFAULT`` when it is not plain data."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
-        return list(value)
-    return _NO_DEFAULT
-
-
-def _fill_defaults(cls: type, args: dict[str, Any], skip: set[str]) -> None:
-    """Write the defaults of ``cls(...)``'s arguments into ``args`` where it leaves them out.
-
-    A run's config then states every hyper-parameter, so its identity is the same whether a table row spells a
-    value out or relies on the default (e.g. KD's T = 4), and changes when a method's default changes.
-    """
-    seen: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass) or klass is object:
-            continue
-        parameters = inspect.signature(vars(klass)["__init__"]).parameters
-        for name, parameter in parameters.items():
-            if name in seen or name == "self" or name in skip or parameter.default is inspect.Parameter.empty:
-                continue
-            seen.add(name)
-            default = _plain_default(parameter.default)
-            if default is _NO_DEFAULT:
-                continue
-            if name not in args:
-                args[name] = copy.deepcopy(default)
-            elif isinstance(default, dict) and isinstance(args[name], dict):
-                args[name] = {**default, **args[name]}
-        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-            return
-
-
-def _complete(config: dict[str, Any], method_cls: type | None) -> None:
-    """Fill in the method's and the datamodule's argument defaults (see :func:`_fill_defaults`)."""
-    if method_cls is not None:
-        args = config.setdefault("model", {}).setdefault("init_args", {})
-        _fill_defaults(method_cls, args, skip={"student", "num_classes", "teacher"})
-    class_path = str(get_dotted(config, "data.class_path", ""))
-    module_name, _, class_name = class_path.rpartition(".")
-    try:
-        data_cls = getattr(importlib.import_module(module_name or "datamodules"), class_name)
-    except (ImportError, AttributeError):
-        return
-    _fill_defaults(data_cls, config.setdefault("data", {}).setdefault("init_args", {}), skip=set())
-
-
-def _unaccepted(cls: type, args: dict[str, Any], what: str) -> str | None:
-    accepted = _accepted_args(cls)
-    if accepted is None:
-        return None
-    unknown = sorted(k for k in args if k not in accepted)
-    if not unknown:
-        return None
-    plural = "s" if len(unknown) > 1 else ""
-    return f"{what} {cls.__name__} does not accept argument{plural} {', '.join(unknown)} (accepts: {', '.join(sorted(accepted))})"
-
-
-def _init_hints(cls: type) -> dict[str, Any]:
-    """Resolved annotations of the ``__init__`` that defines ``cls``'s arguments ({} when they cannot be resolved)."""
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass) and klass is not object:
-            try:
-                return typing.get_type_hints(vars(klass)["__init__"])
-            except Exception:  # an annotation that names something not importable at run time: no checks
-                return {}
-    return {}
-
-
-def _literal_choices(annotation: Any) -> tuple[Any, ...] | None:
-    """The values a ``Literal[...]`` (optionally ``| None``) annotation allows; None for any other annotation."""
-    if typing.get_origin(annotation) is typing.Literal:
-        return typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = typing.get_args(annotation)
-        literals = [m for m in members if typing.get_origin(m) is typing.Literal]
-        if literals and all(m is type(None) or m in literals for m in members):
-            return tuple(v for m in literals for v in typing.get_args(m)) + ((None,) if type(None) in members else ())
-    return None
 
 
 def _dataclass_type(annotation: Any) -> type | None:
@@ -572,39 +433,8 @@ def _dataclass_type(annotation: Any) -> type | None:
     return None
 
 
-def _bad_value(hints: dict[str, Any], args: dict[str, Any], prefix: str) -> str | None:
-    """A value outside its ``Literal`` choices, or a key a dataclass-typed argument does not have (recursively)."""
-    for name, value in args.items():
-        annotation = hints.get(name)
-        if annotation is None:
-            continue
-        choices = _literal_choices(annotation)
-        if choices is not None and value not in choices:
-            valid = ", ".join(repr(c) for c in choices)
-            return f"argument {prefix}{name} is {value!r}, not one of {valid}"
-        nested = _dataclass_type(annotation)
-        if nested is not None and isinstance(value, dict):
-            fields = {f.name for f in dataclasses.fields(nested)}
-            unknown = sorted(k for k in value if k not in fields)
-            if unknown:
-                return (
-                    f"does not accept argument {prefix}{name}.{unknown[0]} "
-                    f"({prefix}{name} accepts: {', '.join(sorted(fields))})"
-                )
-            try:
-                nested_hints = typing.get_type_hints(nested)
-            except Exception:
-                continue
-            problem = _bad_value(nested_hints, value, f"{prefix}{name}.")
-            if problem:
-                return problem
-    return None
-
-
-def _unaccepted_values(cls: type, args: dict[str, Any], what: str) -> str | None:
-    """Why ``cls(**args)`` would reject a value: a nested key it does not have or a choice it does not offer."""
-    problem = _bad_value(_init_hints(cls), args, "")
-    return f"{what} {cls.__name__} {problem}" if problem else None
+def _datamodule_class(config: dict[str, Any]) -> type | None:
+    return resolve_class(str(get_dotted(config, "data.class_path", "")), "datamodules")
 
 
 def _datamodule_problem(dataset: str, config: dict[str, Any]) -> str | None:
@@ -615,14 +445,34 @@ def _datamodule_problem(dataset: str, config: dict[str, Any]) -> str | None:
         datamodule_for(dataset)
     except DatasetError:
         return f"no datamodule for dataset {dataset} yet"
-    class_path = str(get_dotted(config, "data.class_path", ""))
-    module_name, _, class_name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name or "datamodules"), class_name)
-    except (ImportError, AttributeError):
-        return f"datamodule class {class_path} not found"
-    args = get_dotted(config, "data.init_args", {}) or {}
-    return _unaccepted(cls, args, "datamodule") or _unaccepted_values(cls, args, "datamodule")
+    cls = _datamodule_class(config)
+    if cls is None:
+        return f"datamodule class {get_dotted(config, 'data.class_path', '')} not found"
+    return check_arguments(cls, get_dotted(config, "data.init_args", {}) or {}, f"datamodule {cls.__name__}")
+
+
+def _method_problem(cls: type, config: dict[str, Any]) -> str | None:
+    args = get_dotted(config, "model.init_args", {}) or {}
+    return check_arguments(cls, args, f"method {cls.__name__}", skip=MODEL_LINKED)
+
+
+def _trainer_problem(config: dict[str, Any], preset: Preset) -> str | None:
+    """Why jsonargparse rejects the Trainer arguments of the recipe under the preset, or None."""
+    from lightning.pytorch import Trainer
+
+    trainer = dict(config.get("trainer") or {})
+    merge_into(trainer, dict(preset.config.get("trainer") or {}))
+    return check_arguments(Trainer, trainer, "trainer")
+
+
+def _complete(config: dict[str, Any], method_cls: type | None) -> None:
+    """Fill in the method's and the datamodule's argument defaults, as jsonargparse reads them."""
+    if method_cls is not None:
+        args = config.setdefault("model", {}).setdefault("init_args", {})
+        complete_arguments(method_cls, args, skip=MODEL_LINKED, keep=MODEL_NOT_COMPLETED)
+    data_cls = _datamodule_class(config)
+    if data_cls is not None:
+        complete_arguments(data_cls, config.setdefault("data", {}).setdefault("init_args", {}))
 
 
 def _networks_problem(archs: list[str]) -> str | None:
@@ -661,7 +511,7 @@ def _optional_classmethod(cls: type | None, name: str, init_args: dict[str, Any]
 
 # -------------------------------------------------------------------------------------------------- planner
 def _finish(config: dict[str, Any], preset: Preset, seed: int) -> dict[str, Any]:
-    _merge_into(config, preset.config)
+    merge_into(config, preset.config)
     config["seed_everything"] = seed
     set_dotted(config, "data.init_args.seed", seed)
     devices = get_dotted(config, "trainer.devices")
@@ -756,14 +606,17 @@ class Planner:
         config = self._base_config(recipe_name, arch)
         set_dotted(config, "model.class_path", "kd_modules.Vanilla")
         set_dotted(config, "model.init_args.student", arch)
-        blocked = _datamodule_problem(self.table.dataset, config) or _availability("Vanilla", [arch])
+        blocked = (
+            _datamodule_problem(self.table.dataset, config)
+            or _availability("Vanilla", [arch])
+            or _method_problem(_method_class("Vanilla"), config)
+            or _trainer_problem(config, self.preset)
+        )
         if blocked is None:
             _complete(config, _method_class("Vanilla"))
         config = _finish(config, self.preset, seed=seed)
         run_id = run_identity(config)
         self._info(config, run_id, f"{self.table.name}/teacher/{arch}/s{seed}", "teacher", None, seed, recipe_name)
-        # Teacher runs snapshot their training route (RCO's anchors); bookkeeping only, not part of the identity.
-        config["run"]["route"] = list(TEACHER_ROUTE)
         label = f"teacher {arch}" + (f" seed {seed}" if seed else "")
         spec = RunSpec(run_id, "teacher", config, self.table.name, None, label, seed, blocked=blocked)
         spec.recipe = recipe_name
@@ -798,7 +651,7 @@ class Planner:
             except KDBenchError:
                 config_problem = f"method config {config_file} not written yet"
             else:
-                _merge_into(config, fragment)
+                merge_into(config, fragment)
                 written_for = str(get_dotted(fragment, "model.class_path", "")).rsplit(".", 1)[-1]
                 if written_for and written_for != method:
                     config_problem = f"method config {config_file} is written for {written_for}, not {method}"
@@ -842,11 +695,11 @@ class Planner:
         blocked = (
             _datamodule_problem(self.table.dataset, config)
             or _availability(method, [pair.student] + ([pair.teacher] if needs_teacher or sized_by_teacher else []))
-            or (_unaccepted(cls, model_args, "method") if cls is not None else None)
-            or (_unaccepted_values(cls, model_args, "method") if cls is not None else None)
+            or (_method_problem(cls, config) if cls is not None else None)
             or _pair_problem(cls, pair, model_args)
             or config_problem
             or teacher_problem
+            or _trainer_problem(config, self.preset)
         )
 
         offline: list[tuple[str, str]] = []
@@ -872,13 +725,18 @@ class Planner:
                         depth=depth + 1,
                     )
                 depends.append(stage.run_id)
-                set_dotted(
-                    config,
-                    f"model.init_args.{prerequisite.pass_as}",
-                    str(self.store.run_dir(stage.run_id) / prerequisite.output),
-                )
+                if prerequisite.route:  # bookkeeping of the stage run (not its identity): what it saves on the way
+                    route = stage.config["run"].setdefault("route", [])
+                    route[:] = sorted(set(route) | set(prerequisite.route))
+                output = self.store.run_dir(stage.run_id) / prerequisite.output
+                set_dotted(config, f"model.init_args.{prerequisite.pass_as}", str(output))
                 if stage.blocked:
                     blocked = blocked or f"{prerequisite.name} stage: {stage.blocked}"
+                elif self.store.is_finished(stage.run_id) and not output.exists():
+                    blocked = blocked or (
+                        f"{prerequisite.name}: the finished run {stage.run_id} has no {prerequisite.output} "
+                        f"(it was trained before a run asked for it); train it again in a new store, or pass the files"
+                    )
 
         if blocked is None:
             _complete(config, cls)
@@ -971,8 +829,8 @@ def build_plan(
     blocked_cells: dict[tuple[str, str], str] = {}
     for pair in chosen_pairs:
         for row in chosen_rows:
-            if row.quoted_only:
-                continue
+            if row.quoted_only and _method_class(row.method) is None:
+                continue  # published numbers only, until kdbench has the method
             key = (row.label, pair.label)
             if row.is_teacher:
                 released, problem = planner.teacher_source(pair.teacher)
@@ -1005,6 +863,11 @@ def build_plan(
                 needed.add(dep)
                 frontier.append(planner.runs[dep])
     kept = {rid: spec for rid, spec in planner.runs.items() if rid in needed or spec.kind == "student"}
+    for spec in kept.values():  # bookkeeping the record keeps: the cells it serves, found again after a change
+        spec.config["run"]["cells"] = _union_cells(
+            spec.config["run"].get("cells", []),
+            [{"table": table.name, "row": row, "pair": pair, "trial": trial} for row, pair, trial in spec.cells],
+        )
     return Plan(
         table,
         preset,
@@ -1016,6 +879,12 @@ def build_plan(
         pairs=chosen_pairs,
         released=dict(planner.released),
     )
+
+
+def _union_cells(cells: list[dict[str, Any]], more: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    union = list(cells)
+    union += [cell for cell in more if cell not in union]
+    return union
 
 
 def merge_runs(plans: list[Plan]) -> list[RunSpec]:
@@ -1030,4 +899,10 @@ def merge_runs(plans: list[Plan]) -> list[RunSpec]:
                 merged[spec.run_id].cells = list(spec.cells)
             else:
                 existing.tables.extend(t for t in spec.tables if t not in existing.tables)
+                run = dict(existing.config["run"])
+                route = sorted(set(run.get("route", [])) | set(spec.config["run"].get("route", [])))
+                if route:  # what another table's runs ask the run to save on the way (RCO's teacher route)
+                    run["route"] = route
+                run["cells"] = _union_cells(run.get("cells", []), spec.config["run"].get("cells", []))
+                existing.config = {**existing.config, "run": run}
     return list(_dependency_order(merged).values())

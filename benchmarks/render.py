@@ -1,7 +1,10 @@
 """Rendering a table from the result store: ours (mean ± std, n) beside the papers' numbers, Δ, CSV and a plot.
 
 For every cell (row x column x metric) the renderer reads the records of the cell's runs (one per trial) and
-shows ``ours mean ± std (n) / paper / Δ`` (Δ = ours − paper, against the row's first paper reference).  In each
+shows ``ours mean ± std (n) / paper / Δ`` (Δ = ours − paper, against the row's first paper reference).  Records
+are found by the cell they serve, as each record names it (``info.cells``: table, row, pair, trial): a run made
+before a default changed its identity still renders, marked ``†`` with the settings in which its config differs
+from the table's current one, until the current run exists.  In each
 column the best of ours and the best published number (teacher rows excluded) are in bold.  Cells that cannot
 run yet (``n/a``), runs that failed (``failed``) and runs not made yet (``not run``) say so, with the reason as a
 footnote.  Quoted-only rows and quoted columns show published numbers only.
@@ -10,13 +13,17 @@ footnote.  Quoted-only rows and quoted columns show published numbers only.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import yaml
 
 from benchmarks.execute import failure_message
-from benchmarks.plan import Plan
+from benchmarks.plan import Plan, identity_view
+from benchmarks.store import RunStore
 from benchmarks.tables import Column, PaperRef, Row, cell_metric, lookup_paper
 
 __all__ = ["CellResult", "collect", "render_markdown", "write_table", "plot_table", "MATCH_TOLERANCE"]
@@ -39,6 +46,7 @@ class CellResult:
     smoke: bool = False
     paper_source: str = ""
     run_ids: list[str] = field(default_factory=list)
+    stale: str = ""  # how the config of the runs shown differs from the table's current one ("" when current)
 
     @property
     def mean(self) -> float | None:
@@ -72,10 +80,62 @@ def _paper_value(ref: PaperRef | None, column: Column) -> tuple[float | None, st
     return found[0].number, found[0].value
 
 
+CellKey = tuple[str, str, str, int]  # (table, row label, pair label, trial)
+
+
+def _cells_of(record: dict[str, Any]) -> list[CellKey]:
+    """The cells a record says it serves (records older than ``info.cells`` name one: their table's)."""
+    info = record.get("info") or {}
+    cells = info.get("cells") or (
+        [{"table": info["table"], "row": info.get("method"), "pair": info.get("pair"), "trial": info.get("trial")}]
+        if info.get("table")
+        else []
+    )
+    return [(str(c["table"]), str(c["row"]), str(c["pair"]), int(c.get("trial") or 0)) for c in cells]
+
+
+def record_index(store: RunStore) -> dict[CellKey, list[dict[str, Any]]]:
+    """Every record of the store under each cell it serves, the most recent first."""
+    index: dict[CellKey, list[dict[str, Any]]] = defaultdict(list)
+    for record in store.records():
+        for key in _cells_of(record):
+            index[key].append(record)
+    for records in index.values():
+        records.sort(key=lambda r: str(r.get("finished_at", "")), reverse=True)
+    return index
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: value}
+
+
+def config_difference(record: dict[str, Any], current: dict[str, Any], most: int = 3) -> str:
+    """The settings in which a record's config differs from a planned config, e.g. ``temperature 4.0 -> 3.0``."""
+    try:
+        recorded = _flat(identity_view(yaml.safe_load(str(record.get("config") or "")) or {}))
+    except yaml.YAMLError:
+        return "its config cannot be read"
+    wanted = _flat(identity_view(current))
+    changes = [
+        f"{key.removeprefix('model.init_args.')} {recorded.get(key, 'unset')!r} -> {value!r}"
+        for key, value in wanted.items()
+        if recorded.get(key) != value and not (key == "seed_everything")
+    ]
+    more = f" (+{len(changes) - most} more)" if len(changes) > most else ""
+    return ", ".join(changes[:most]) + more if changes else "the identity rules changed"
+
+
 def collect(plan: Plan) -> pd.DataFrame:
-    """One row per (table row, pair column, metric): our values over trials, status and the primary paper number."""
+    """One row per (table row, pair column, metric): our values over trials, status and the primary paper number.
+
+    A trial's value comes from the record of its current run, else from the most recent record that names the
+    cell (a run made under an earlier config, marked stale).
+    """
     results: list[CellResult] = []
     columns = [c for c in _columns(plan) if not c.quoted]
+    index = record_index(plan.store)
     for (row_label, pair_label), run_ids in plan.cells.items():
         row = plan.table.row(row_label)
         protocol = plan.protocol(row_label)
@@ -100,8 +160,19 @@ def collect(plan: Plan) -> pd.DataFrame:
             else:
                 key = cell_metric(protocol, column.metric)
                 failures = []
-                for run_id in run_ids:
+                for trial, run_id in enumerate(run_ids):
                     record = plan.store.record(run_id)
+                    if record is None or key not in record.get("metrics", {}):
+                        older = [
+                            r
+                            for r in index.get((plan.table.name, row_label, pair_label, trial), [])
+                            if key in r.get("metrics", {}) and r.get("run_id") != run_id
+                        ]
+                        if older:
+                            record = older[0]
+                            difference = config_difference(record, plan.runs[run_id].config)
+                            cell.stale = cell.stale or f"run {record.get('run_id')}: {difference}"
+                            cell.run_ids[trial] = str(record.get("run_id"))
                     if record is not None and key in record.get("metrics", {}):
                         cell.values.append(float(record["metrics"][key]))
                         cell.smoke = cell.smoke or bool(record.get("smoke"))
@@ -129,6 +200,7 @@ def collect(plan: Plan) -> pd.DataFrame:
             "smoke",
             "paper_source",
             "run_ids",
+            "stale",
             "mean",
             "std",
             "delta",
@@ -174,15 +246,17 @@ def _format_cell(entry: pd.Series, footnotes: dict[str, int], bold_ours: bool, b
     if bold_ours:
         ours = f"**{ours}**"
     ours += f" ({entry['n']}" + (f"/{entry['expected']})" if entry["status"] == "partial" else ")")
+    if entry["stale"]:
+        ours += f"†{mark('† from a run made with another config than the table now plans: ' + entry['stale'])}"
     delta = f"{entry['delta']:+.2f}" if entry["delta"] is not None and not pd.isna(entry["delta"]) else "–"
     return f"{ours} / {paper} / {delta}"
 
 
-def _quoted_lines(row: Row, columns: list[Column]) -> list[list[str]]:
+def _quoted_lines(row: Row, columns: list[Column], planned: bool) -> list[list[str]]:
     lines = []
-    for ref in row.paper if row.quoted_only else row.paper[1:]:
+    for ref in row.paper[1:] if planned else row.paper:
         values = [(_paper_value(ref, column)[1] or "–") for column in columns]
-        prefix = f"{row.label} — quoted only" if row.quoted_only else f"↳ {row.label}"
+        prefix = f"↳ {row.label}" if planned else f"{row.label} — quoted only"
         lines.append([f"{prefix}: {ref.display}"] + values)
     return lines
 
@@ -198,10 +272,11 @@ def render_markdown(plan: Plan, frame: pd.DataFrame) -> str:
     indexed = {(r["row"], r["pair"], r["metric"]): r for _, r in frame.iterrows()}
     chosen = {p.label for p in plan.pairs or table.pairs}
     for row in table.rows:
-        if row.quoted_only:
-            lines.extend(_quoted_lines(row, columns))
+        planned = any((row.label, label) in plan.cells for label in chosen)
+        if row.quoted_only and not planned:  # a method kdbench does not have (yet): the paper's numbers only
+            lines.extend(_quoted_lines(row, columns, planned=False))
             continue
-        if not any((row.label, label) in plan.cells for label in chosen):
+        if not planned:
             continue
         cells = []
         for column in columns:
@@ -216,7 +291,7 @@ def render_markdown(plan: Plan, frame: pd.DataFrame) -> str:
                 cells.append(_format_cell(entry, footnotes, key in best_ours, key in best_paper))
         primary = f" (paper: {row.paper[0].display})" if row.paper else ""
         lines.append([row.label + primary] + cells)
-        lines.extend(_quoted_lines(row, columns))
+        lines.extend(_quoted_lines(row, columns, planned=True))
 
     out = [f"# {table.name}: {table.title}", ""]
     if smoke:

@@ -35,7 +35,8 @@ reported, and which published number each cell is compared with::
         paper: [{source: norm.T1, method: kd}]
       - label: DistPro
         method: DistPro
-        quoted_only: true           # published numbers only, never a kdbench run
+        config: configs/methods/distpro.yaml     # the config the method will read once it exists
+        quoted_only: true           # published numbers only, while kdbench has no DistPro method
         paper: [{source: norm.T1, method: distpro, absent: [wrn_40_2->wrn_40_1]}]
 
 **Published numbers.**  ``paper`` references select rows of the CSV by paper and CSV table (``source``, e.g.
@@ -44,7 +45,11 @@ reported, and which published number each cell is compared with::
 ``paper_pairs`` (table) or ``pairs`` (one reference) names the CSV pair for that column.  ``note`` keeps only CSV
 rows whose note contains it, ``not_note`` only rows whose note does not.  Each reference must resolve to exactly
 one CSV row per column and metric, except in the columns listed under its ``absent`` (the paper printed ``n/a``
-or ``-`` there) — a test checks this for every table, so no cell silently resolves to nothing.  The first
+or ``-`` there) — a test checks this for every table, so no cell silently resolves to nothing.
+
+**Quoted-only rows** are the rows of methods kdbench does not implement: they show the published numbers only.
+As soon as a ``kd_modules`` class of the row's ``method`` exists, the row is planned and run like any other (with
+its ``config``), so adding a method needs no edit of the tables that quote it.  The first
 reference of a row is the one Δ is computed against; further ones are shown as quoted lines under the row.
 
 **Columns that are not pairs.**  Ablation tables whose printed columns are settings rather than pairs (KCD T3a's

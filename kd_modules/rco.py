@@ -9,9 +9,11 @@ applies the KCD transformation to each anchor's map (:class:`kd_modules.kcd.KCDR
 No RCO code is public and KCD states none of the details; every choice below is an option (spec methods-seed §4.7):
 
 * **anchors** (``anchor_fractions``, default 0.25 / 0.5 / 0.75 / 1.0): RCO's "equal epoch interval strategy"
-  with 4 anchors.  A fraction ``f`` is the teacher after ``ceil(f * S)`` of its ``S`` optimiser steps.  Teacher
-  runs made by the table runner save their route at 0.25 / 0.5 / 0.75 (``run.route``, see
-  :mod:`benchmarks.cli`) into ``<teacher run>/route/at_<f>.pth``; ``1.0`` is the run's ``final.pth``.  RCO's greedy
+  with 4 anchors.  A fraction ``f`` is the teacher after ``ceil(f * S)`` of its ``S`` optimiser steps.  RCO asks the
+  pair's teacher run for its route through a prerequisite (:func:`route_prerequisite`); the table runner then has
+  that teacher run save it (``run.route``, see :mod:`benchmarks.cli`) into ``<teacher run>/route/at_<f>.pth``
+  (a teacher that finished before any run asked for its route has none: the cell is blocked and says so);
+  ``1.0`` is the run's ``final.pth``.  RCO's greedy
   anchor search is not implemented; explicit files can be given with ``anchor_checkpoints``;
 * **phases** (``phase_ends``, default equal): phase ``k`` ends after the fraction ``phase_ends[k]`` of the
   student's optimiser steps; the phases sum to the recipe's normal schedule (no extra training);
@@ -70,8 +72,8 @@ def route_file(fraction: float) -> str:
 class RouteSnapshots(Callback):
     """Save the trained network after ``fraction`` of the run's optimiser steps, for each fraction (RCO anchors).
 
-    Enabled by ``--run.route`` (the table runner sets it on every teacher run; it is bookkeeping, not part of the
-    run's identity).  A snapshot is written once, as ``<run dir>/route/at_<f>.pth`` in the plain network format,
+    Enabled by ``--run.route`` (the table runner sets it on the teacher runs whose route an RCO run reads, through
+    :func:`route_prerequisite`; it is bookkeeping, not part of the run's identity).  A snapshot is written once, as ``<run dir>/route/at_<f>.pth`` in the plain network format,
     when the global step first reaches ``ceil(f * estimated_stepping_batches)``; a resumed run keeps the files
     already written.
     """
@@ -279,7 +281,7 @@ class RCO(DistillationModule):
     def prerequisites(cls, init_args: dict[str, Any]) -> list[dict[str, Any]]:
         if init_args.get("anchor_checkpoints"):
             return []
-        return [route_prerequisite()]
+        return [route_prerequisite(init_args.get("anchor_fractions", DEFAULT_ROUTE))]
 
     # ------------------------------------------------------------------------------------------ the phases
     def current_phase(self) -> int:
@@ -305,12 +307,14 @@ class RCO(DistillationModule):
         }
 
 
-def route_prerequisite() -> dict[str, Any]:
-    """The planner prerequisite that hands a method the route folder of the pair's (seed-0) teacher run."""
+def route_prerequisite(fractions: Sequence[float] = DEFAULT_ROUTE) -> dict[str, Any]:
+    """The planner prerequisite that hands a method the route folder of the pair's (seed-0) teacher run, and asks
+    that run to snapshot its network at ``fractions`` of its steps (1.0 is its ``final.pth``)."""
     return {
         "name": "teacher_route",
         "network": "teacher",
         "pass_as": "route_dir",
         "output": ROUTE_FOLDER,
+        "route": [float(f) for f in fractions if not math.isclose(float(f), 1.0)],
         "description": "the teacher run's route snapshots (RCO anchors)",
     }

@@ -51,3 +51,27 @@ def test_kcd_tables_have_no_blocked_kcd_rows_but_for_ab(tmp_path: Path) -> None:
     assert theta_2.config["model"]["init_args"]["transform_teacher_checkpoint"].startswith(
         str(RunStore(tmp_path / "t3b").run_dir(seed_0_teacher))
     )
+
+
+def test_only_teachers_whose_route_a_run_reads_save_it(tmp_path: Path) -> None:
+    """RCO asks for the teacher's route through its prerequisite: other tables' teachers save none, and a teacher
+    that finished before anything asked for its route blocks the RCO cell instead of failing the run."""
+    from benchmarks.plan import merge_runs
+
+    store = RunStore(tmp_path)
+    kd_only = build_plan(load_table("kcd.t7"), load_preset("full"), store, data_root="data", methods=["KD"])
+    teacher = next(r for r in kd_only.runs.values() if r.kind == "teacher")
+    assert "route" not in teacher.config["run"]
+    with_rco = build_plan(load_table("kcd.t7"), load_preset("full"), store, data_root="data", methods=["RCO"])
+    same = with_rco.runs[teacher.run_id]
+    assert same.config["run"]["route"] == [0.25, 0.5, 0.75]
+    # Launched together, the merged run keeps the route whichever table planned the teacher first.
+    merged = {s.run_id: s for s in merge_runs([kd_only, with_rco])}
+    assert merged[teacher.run_id].config["run"]["route"] == [0.25, 0.5, 0.75]
+    # A teacher that finished without its route: the RCO cells say why they cannot run.
+    run_dir = store.run_dir(teacher.run_id)
+    run_dir.mkdir(parents=True)
+    (run_dir / "record.json").write_text('{"metrics": {"best_top1": 70.0}}')
+    blocked = build_plan(load_table("kcd.t7"), load_preset("full"), store, data_root="data", methods=["RCO"])
+    reason = blocked.blocked_cells[("RCO", "resnet56->resnet20")]
+    assert reason.startswith(f"teacher_route: the finished run {teacher.run_id} has no route"), reason

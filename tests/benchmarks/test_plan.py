@@ -337,7 +337,6 @@ def test_measuring_a_plan_stands_in_for_outputs_of_runs_not_yet_made(
     assert not list(Path(tmp_path).glob("runs/*"))
 
 
-
 @dataclass(frozen=True)
 class _Weights(SettingsGroup):
     kd_weight: float = 0.9

@@ -76,6 +76,60 @@ def test_cells_show_ours_beside_the_paper_and_mark_best_failed_missing_blocked(t
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_records_made_under_an_older_config_still_render_marked_with_the_difference(tmp_path: Path) -> None:
+    """A record names the cells it serves: after a default changed the cell's identity, the old run still renders,
+    marked with the setting that differs, until the current run exists (which then wins)."""
+    import yaml
+
+    store = RunStore(tmp_path / "store")
+    plan = build_plan(
+        load_table("table1"), load_preset("full"), store, data_root="data", pairs=[PAIRS[0]], methods=["KD"]
+    )
+    current = plan.cells[("KD", PAIRS[0])][0]
+    spec = plan.runs[current]
+    assert {"table": "table1", "row": "KD", "pair": PAIRS[0], "trial": 0} in spec.config["run"]["cells"]
+    old_config = json.loads(json.dumps(spec.config))
+    old_config["model"]["init_args"]["temperature"] = 3.0  # as if T had defaulted to 3 when it ran
+    old_id = "0123456789abcdef"
+    folder = store.run_dir(old_id)
+    folder.mkdir(parents=True)
+    record = {
+        "run_id": old_id,
+        "info": spec.config["run"],
+        "metrics": {"best_top1": 70.5, "best_top5": 90.0},
+        "config": yaml.safe_dump(old_config),
+        "finished_at": "2026-01-01T00:00:00+0000",
+    }
+    (folder / "record.json").write_text(json.dumps(record))
+    _, text = write_table(plan, tmp_path / "out")
+    line = next(row for row in text.splitlines() if row.startswith("| KD (paper"))
+    assert "70.50 ± 0.00 (1/3)†[1]" in line, line
+    assert (
+        "[1] † from a run made with another config than the table now plans: run 0123456789abcdef: "
+        "temperature 3.0 -> 4.0" in text
+    )
+    _record(store, current, 71.25)  # the current run exists: it is shown, unmarked
+    _, text = write_table(plan, tmp_path / "out")
+    line = next(row for row in text.splitlines() if row.startswith("| KD (paper"))
+    assert "71.25 ± 0.00 (1/3) /" in line and "†" not in text
+
+
+def test_a_quoted_only_row_is_planned_once_its_method_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding a method needs no table edit: the quoted-only rows that name it become ordinary planned rows."""
+    import kd_modules
+
+    store = RunStore(tmp_path)
+    plan = build_plan(load_table("table1"), load_preset("full"), store, data_root="data", pairs=[PAIRS[0]])
+    assert not any(row == "DistPro" for row, _ in plan.cells)
+    _, text = write_table(plan, tmp_path / "out")
+    assert "DistPro — quoted only: NORM T1" in text
+    monkeypatch.setitem(kd_modules._METHODS, "DistPro", kd_modules.KD)  # a stand-in implementation
+    plan = build_plan(load_table("table1"), load_preset("full"), store, data_root="data", pairs=[PAIRS[0]])
+    assert plan.blocked_cells[("DistPro", PAIRS[0])] == "method config configs/methods/distpro.yaml not written yet"
+    _, text = write_table(plan, tmp_path / "out")
+    assert "DistPro — quoted only" not in text and "| DistPro (paper: NORM T1) | n/a[" in text
+
+
 class FakeRun:
     def __init__(self, run_id: str, state: str, history: list[dict[str, float]], summary: dict[str, float]) -> None:
         self.id = run_id
