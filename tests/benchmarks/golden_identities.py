@@ -1,9 +1,10 @@
 """The golden file of run identities: every run of every table under the full and smoke presets.
 
-``python -m tests.benchmarks.golden_identities`` (re)writes ``golden_identities.json`` from the planner as it is
-now.  It is written once, before a change to planning, configs or methods, and committed; the test then compares
-every later plan against it.  A changed identity orphans users' finished runs, so a regeneration must be listed
-and justified in the change's note.
+``python -m tests.benchmarks.golden_identities`` adds the runs that are new (a new table, a new row, a method that
+became runnable) to ``golden_identities.json`` and refuses when an identity it holds changed or disappeared;
+``--rewrite`` writes the file from scratch (only for a deliberate change of identities, listed and justified in the
+change's note: a changed identity orphans users' finished runs).  The file was first written before the
+configuration refactor; the test compares every later plan against it.
 """
 
 from __future__ import annotations
@@ -44,11 +45,36 @@ def current_identities() -> dict[str, Any]:
     return identities
 
 
-def main() -> int:
-    GOLDEN.write_text(json.dumps(current_identities(), indent=1, sort_keys=True) + "\n")
+def differences(golden: dict[str, Any], now: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """(changed, gone, new) entries of ``now`` against ``golden``, as readable lines."""
+    changed, gone, new = [], [], []
+    for preset in sorted(set(golden) | set(now)):
+        tables_then, tables_now = golden.get(preset, {}), now.get(preset, {})
+        for table in sorted(set(tables_then) | set(tables_now)):
+            then, current = tables_then.get(table, {}), tables_now.get(table, {})
+            for key, run_id in then.items():
+                if key not in current:
+                    gone.append(f"{preset} {table} {key} ({run_id})")
+                elif current[key] != run_id:
+                    changed.append(f"{preset} {table} {key}: {run_id} -> {current[key]}")
+            new += [f"{preset} {table} {key}" for key in current if key not in then]
+    return changed, gone, new
+
+
+def main(argv: list[str]) -> int:
+    now = current_identities()
+    if "--rewrite" not in argv and GOLDEN.is_file():
+        changed, gone, new = differences(json.loads(GOLDEN.read_text()), now)
+        if changed or gone:
+            print(f"{len(changed)} identities changed and {len(gone)} are gone: not written (see --rewrite)")
+            for line in (changed + gone)[:20]:
+                print(f"  {line}")
+            return 1
+        print(f"{len(new)} new entries")
+    GOLDEN.write_text(json.dumps(now, indent=1, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
