@@ -452,7 +452,9 @@ def _datamodule_problem(dataset: str, config: dict[str, Any]) -> str | None:
 
 
 def _method_problem(cls: type, config: dict[str, Any]) -> str | None:
-    args = get_dotted(config, "model.init_args", {}) or {}
+    # Store paths (a teacher run's final.pth, a stage's output) are strings to the parser whichever run they name:
+    # written canonically, the runs of a row share one verdict.
+    args = _canonical_paths(get_dotted(config, "model.init_args", {}) or {})
     return check_arguments(cls, args, f"method {cls.__name__}", skip=MODEL_LINKED)
 
 
@@ -497,8 +499,14 @@ def _availability(method: str, archs: list[str]) -> str | None:
 
 
 def _pair_problem(cls: type | None, pair: Pair, init_args: dict[str, Any]) -> str | None:
-    hook = getattr(cls, "pair_problem", None) if cls is not None else None
-    return None if hook is None else hook(pair.student, pair.teacher, dict(init_args))
+    if getattr(cls, "pair_problem", None) is None:
+        return None
+    return _cached_pair_problem(cls, pair.student, pair.teacher, json.dumps(init_args, sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=4096)
+def _cached_pair_problem(cls: type, student: str, teacher: str, encoded: str) -> str | None:
+    return cls.pair_problem(student, teacher, json.loads(encoded))  # type: ignore[attr-defined]
 
 
 def _optional_classmethod(cls: type | None, name: str, init_args: dict[str, Any]) -> list[Any]:
