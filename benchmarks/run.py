@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pairs", nargs="*", help="only these pairs (teacher->student, comma separated)")
     parser.add_argument("--store", help="result store folder (default: results, or the preset's)")
     parser.add_argument("--data-root", default="data", help="dataset root folder (default: data)")
+    parser.add_argument(
+        "--teachers",
+        choices=["released", "trained"],
+        help="CIFAR tables: distil from the public teachers (models/releases.py, fetched when missing) or from "
+        "teachers trained here (default: what the paper used; tables/<table>.yaml 'teachers')",
+    )
     parser.add_argument("--render-only", action="store_true", help="render the table from the store; train nothing")
     parser.add_argument(
         "--launcher",
@@ -133,9 +139,20 @@ def plan_tables(names: list[str], args: argparse.Namespace, quiet: bool = False)
                 pairs=_split(args.pairs),
                 methods=_split(args.methods),
                 teacher_root=args.data_root,
+                teachers=getattr(args, "teachers", None),
             )
         )
     return plans
+
+
+def fetch_released_teachers(plans: list[Plan], args: argparse.Namespace) -> bool:
+    """Before a launch: fetch the released teachers the plans read that are missing or rejected (network
+    permitting; offline, one line per file and the cells stay blocked).  True when a file was fetched, so the
+    caller re-plans (a present file's digest is part of its students' identities)."""
+    from benchmarks.fetch import ensure_teachers, plan_releases
+
+    wanted = {release.path: release for plan in plans for release in plan_releases(plan)}
+    return bool(wanted) and bool(ensure_teachers(wanted.values(), args.data_root)[0])
 
 
 # ------------------------------------------------------------------------------------------------- dry run
@@ -189,8 +206,12 @@ def print_plan(
     )
     for name in recipes_used:
         print(f"  recipe {name}: {recipe(name).get('description', '')}")
+    if table.teachers is not None:
+        print(f"  teachers: {plan.table.teacher_mode(getattr(args, 'teachers', None))} (--teachers released|trained)")
     for arch, path in sorted(plan.released.items()):
         print(f"  teacher {arch}: released weights {path}")
+    for reason in sorted({r for r in plan.blocked_cells.values() if " teacher rejected: " in r}):
+        print(f"  {reason}")
 
     print("dependency graph (teacher -> offline stages -> prerequisite runs -> students):")
     dependents: dict[str | None, list[RunSpec]] = defaultdict(list)
@@ -421,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         names = _table_names(args.tables)
         plans = plan_tables(names, args)
+        if not (args.dry_run or args.render_only or args.from_wandb) and fetch_released_teachers(plans, args):
+            plans = plan_tables(names, args, quiet=True)
         if args.dry_run:
             for plan in plans:
                 shared = _other_tables(plan, args) if len(plans) == 1 else None
