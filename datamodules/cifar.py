@@ -160,12 +160,6 @@ class CIFAR100(CropFlipDataModule):
     def is_available(cls, root: str) -> bool:
         return is_full_cifar100(root)
 
-    @classmethod
-    def write_fixture(cls, root: str) -> None:
-        from datamodules.synthetic import write_cifar100
-
-        write_cifar100(root)
-
     def prepare_data(self) -> None:
         if self.download:
             download_cifar100(self.root)

@@ -192,12 +192,6 @@ class FashionMNIST(CropFlipDataModule):
     def is_available(cls, root: str) -> bool:
         return is_full_fashion_mnist(root)
 
-    @classmethod
-    def write_fixture(cls, root: str) -> None:
-        from datamodules.synthetic import write_fashion_mnist
-
-        write_fashion_mnist(root)
-
     def load_split(self, split: str) -> tuple[Tensor, Tensor]:
         """(N, 1, 32, 32) uint8: the 28x28 images inside a zero border of ``FRAME_PADDING`` pixels."""
         images, labels = read_fashion_mnist_split(self.root, split)

@@ -305,12 +305,6 @@ class ImageNet(KDDataModule):
             return False
         return all(len(_class_folders(folder / split)) == 1000 for split in ("train", "val"))
 
-    @classmethod
-    def write_fixture(cls, root: str) -> None:
-        from datamodules.synthetic import write_imagenet
-
-        write_imagenet(root)
-
     @property
     def num_train_samples(self) -> int:
         """Images in the training split (CRD's memory bank is sized with it)."""

@@ -414,12 +414,6 @@ class TinyImageNet(InMemoryDataModule):
     def is_available(cls, root: str) -> bool:
         return is_full_tiny_imagenet(root)
 
-    @classmethod
-    def write_fixture(cls, root: str) -> None:
-        from datamodules.synthetic import write_tiny_imagenet
-
-        write_tiny_imagenet(root)
-
     def load_split(self, split: str) -> tuple[Tensor, Tensor]:
         """``train``; ``test`` = the official labelled val split; ``val_half1``/``val_half2`` = its 25/25 halves."""
         if split in ("val_half1", "val_half2"):

@@ -189,7 +189,7 @@ def _check_architecture(path: Path, arch: str, num_classes: int) -> None:
     """Raise :class:`ReleaseProblem` unless the file's weights fit ``arch`` (after reference key mapping)."""
     from models.checkpoints import _difference, _signature, identify_architecture, map_reference_keys
     from models.profile import meta_model
-    from models.registry import model_entry
+    from models.zoo import model_entry
 
     try:
         state, saved_arch = read_state_dict(path)
