@@ -160,6 +160,11 @@ class CIFAR100(CropFlipDataModule):
     def is_available(cls, root: str) -> bool:
         return is_full_cifar100(root)
 
+    @classmethod
+    def download_dataset(cls, root: str) -> Path:
+        download_cifar100(root)
+        return Path(root) / CIFAR100_FOLDER
+
     def prepare_data(self) -> None:
         if self.download:
             download_cifar100(self.root)
