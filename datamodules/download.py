@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_FOLDER = "tiny-imagenet-200"  # the zip's top folder (datamodules.tiny_imagenet reads it)
+TINY_ZIP = "tiny-imagenet-200.zip"
 IMAGENET_ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz")
 
 
@@ -66,7 +68,6 @@ def sort_tiny_val(folder: Path) -> int:
 
 def download_tiny_imagenet(root: str | Path, url: str | None = None, timeout: float = 60.0) -> Path:
     """``<root>/tiny-imagenet-200`` from the official zip (see the module docstring); returns the folder."""
-    from datamodules.tiny_imagenet import TINY_FOLDER, TINY_ZIP
     from models.download import DownloadError, download
 
     url = url or TINY_IMAGENET_URL

@@ -36,14 +36,13 @@ import torch
 from torch import Tensor
 
 from datamodules.base import InMemoryDataModule, pipeline_settings
+from datamodules.download import TINY_FOLDER, TINY_ZIP
 from datamodules.errors import DatasetError
 from datamodules.images import IMAGE_EXTENSIONS, open_rgb
 from datamodules.loaders import BatchAugmentation, RotateFlip
 
 __all__ = ["TinyImageNet", "TinySource", "find_tiny_imagenet", "tiny_imagenet_index", "read_tiny_imagenet_split"]
 
-TINY_FOLDER = "tiny-imagenet-200"
-TINY_ZIP = "tiny-imagenet-200.zip"
 TINY_SIZE = 64
 TINY_SIZES = {"train": 100_000, "val": 10_000}
 _CACHE_FORMAT = "kdbench-tiny-v1"
@@ -422,9 +421,9 @@ class TinyImageNet(InMemoryDataModule):
 
     @classmethod
     def download_dataset(cls, root: str) -> Path:
-        from datamodules.download import download_tiny_imagenet
+        from datamodules import download
 
-        return download_tiny_imagenet(root)
+        return download.download_tiny_imagenet(root)
 
     def prepare_data(self) -> None:
         if self.download:
