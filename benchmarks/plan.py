@@ -86,7 +86,7 @@ from benchmarks.configs import (
 )
 from benchmarks.errors import KDBenchError
 from benchmarks.store import RunStore
-from benchmarks.tables import REPO_ROOT, Pair, Row, Table
+from benchmarks.tables import REPO_ROOT, TEACHER_CHOICES, Pair, ReleasedTeacher, Row, Table
 
 __all__ = [
     "Preset",
@@ -541,8 +541,10 @@ class Planner:
         trials: int,
         data_root: str,
         teacher_root: str | None = None,
+        teachers: str | None = None,
     ) -> None:
         self.table = table
+        self.teachers = table.teacher_mode(teachers)
         self.preset = preset
         self.store = store
         self.trials = trials
@@ -591,13 +593,30 @@ class Planner:
 
     # -------------------------------------------------------------------------------------------- teachers
     def teacher_source(self, arch: str) -> tuple[str | None, str | None]:
-        """(released weights path, why it cannot be used) when the table names released weights for ``arch``."""
+        """(released weights path, why it cannot be used) when the table's teachers for ``arch`` are released ones.
+
+        Released weights are the table's ``teacher_checkpoints``, or, when the table's teachers are ``released``
+        (its default or ``--teachers released``), the public teacher of ``arch`` in :mod:`models.releases`.  A
+        present file is verified (SHA-256 and architecture, :func:`benchmarks.fetch.released_file_problem`);
+        one that fails is rejected with one line naming it.
+        """
         released = self.table.teacher_checkpoints.get(arch)
+        if released is None and self.table.teachers is not None and self.teachers == "released":
+            from models.releases import release_for
+
+            release = release_for(self.table.dataset, arch)
+            if release is not None:
+                released = ReleasedTeacher(release.path, release.sources[0])
         if released is None:
             return None, None
         path = Path(released.path)
         path = path if path.is_absolute() else Path(self.teacher_root) / path
         if path.is_file():
+            from benchmarks.fetch import released_file_problem
+
+            problem = released_file_problem(self.table.dataset, arch, released, self.teacher_root)
+            if problem:
+                return str(path), f"released {arch} teacher rejected: {problem}"
             return str(path), None
         if self.preset.synthetic_data:
             return None, None  # smoke: a smoke-trained teacher stands in for the missing release
@@ -686,7 +705,8 @@ class Planner:
         teacher_file: str | None = None
         teacher_problem = None
         if needs_teacher:
-            released, problem = self.teacher_source(pair.teacher)
+            # A row distilling from a teacher of another seed (KCD T3b) trains that teacher: a release has one seed.
+            released, problem = self.teacher_source(pair.teacher) if not teacher_seed else (None, None)
             if released is not None:
                 teacher_file = released
                 teacher_problem = problem
@@ -827,12 +847,18 @@ def build_plan(
     pairs: list[str] | None = None,
     methods: list[str] | None = None,
     teacher_root: str | None = None,
+    teachers: str | None = None,
 ) -> Plan:
+    """The plan of ``table``.  ``teachers`` (``released`` | ``trained``, for tables that offer both) overrides the
+    table's own choice (:meth:`benchmarks.tables.Table.teacher_mode`); the choice is added to the table's notes."""
+    if teachers is not None and teachers not in TEACHER_CHOICES:
+        raise KDBenchError(f"--teachers {teachers!r} is not one of: {', '.join(TEACHER_CHOICES)}")
+    table = table.with_teacher_note(teachers)
     n_trials = trials if trials is not None else (preset.trials if preset.trials is not None else table.trials)
     if n_trials < 1:
         raise KDBenchError(f"--trials must be at least 1, got {n_trials}")
     chosen_pairs, chosen_rows = _select(table, pairs, methods)
-    planner = Planner(table, preset, store, n_trials, data_root, teacher_root)
+    planner = Planner(table, preset, store, n_trials, data_root, teacher_root, teachers)
     cells: dict[tuple[str, str], list[str]] = {}
     blocked_cells: dict[tuple[str, str], str] = {}
     for pair in chosen_pairs:

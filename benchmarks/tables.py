@@ -12,6 +12,8 @@ reported, and which published number each cell is compared with::
     teacher_recipe: crd_cifar100    # ... or the teachers use another one
     teacher_checkpoints:            # released teacher weights instead of trained teachers (path under --data-root)
       resnet34: {path: teachers/imagenet/resnet34-333f7ec4.pth, url: https://download.pytorch.org/models/...}
+    teachers: released              # tables that offer both (CIFAR-100): the paper's choice, released | trained;
+                                    # --teachers overrides it (released: models.releases' public teachers)
     trials: 5                       # the paper's count (trials_note says where it comes from)
     metric: best_top1               # best_top1 (best evaluation epoch) | last_top1 (last epoch): the paper's protocol
     metrics: [top1, top5]           # which accuracies the paper prints per pair (default [top1])
@@ -68,6 +70,7 @@ an argument, listing the ones it does) rather than failing.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -85,6 +88,7 @@ __all__ = [
     "PaperRef",
     "QuotedColumn",
     "ReleasedTeacher",
+    "TEACHER_CHOICES",
     "Column",
     "Row",
     "Table",
@@ -106,6 +110,8 @@ PAPER_NAMES = TABLES_DIR / "paper_names.yaml"
 
 #: Accuracies a paper prints per pair.
 METRICS = ("top1", "top5")
+#: Where a table's teachers come from, for tables that offer the choice (``teachers:`` / ``--teachers``).
+TEACHER_CHOICES = ("released", "trained")
 #: Which evaluation epoch a table reports: the best one (NORM, letKD, ND, mdistiller) or the last one (CRD).
 PROTOCOLS = ("best_top1", "last_top1")
 
@@ -253,6 +259,32 @@ class Table:
     trials_note: str | None = None
     data_roots: list[str] = field(default_factory=list)
     preset: str | None = None  # the run preset when the command names none (fmnist: cpu)
+    teachers: str | None = None  # "released" | "trained": the paper's choice where both are possible, else None
+
+    def teacher_mode(self, override: str | None = None) -> str:
+        """``released`` or ``trained``: ``override`` (``--teachers``) where the table offers the choice, else its own.
+
+        Tables that declare no ``teachers`` have one source only: their ``teacher_checkpoints`` (released) where
+        they name them, trained teachers otherwise; ``--teachers`` leaves them as they are.
+        """
+        if self.teachers is None:
+            return "released" if self.teacher_checkpoints else "trained"
+        return override or self.teachers
+
+    def with_teacher_note(self, override: str | None = None) -> Table:
+        """This table with a note saying where its teachers come from (shown in the rendered table)."""
+        if self.teachers is None:
+            return self
+        mode = self.teacher_mode(override)
+        paper = "the paper's choice" if mode == self.teachers else f"the paper used {self.teachers} teachers"
+        if mode == "released":
+            text = (
+                f"Teachers: released weights ({paper}; RepDistiller's CIFAR-100 teachers from mdistiller's "
+                "cifar_teachers.tar, see models/releases.py); --teachers trained trains them here instead."
+            )
+        else:
+            text = f"Teachers: trained here with the teacher recipe ({paper}); --teachers released uses public ones."
+        return dataclasses.replace(self, notes=[*self.notes, text])
 
     def row(self, label: str) -> Row:
         for row in self.rows:
@@ -325,6 +357,7 @@ TABLE_KEYS = {
     "notes",
     "data_roots",
     "preset",
+    "teachers",
 }
 ROW_KEYS = {
     "label",
@@ -396,6 +429,8 @@ def _validate(table: Table) -> None:
     presets = sorted(p.stem for p in (REPO_ROOT / "configs" / "presets").glob("*.yaml"))
     if table.preset is not None and table.preset not in presets:
         raise KDBenchError(f"{where}: preset {table.preset!r} is not one of {', '.join(presets)}")
+    if table.teachers is not None and table.teachers not in TEACHER_CHOICES:
+        raise KDBenchError(f"{where}: teachers {table.teachers!r} is not one of {', '.join(TEACHER_CHOICES)}")
     if table.metric not in PROTOCOLS:
         raise KDBenchError(f"{where}: metric {table.metric!r} is not one of {', '.join(PROTOCOLS)}")
     bad_metrics = [m for m in table.metrics if m not in METRICS]
@@ -473,6 +508,7 @@ def load_table(name: str) -> Table:
             notes=[str(n) for n in _as_list(raw.get("notes"))],
             data_roots=[str(r) for r in _as_list(raw.get("data_roots"))],
             preset=raw.get("preset"),
+            teachers=raw.get("teachers"),
             path=path,
         )
     except (KeyError, TypeError) as error:

@@ -65,11 +65,6 @@ class KDDataModule(pl.LightningDataModule):
         """Whether the full real dataset is present under ``root``."""
         return False
 
-    @classmethod
-    def write_fixture(cls, root: str) -> None:
-        """Write a small dataset in the real on-disk format under ``root`` (tests, offline smoke runs)."""
-        raise DatasetError(f"{cls.__name__} has no generated fixture")
-
     def __init__(
         self,
         root: str = "data",

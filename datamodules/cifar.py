@@ -161,10 +161,9 @@ class CIFAR100(CropFlipDataModule):
         return is_full_cifar100(root)
 
     @classmethod
-    def write_fixture(cls, root: str) -> None:
-        from datamodules.synthetic import write_cifar100
-
-        write_cifar100(root)
+    def download_dataset(cls, root: str) -> Path:
+        download_cifar100(root)
+        return Path(root) / CIFAR100_FOLDER
 
     def prepare_data(self) -> None:
         if self.download:

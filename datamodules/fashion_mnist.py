@@ -138,6 +138,7 @@ class FashionMNIST(CropFlipDataModule):
     Args:
         root: folder holding the idx files (else the candidates in ``candidate_folders``, ending with Debian's).
         pipeline: ``cifar`` (zero-pad-4 crop + flip) or ``none``.
+        download: fetch the idx files through torchvision into ``<root>/FashionMNIST/raw`` when none are found.
         padding_mode: ``zero`` or ``reflect`` padding of the random crop (default: the pipeline's).
         crop_padding: pixels of padding of the random crop, 0 disables cropping (default: the pipeline's).
         flip: random horizontal flips (default: the pipeline's).
@@ -165,6 +166,7 @@ class FashionMNIST(CropFlipDataModule):
         self,
         root: str = "data",
         pipeline: Literal["cifar", "none"] = "cifar",
+        download: bool = False,
         padding_mode: Literal["zero", "reflect"] | None = None,
         crop_padding: int | None = None,
         flip: bool | None = None,
@@ -186,6 +188,7 @@ class FashionMNIST(CropFlipDataModule):
             contrast_k=contrast_k,
             contrast_mode=contrast_mode,
         )
+        self.download = download
         self.configure_crop_flip(pipeline, padding_mode, crop_padding, flip)
 
     @classmethod
@@ -193,10 +196,17 @@ class FashionMNIST(CropFlipDataModule):
         return is_full_fashion_mnist(root)
 
     @classmethod
-    def write_fixture(cls, root: str) -> None:
-        from datamodules.synthetic import write_fashion_mnist
+    def download_dataset(cls, root: str) -> Path:
+        from datamodules.download import download_fashion_mnist
 
-        write_fashion_mnist(root)
+        try:
+            return find_fashion_mnist(root)
+        except DatasetError:
+            return download_fashion_mnist(root)
+
+    def prepare_data(self) -> None:
+        if self.download:
+            self.download_dataset(self.root)
 
     def load_split(self, split: str) -> tuple[Tensor, Tensor]:
         """(N, 1, 32, 32) uint8: the 28x28 images inside a zero border of ``FRAME_PADDING`` pixels."""

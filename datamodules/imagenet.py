@@ -56,9 +56,11 @@ def find_imagenet(root: str | Path) -> Path:
     for folder in (root / "imagenet", root / "ILSVRC2012", root):
         if (folder / "train").is_dir() and (folder / "val").is_dir():
             return folder
+    from datamodules.download import imagenet_steps
+
     raise DatasetError(
         f"ImageNet not found: expected train/<wnid>/*.JPEG and val/<wnid>/*.JPEG class folders in {root / 'imagenet'} "
-        f"(or {root / 'ILSVRC2012'}, or {root}), as torchvision's ImageFolder reads them"
+        f"(or {root / 'ILSVRC2012'}, or {root}), as torchvision's ImageFolder reads them. {imagenet_steps(root)}"
     )
 
 
@@ -306,10 +308,11 @@ class ImageNet(KDDataModule):
         return all(len(_class_folders(folder / split)) == 1000 for split in ("train", "val"))
 
     @classmethod
-    def write_fixture(cls, root: str) -> None:
-        from datamodules.synthetic import write_imagenet
+    def download_dataset(cls, root: str) -> Path:
+        """Never a download (licence): unpack the official archives if they are there, else the exact steps."""
+        from datamodules.download import prepare_imagenet
 
-        write_imagenet(root)
+        return prepare_imagenet(root)
 
     @property
     def num_train_samples(self) -> int:

@@ -1,6 +1,8 @@
 """Small datasets written in the real on-disk formats, for tests and the offline smoke preset.
 
-The files go through the same readers as the real datasets, so the readers are what the tests exercise.
+The files go through the same readers as the real datasets, so the readers are what the tests exercise.  This
+module imports the readers' layout constants; the readers never import it (no import circle):
+:func:`write_fixture` is how the runner's smoke preset and the tests get a dataset by its table name.
 Images are class-dependent colour patterns plus noise, so a few optimisation steps can learn something, but
 nothing trained on them says anything about real accuracy.
 """
@@ -17,7 +19,15 @@ import numpy as np
 
 from datamodules.cifar import CIFAR100_FOLDER
 
-__all__ = ["write_cifar100", "write_tiny_imagenet", "write_imagenet", "write_fashion_mnist", "synthetic_images"]
+__all__ = [
+    "FIXTURE_WRITERS",
+    "synthetic_images",
+    "write_cifar100",
+    "write_fashion_mnist",
+    "write_fixture",
+    "write_imagenet",
+    "write_tiny_imagenet",
+]
 
 
 def synthetic_images(labels: np.ndarray, size: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -196,3 +206,21 @@ def write_fashion_mnist(
             else:
                 (folder / name).write_bytes(data)
     return folder
+
+
+#: Table dataset name -> the writer of its small fixture (default sizes).
+FIXTURE_WRITERS = {
+    "cifar100": write_cifar100,
+    "tiny-imagenet": write_tiny_imagenet,
+    "imagenet": write_imagenet,
+    "fashion-mnist": write_fashion_mnist,
+}
+
+
+def write_fixture(dataset: str, root: str | Path) -> Path:
+    """Write a small ``dataset`` (a table's dataset name) in the real on-disk format under ``root``."""
+    from datamodules.errors import DatasetError
+
+    if dataset not in FIXTURE_WRITERS:
+        raise DatasetError(f"no generated fixture for dataset {dataset!r}; valid: {', '.join(FIXTURE_WRITERS)}")
+    return FIXTURE_WRITERS[dataset](root)

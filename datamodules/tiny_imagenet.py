@@ -36,14 +36,13 @@ import torch
 from torch import Tensor
 
 from datamodules.base import InMemoryDataModule, pipeline_settings
+from datamodules.download import TINY_FOLDER, TINY_ZIP
 from datamodules.errors import DatasetError
 from datamodules.images import IMAGE_EXTENSIONS, open_rgb
 from datamodules.loaders import BatchAugmentation, RotateFlip
 
 __all__ = ["TinyImageNet", "TinySource", "find_tiny_imagenet", "tiny_imagenet_index", "read_tiny_imagenet_split"]
 
-TINY_FOLDER = "tiny-imagenet-200"
-TINY_ZIP = "tiny-imagenet-200.zip"
 TINY_SIZE = 64
 TINY_SIZES = {"train": 100_000, "val": 10_000}
 _CACHE_FORMAT = "kdbench-tiny-v1"
@@ -170,7 +169,9 @@ def _index(listing: _Listing, split: str) -> list[tuple[str, int]]:
                     f"{where}/val/val_annotations.txt line {number} is corrupt: {line!r} "
                     "(expected '<file>\\t<wnid>\\t<x0>\\t<y0>\\t<x1>\\t<y1>' with a wnid from wnids.txt)"
                 )
-            samples.append((f"val/images/{fields[0]}", class_of[fields[1]]))
+            flat, sorted_ = f"val/images/{fields[0]}", f"val/{fields[1]}/images/{fields[0]}"
+            # the official flat folder, or the class folders `--data.download true` sorts it into
+            samples.append((flat if flat in listing.files or sorted_ not in listing.files else sorted_, class_of[fields[1]]))
         if not samples:
             raise DatasetError(f"{where}/val/val_annotations.txt lists no images")
     else:  # re-organised val/<wnid>/[images/]*.JPEG, as the repos' ImageFolder reads it
@@ -345,6 +346,8 @@ class TinyImageNet(InMemoryDataModule):
         rotation_degrees: rotation range in degrees, 0 disables (default: the pipeline's).
         flip: random horizontal flips (default: the pipeline's).
         val_split: ``full`` (validate and test on the 10,000 val images) or ``halves`` (25/25 per class).
+        download: fetch the official zip when the data is missing, extract it and sort the validation images into
+            class folders (:func:`datamodules.download.download_tiny_imagenet`).
         cache_dir: folder for the decoded-tensor cache (default: beside the data).
         decode_workers: processes decoding the JPEGs on first use (default: all cores).
         batch_size: training batch size.
@@ -377,6 +380,7 @@ class TinyImageNet(InMemoryDataModule):
         rotation_degrees: float | None = None,
         flip: bool | None = None,
         val_split: Literal["full", "halves"] = "full",
+        download: bool = False,
         cache_dir: str | None = None,
         decode_workers: int | None = None,
         batch_size: int = 64,
@@ -406,6 +410,7 @@ class TinyImageNet(InMemoryDataModule):
         self.rotation_degrees = float(settings["rotation_degrees"])
         self.flip = bool(settings["flip"])
         self.val_split = val_split
+        self.download = download
         self.cache_dir = cache_dir
         self.decode_workers = decode_workers
         self.train_augmentation()
@@ -415,10 +420,14 @@ class TinyImageNet(InMemoryDataModule):
         return is_full_tiny_imagenet(root)
 
     @classmethod
-    def write_fixture(cls, root: str) -> None:
-        from datamodules.synthetic import write_tiny_imagenet
+    def download_dataset(cls, root: str) -> Path:
+        from datamodules import download
 
-        write_tiny_imagenet(root)
+        return download.download_tiny_imagenet(root)
+
+    def prepare_data(self) -> None:
+        if self.download:
+            self.download_dataset(self.root)
 
     def load_split(self, split: str) -> tuple[Tensor, Tensor]:
         """``train``; ``test`` = the official labelled val split; ``val_half1``/``val_half2`` = its 25/25 halves."""

@@ -31,7 +31,7 @@ import torch
 
 from models.contract import KDNet
 from models.profile import meta_model
-from models.registry import create_model, list_models, model_entry
+from models.zoo import create_model, list_models, model_entry
 
 __all__ = [
     "CheckpointError",

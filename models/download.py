@@ -1,217 +1,182 @@
-"""Fetching the public teacher checkpoints (spec architectures-and-recipes.md §F), with checksums.
+"""Downloading one file safely: resumable, checked, never half-written.
 
-``python -m models.download [--root DIR] [NAME ...]`` (``--list`` shows the names).  Known files:
+:func:`download` fetches ``url`` into ``destination`` through ``<destination>.part``:
 
-* ``cifar_teachers``: mdistiller's GitHub release ``cifar_teachers.tar`` (also what ND points to), unpacked under
-  ``<root>/cifar_teachers/``; it holds RepDistiller's ``<arch>_vanilla/ckpt_epoch_240.pth`` for the six CIFAR-100
-  teachers (resnet56, resnet110, resnet32x4, ResNet50, wrn_40_2, vgg13).  Each teacher also has the original
-  RepDistiller/CRD URL on ``shape2prog.csail.mit.edu`` as a fallback; that server has been down since 2022
-  (RepDistiller issue #47), so it is tried last.
-* ``resnet18`` ... ``resnet152``: torchvision's ImageNet "V1" weights (the files mdistiller, NORM and ND hard-code).
+* an interrupted transfer leaves the ``.part`` file; the next attempt (up to ``attempts`` in one call, or a later
+  call) asks the server for the rest with an HTTP ``Range: bytes=<size>-`` request and appends the ``206 Partial
+  Content`` answer.  A server that ignores the range (``200``) restarts the file from byte 0; one that answers
+  ``416`` (nothing left) leaves the part as it is, to be checked;
+* the finished part is checked against the expected SHA-256 (a full digest, or the prefix that torchvision and
+  ``torch.hub`` put in their file names, ``resnet18-5c106cde.pth``) *before* it is renamed into place, so the
+  destination is either absent or complete and verified.  A part that fails the check is deleted and the error
+  says so;
+* without network access every failure is one line naming the URL, the reason and the manual step (where to put
+  the file by hand).
 
-Checksums: torchvision's file names carry the first 8 hex digits of the file's SHA-256 (``resnet18-5c106cde.pth``),
-which is checked.  mdistiller and RepDistiller publish no checksum, so their files are checked *trust on first use*:
-the SHA-256 seen at the first download is recorded in ``<root>/checksums.json`` and every later use must match it
-(``--sha256`` pins a known digest instead).  A downloaded file that fails its check is deleted, never used.
-
-Without network access every fetch fails with one line naming the file, the URLs tried and where to put the file
-by hand.
+:func:`extract_member` takes one file out of a tar archive into place the same way (temporary file, rename).
+Only the standard library's ``urllib`` is used, so ``file://`` and ``http://127.0.0.1`` URLs work in tests.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import hashlib
+import http.client
+import os
+import re
 import shutil
-import sys
 import tarfile
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from models.checkpoints import CheckpointError, file_digest
+from models.checkpoints import CheckpointError
 
 __all__ = [
-    "CIFAR_TEACHERS",
     "ChecksumError",
     "DownloadError",
-    "KNOWN_FILES",
-    "KnownFile",
-    "cifar_teacher_path",
-    "fetch",
+    "HASH_IN_NAME",
+    "download",
+    "extract_member",
+    "hash_prefix_of",
+    "sha256_of",
     "verify_file",
 ]
 
-DEFAULT_ROOT = Path("data/checkpoints")  # data/ is git-ignored
-CIFAR_TEACHERS = ("resnet56", "resnet110", "resnet32x4", "ResNet50", "wrn_40_2", "vgg13")
-_MDISTILLER_RELEASE = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
-_SHAPE2PROG = "http://shape2prog.csail.mit.edu/repo/{arch}_vanilla/ckpt_epoch_240.pth"
-_TORCHVISION = "https://download.pytorch.org/models/{file}"
-_TORCHVISION_FILES = {
-    "resnet18": "resnet18-5c106cde.pth",
-    "resnet34": "resnet34-333f7ec4.pth",
-    "resnet50": "resnet50-19c8e357.pth",
-    "resnet101": "resnet101-5d3b4d8f.pth",
-    "resnet152": "resnet152-b121ed2d.pth",
-}
+#: torch.hub's convention: ``<name>-<first hex digits of the SHA-256>.<ext>`` (torch.hub.HASH_REGEX).
+HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")
+_CHUNK = 1 << 20
 
 
 class DownloadError(CheckpointError):
-    """A file could not be fetched (no network, dead server); the message says where to put it by hand."""
+    """A file could not be fetched (no network, dead server); the message names the URL and the manual step."""
 
 
 class ChecksumError(CheckpointError):
-    """A file's SHA-256 differs from the published or recorded one."""
+    """A file's SHA-256 differs from the published or recorded one (the file has been deleted)."""
 
 
-@dataclass(frozen=True)
-class KnownFile:
-    name: str
-    urls: tuple[str, ...]  # tried in order
-    filename: str  # where the download lands, relative to the root
-    sha256_prefix: str | None = None  # published digest (prefix), e.g. from torchvision's file names
-    unpack: bool = False  # a tar archive, extracted next to itself
-
-    def path(self, root: Path) -> Path:
-        return root / self.filename
+def sha256_of(path: str | Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
 
 
-KNOWN_FILES: dict[str, KnownFile] = {
-    "cifar_teachers": KnownFile("cifar_teachers", (_MDISTILLER_RELEASE,), "cifar_teachers.tar", unpack=True),
-    **{
-        f"{arch}_shape2prog": KnownFile(
-            f"{arch}_shape2prog",
-            (_SHAPE2PROG.format(arch=arch),),
-            f"cifar_teachers/{arch}_vanilla/ckpt_epoch_240.pth",
-        )
-        for arch in CIFAR_TEACHERS
-    },
-    **{
-        arch: KnownFile(arch, (_TORCHVISION.format(file=file),), f"torchvision/{file}", file.split("-")[1][:8])
-        for arch, file in _TORCHVISION_FILES.items()
-    },
-}
+def hash_prefix_of(filename: str) -> str | None:
+    """The SHA-256 prefix a torch.hub-style file name carries (``resnet50-19c8e357.pth`` -> ``19c8e357``)."""
+    match = HASH_IN_NAME.search(Path(filename).name)
+    return match.group(1) if match and match.group(1) else None
 
 
-def _recorded_digests(root: Path) -> dict[str, str]:
-    record = root / "checksums.json"
-    return json.loads(record.read_text()) if record.is_file() else {}
-
-
-def _record_digest(root: Path, filename: str, digest: str) -> None:
-    digests = _recorded_digests(root)
-    digests[filename] = digest
-    (root / "checksums.json").write_text(json.dumps(digests, indent=2, sort_keys=True) + "\n")
-
-
-def verify_file(path: Path, sha256: str | None = None, sha256_prefix: str | None = None) -> str:
-    """Return the file's SHA-256, raising :class:`ChecksumError` when it does not start with the expected digest."""
-    digest = file_digest(path, length=64)
+def verify_file(path: str | Path, sha256: str | None = None, sha256_prefix: str | None = None) -> str:
+    """Return the file's SHA-256; raise :class:`ChecksumError` when it does not start with an expected digest."""
+    digest = sha256_of(path)
     for expected in (sha256, sha256_prefix):
-        if expected is not None and not digest.startswith(expected.lower()):
+        if expected and not digest.startswith(expected.lower()):
             raise ChecksumError(f"{path}: SHA-256 {digest} does not match the expected {expected}")
     return digest
 
 
-def _check(known: KnownFile, root: Path, path: Path, sha256: str | None) -> None:
-    """Published digest if any, else the pinned one, else the one recorded at the first download (TOFU)."""
-    recorded = _recorded_digests(root).get(known.filename)
-    digest = verify_file(path, sha256 or recorded, known.sha256_prefix)
-    if recorded is None and known.sha256_prefix is None:
-        _record_digest(root, known.filename, digest)
+def _reason(error: BaseException) -> str:
+    reason = getattr(error, "reason", None) or error
+    return " ".join(str(reason).split()) or type(error).__name__
 
 
-def _download(url: str, destination: Path, timeout: float) -> None:
-    partial = destination.with_name(destination.name + ".part")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as handle:
-        shutil.copyfileobj(response, handle, length=1 << 20)
-    partial.replace(destination)
-
-
-def _unpack(archive: Path) -> None:
-    with tarfile.open(archive) as tar:
-        tar.extractall(archive.parent, filter="data")  # "data": no absolute paths, links out or devices
-
-
-def fetch(name: str, root: str | Path = DEFAULT_ROOT, sha256: str | None = None, timeout: float = 60.0) -> Path:
-    """Make sure the known file ``name`` is under ``root`` and passes its checksum; return its path.
-
-    An already present file is verified, not downloaded again.  Archives are unpacked after verification.
-    """
-    if name not in KNOWN_FILES:
-        raise DownloadError(f"unknown download {name!r}; valid: {', '.join(KNOWN_FILES)}")
-    known = KNOWN_FILES[name]
-    root = Path(root)
-    path = known.path(root)
-    if not path.is_file():
-        failures = []
-        for url in known.urls:
-            try:
-                _download(url, path, timeout)
-                break
-            except (urllib.error.URLError, OSError, TimeoutError) as error:
-                failures.append(f"{url} ({getattr(error, 'reason', error)})")
-        else:
-            raise DownloadError(
-                f"cannot download {name}: {'; '.join(failures)} — without network access, put the file at {path}"
-            )
+def _transfer(url: str, partial: Path, timeout: float) -> None:
+    """One request: append the rest of ``url`` to ``partial`` (resuming), or restart it when the server must."""
+    have = partial.stat().st_size if partial.is_file() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "kdbench"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
     try:
-        _check(known, root, path, sha256)
-    except ChecksumError:
-        path.unlink()
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and have:
+            return  # nothing left to send: the part is complete (the checksum decides)
         raise
-    if known.unpack:
-        _unpack(path)
-    return path
+    with response:
+        status = getattr(response, "status", 200)
+        resumed = have and status == 206
+        expected = response.headers.get("Content-Length")
+        mode = "ab" if resumed else "wb"  # 200 to a range request: the server starts over, so do we
+        written = 0
+        with open(partial, mode) as handle:
+            while True:
+                chunk = response.read(_CHUNK)
+                if not chunk:
+                    break
+                handle.write(chunk)
+                written += len(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if expected is not None and written < int(expected):
+            raise http.client.IncompleteRead(b"", int(expected) - written)
 
 
-def cifar_teacher_path(arch: str, root: str | Path = DEFAULT_ROOT) -> Path:
-    """``<root>/cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth``: mdistiller's release, else the shape2prog file."""
-    if arch not in CIFAR_TEACHERS:
-        raise DownloadError(f"no public CIFAR-100 teacher for {arch!r}; released: {', '.join(CIFAR_TEACHERS)}")
-    root = Path(root)
-    target = root / "cifar_teachers" / f"{arch}_vanilla" / "ckpt_epoch_240.pth"
-    if target.is_file():
-        return target
-    errors = []
+def download(
+    url: str,
+    destination: str | Path,
+    *,
+    sha256: str | None = None,
+    sha256_prefix: str | None = None,
+    timeout: float = 60.0,
+    attempts: int = 3,
+    manual: str | None = None,
+) -> str:
+    """Fetch ``url`` into ``destination`` (resuming a ``.part`` left by an earlier attempt); return its SHA-256.
+
+    Raises :class:`DownloadError` (one line: URL, reason, manual step) when the file cannot be fetched, and
+    :class:`ChecksumError` (after deleting the part) when it arrives but fails its check.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".part")
+    step = manual or f"put the file at {destination} by hand"
+    last_error: BaseException | None = None
+    for _ in range(max(1, attempts)):
+        try:
+            _transfer(url, partial, timeout)
+            last_error = None
+            break
+        except (http.client.IncompleteRead, ConnectionError, TimeoutError) as error:
+            last_error = error  # cut mid-transfer: the part stays, the next attempt resumes it
+        except urllib.error.HTTPError as error:
+            raise DownloadError(f"cannot download {url}: HTTP {error.code} {error.reason}; {step}") from None
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            raise DownloadError(f"cannot download {url} ({_reason(error)}); {step}") from None
+    if last_error is not None:
+        size = partial.stat().st_size if partial.is_file() else 0
+        raise DownloadError(
+            f"download of {url} was interrupted ({_reason(last_error)}) with {size} bytes in {partial}; "
+            f"run the same command again to resume, or {step}"
+        )
     try:
-        fetch("cifar_teachers", root)
-        # mdistiller's archive unpacks to cifar_teachers/<arch>_vanilla/...; accept one extra directory level.
-        found = sorted(root.glob(f"**/{arch}_vanilla/ckpt_epoch_240.pth"))
-        if found:
-            return found[0]
-        errors.append(f"cifar_teachers.tar holds no {arch}_vanilla/ckpt_epoch_240.pth")
-    except DownloadError as error:
-        errors.append(str(error))
-    try:
-        return fetch(f"{arch}_shape2prog", root)
-    except DownloadError as error:
-        errors.append(str(error))
-    raise DownloadError(" | ".join(errors))
+        digest = verify_file(partial, sha256, sha256_prefix)
+    except ChecksumError as error:
+        partial.unlink(missing_ok=True)
+        raise ChecksumError(f"{url}: {error}; the download was deleted (run again to re-fetch it)") from None
+    partial.replace(destination)
+    return digest
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.download", description="Fetch public teacher weights.")
-    parser.add_argument("names", nargs="*", help=f"any of: {', '.join(KNOWN_FILES)} (default: cifar_teachers)")
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="download folder (default: %(default)s)")
-    parser.add_argument("--sha256", default=None, help="expected SHA-256 of the (single) file named")
-    parser.add_argument("--list", action="store_true", help="list the known files and their URLs")
-    args = parser.parse_args(argv)
-    if args.list:
-        for known in KNOWN_FILES.values():
-            print(f"{known.name}: {' | '.join(known.urls)} -> {known.filename}")
-        return 0
-    try:
-        for name in args.names or ["cifar_teachers"]:
-            print(fetch(name, args.root, args.sha256))
-    except CheckpointError as error:
-        print(f"models.download: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+def extract_member(archive: str | Path, suffix: str, destination: str | Path) -> str:
+    """Copy the one member of tar ``archive`` whose name ends with ``suffix`` to ``destination``; return its name.
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    The member is written to a temporary file and renamed, so the destination is never half-written.  Only
+    regular files are taken (no links, devices or absolute paths are followed).
+    """
+    destination = Path(destination)
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and ("/" + m.name.lstrip("./")).endswith("/" + suffix)]
+        if not members:
+            raise DownloadError(f"{archive} holds no {suffix}")
+        member = min(members, key=lambda m: len(m.name))
+        source = tar.extractfile(member)
+        assert source is not None  # a regular file
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        temporary = destination.with_name(destination.name + ".tmp")
+        with source, open(temporary, "wb") as handle:
+            shutil.copyfileobj(source, handle, length=_CHUNK)
+        temporary.replace(destination)
+        return member.name

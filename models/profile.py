@@ -13,7 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.contract import KDNet
-from models.registry import create_model, model_entry
+from models.zoo import create_model, model_entry
 
 __all__ = [
     "DATASET_NUM_CLASSES",

@@ -1,4 +1,10 @@
-"""Name -> network builder registry behind :func:`models.create_model`."""
+"""Name -> network builder registry behind :func:`models.create_model`.
+
+Model files register into it (``@register_model(name, dataset=...)``) and the registry imports none of them:
+:mod:`models.zoo` is the one module that imports every family, and the lookups callers use
+(``models.create_model`` / ``list_models`` / ``model_entry``) go through it.  The functions here see only what is
+registered so far.
+"""
 
 from __future__ import annotations
 
@@ -35,12 +41,10 @@ def register_model(name: str, *, dataset: str) -> Callable[[Callable[..., KDNet]
 
 
 def list_models(dataset: str | None = None) -> list[str]:
-    _load_all()
     return sorted(n for n, e in _REGISTRY.items() if dataset is None or e.dataset == dataset)
 
 
 def model_entry(name: str) -> ModelEntry:
-    _load_all()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -50,10 +54,3 @@ def model_entry(name: str) -> ModelEntry:
 def create_model(name: str, num_classes: int) -> KDNet:
     """Build network ``name`` with a ``num_classes``-way classifier (randomly initialised as the reference does)."""
     return model_entry(name).builder(num_classes=num_classes)
-
-
-def _load_all() -> None:
-    # Importing the families registers their networks; done lazily so that `models.registry` has no import cycle.
-    import models.cifar  # noqa: F401
-    import models.imagenet  # noqa: F401
-    import models.tiny_imagenet  # noqa: F401

@@ -111,3 +111,73 @@ def _check_method_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
 def check_method_help():  # type: ignore[no-untyped-def]
     """``check_method_help(name, capsys)``: the method's CLI help and docstring cover every argument."""
     return _check_method_help
+
+
+class LocalFileServer:
+    """An HTTP server on 127.0.0.1 serving ``files`` (URL path -> bytes), with HTTP Range support.
+
+    ``cut[path] = n`` makes the next request for ``path`` announce the full length but close the connection after
+    ``n`` bytes (an interrupted download); ``ignore_range`` answers every request with the whole file (200), as
+    servers without range support do.  ``requests`` records ``(path, Range header)`` of every request.
+    """
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.files: dict[str, bytes] = {}
+        self.cut: dict[str, int] = {}
+        self.ignore_range = False
+        self.requests: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                server.requests.append((self.path, self.headers.get("Range")))
+                data = server.files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                wanted = self.headers.get("Range")
+                if wanted and not server.ignore_range:
+                    start = int(wanted.split("=")[1].split("-")[0])
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                limit = server.cut.pop(self.path, None)
+                self.wfile.write(body if limit is None else body[:limit])
+                if limit is not None:
+                    self.wfile.flush()
+                    self.close_connection = True
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def http_server():  # type: ignore[no-untyped-def]
+    """A :class:`LocalFileServer` on 127.0.0.1 for the duration of one test."""
+    server = LocalFileServer()
+    yield server
+    server.close()

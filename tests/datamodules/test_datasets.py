@@ -44,8 +44,10 @@ def test_registry_names() -> None:
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_write_fixture_is_read_by_the_real_reader(name: str, tmp_path: Path) -> None:
+    from datamodules.synthetic import write_fixture
+
     cls = DATASETS[name]
-    cls.write_fixture(str(tmp_path))
+    write_fixture(name, str(tmp_path))
     dm = _datamodule(name, tmp_path, seed=0, batch_size=8)
     dm.setup("fit")
     assert 0 < dm.num_train_samples < cls.train_size

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from models.checkpoints import CheckpointMismatchError, load_network
-from models.download import CIFAR_TEACHERS
+from models.releases import CIFAR_TEACHERS
 from models.profile import meta_model
 
 REFERENCE_DIR = Path(__file__).parent / "reference_keys"

@@ -1,31 +1,22 @@
-"""The download helper, exercised on local files (``file://`` URLs) and an unreachable address — never the internet."""
+"""The downloader against a local HTTP server on 127.0.0.1: checks, resume, restart, mismatch, offline."""
 
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
 
-from models import download
-from models.download import ChecksumError, DownloadError, KnownFile, fetch, verify_file
+from models.download import ChecksumError, DownloadError, download, hash_prefix_of, verify_file
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, position-dependent: a misplaced byte changes the digest
+DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-def test_torchvision_entries_carry_the_sha256_prefix_of_their_file_name() -> None:
-    known = download.KNOWN_FILES["resnet18"]
-    assert known.urls == ("https://download.pytorch.org/models/resnet18-5c106cde.pth",)
-    assert known.sha256_prefix == "5c106cde"
-    assert download.KNOWN_FILES["resnet152"].sha256_prefix == "b121ed2d"
-    assert (
-        download.KNOWN_FILES["cifar_teachers"]
-        .urls[0]
-        .endswith("mdistiller/releases/download/checkpoints/cifar_teachers.tar")
-    )
-    assert download.KNOWN_FILES["wrn_40_2_shape2prog"].urls == (
-        "http://shape2prog.csail.mit.edu/repo/wrn_40_2_vanilla/ckpt_epoch_240.pth",
-    )
+def test_hash_prefix_follows_torch_hub_names() -> None:
+    assert hash_prefix_of("resnet50-19c8e357.pth") == "19c8e357"
+    assert hash_prefix_of("teachers/imagenet/resnet18-5c106cde.pth") == "5c106cde"
+    assert hash_prefix_of("ckpt_epoch_240.pth") is None
 
 
 def test_verify_file_checks_full_digests_and_prefixes(tmp_path: Path) -> None:
@@ -38,75 +29,76 @@ def test_verify_file_checks_full_digests_and_prefixes(tmp_path: Path) -> None:
         verify_file(path, sha256_prefix="00000000")
 
 
-@pytest.fixture
-def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """Register a known file served from a local path; returns (source path, download root, name)."""
-    source = tmp_path / "server" / "teacher.pth"
-    source.parent.mkdir()
-    source.write_bytes(b"first release")
-    root = tmp_path / "root"
-    known = KnownFile("teacher", (source.as_uri(),), "teachers/teacher.pth")
-    monkeypatch.setitem(download.KNOWN_FILES, "teacher", known)
-    return source, root, "teacher"
+def test_download_checks_the_prefix_and_renames_into_place(http_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    name = f"/models/net-{DIGEST[:8]}.pth"
+    http_server.files[name] = PAYLOAD
+    target = tmp_path / "teachers" / Path(name).name
+    assert download(http_server.url(name), target, sha256_prefix=hash_prefix_of(name)) == DIGEST
+    assert target.read_bytes() == PAYLOAD
+    assert not target.with_name(target.name + ".part").exists()
 
 
-def test_first_download_records_the_digest_and_later_changes_are_refused(served) -> None:  # type: ignore[no-untyped-def]
-    source, root, name = served
-    path = fetch(name, root)
-    assert path.read_bytes() == b"first release"
-    recorded = (root / "checksums.json").read_text()
-    assert hashlib.sha256(b"first release").hexdigest() in recorded
-    assert fetch(name, root) == path  # present and verified: not downloaded again
-    # The server now hands out other bytes: the fresh download fails the recorded digest and is deleted.
-    path.unlink()
-    source.write_bytes(b"tampered")
-    with pytest.raises(ChecksumError):
-        fetch(name, root)
-    assert not path.exists()
+def test_a_cut_download_resumes_with_a_range_request(http_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    http_server.files["/f.pth"] = PAYLOAD
+    http_server.cut["/f.pth"] = 300_000
+    target = tmp_path / "f.pth"
+    # One attempt: the transfer is cut, the part stays, the error says how to resume.
+    with pytest.raises(DownloadError, match="interrupted .* with 300000 bytes .* run the same command again"):
+        download(http_server.url("/f.pth"), target, sha256=DIGEST, attempts=1)
+    assert not target.exists() and target.with_name("f.pth.part").stat().st_size == 300_000
+    # The next call asks for the rest only and ends with the exact file.
+    assert download(http_server.url("/f.pth"), target, sha256=DIGEST) == DIGEST
+    assert http_server.requests[-1] == ("/f.pth", "bytes=300000-")
+    assert target.read_bytes() == PAYLOAD
 
 
-def test_a_pinned_digest_is_enforced(served) -> None:  # type: ignore[no-untyped-def]
-    _, root, name = served
-    with pytest.raises(ChecksumError):
-        fetch(name, root, sha256="ab" * 32)
-    assert fetch(name, root, sha256=hashlib.sha256(b"first release").hexdigest()).is_file()
+def test_one_call_retries_and_resumes_by_itself(http_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    http_server.files["/f.pth"] = PAYLOAD
+    http_server.cut["/f.pth"] = 123_457
+    target = tmp_path / "f.pth"
+    download(http_server.url("/f.pth"), target, sha256=DIGEST, attempts=3)
+    assert [r for _, r in http_server.requests] == [None, "bytes=123457-"]
+    assert target.read_bytes() == PAYLOAD
 
 
-def test_offline_fails_with_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_server_without_range_support_restarts_the_file_cleanly(http_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    http_server.files["/f.pth"] = PAYLOAD
+    http_server.ignore_range = True
+    target = tmp_path / "f.pth"
+    target.with_name("f.pth.part").write_bytes(b"stale bytes of an older attempt")
+    download(http_server.url("/f.pth"), target, sha256=DIGEST)
+    assert http_server.requests == [("/f.pth", "bytes=31-")]  # asked to resume, got the whole file (200)
+    assert target.read_bytes() == PAYLOAD
+
+
+def test_a_complete_part_is_checked_and_kept(http_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    http_server.files["/f.pth"] = PAYLOAD
+    target = tmp_path / "f.pth"
+    target.with_name("f.pth.part").write_bytes(PAYLOAD)  # cut exactly at the end: the server answers 416
+    assert download(http_server.url("/f.pth"), target, sha256=DIGEST) == DIGEST
+    assert target.read_bytes() == PAYLOAD
+
+
+def test_a_checksum_mismatch_deletes_the_download_and_says_so(http_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    http_server.files["/resnet18-00000000.pth"] = PAYLOAD
+    target = tmp_path / "resnet18-00000000.pth"
+    with pytest.raises(ChecksumError) as error:
+        download(http_server.url("/resnet18-00000000.pth"), target, sha256_prefix="00000000")
+    message = str(error.value)
+    assert "\n" not in message and "does not match the expected 00000000" in message and "deleted" in message
+    assert not target.exists() and not target.with_name(target.name + ".part").exists()
+
+
+def test_offline_is_one_line_naming_the_url_and_the_manual_step(tmp_path: Path) -> None:
     # Port 9 on the loopback interface: nothing listens, the connection is refused at once.
-    monkeypatch.setitem(
-        download.KNOWN_FILES,
-        "dead",
-        KnownFile("dead", ("http://127.0.0.1:9/a.pth", "http://127.0.0.1:9/b.pth"), "a.pth"),
-    )
     with pytest.raises(DownloadError) as error:
-        fetch("dead", tmp_path, timeout=5)
+        download("http://127.0.0.1:9/w.pth", tmp_path / "w.pth", timeout=5, manual="copy w.pth to x by hand")
     message = str(error.value)
     assert "\n" not in message
-    assert "cannot download dead" in message and "127.0.0.1:9/b.pth" in message and str(tmp_path / "a.pth") in message
-    assert download.main(["dead", "--root", str(tmp_path)]) == 2
+    assert message.startswith("cannot download http://127.0.0.1:9/w.pth (") and message.endswith("copy w.pth to x by hand")
+    assert not (tmp_path / "w.pth").exists()
 
 
-def test_unknown_name_lists_the_known_ones() -> None:
-    with pytest.raises(DownloadError, match="valid: cifar_teachers, "):
-        fetch("resnet9000")
-
-
-def test_cifar_teacher_from_the_mdistiller_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    archive = tmp_path / "server" / "cifar_teachers.tar"
-    archive.parent.mkdir()
-    payload = b"resnet56 weights"
-    with tarfile.open(archive, "w") as tar:
-        info = tarfile.TarInfo("cifar_teachers/resnet56_vanilla/ckpt_epoch_240.pth")
-        info.size = len(payload)
-        tar.addfile(info, io.BytesIO(payload))
-    known = download.KNOWN_FILES["cifar_teachers"]
-    monkeypatch.setitem(
-        download.KNOWN_FILES, "cifar_teachers", KnownFile(known.name, (archive.as_uri(),), known.filename, unpack=True)
-    )
-    root = tmp_path / "root"
-    path = download.cifar_teacher_path("resnet56", root)
-    assert path == root / "cifar_teachers" / "resnet56_vanilla" / "ckpt_epoch_240.pth"
-    assert path.read_bytes() == payload
-    with pytest.raises(DownloadError, match="no public CIFAR-100 teacher for 'resnet20'"):
-        download.cifar_teacher_path("resnet20", root)
+def test_a_missing_file_on_the_server_is_one_line(http_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(DownloadError, match=r"cannot download .*/nope.pth: HTTP 404"):
+        download(http_server.url("/nope.pth"), tmp_path / "nope.pth")

@@ -1,0 +1,312 @@
+"""The public teacher checkpoints the papers distil from, where they come from and how each is checked.
+
+Every release is a file under the data root (``--data-root``, ``data/`` by default), at the path the tables name:
+
+* **CIFAR-100** (spec architectures-and-recipes.md §F.1): RepDistiller's six ``<arch>_vanilla/ckpt_epoch_240.pth``
+  teachers, ``{'epoch', 'model': state_dict, 'accuracy', 'optimizer'}``, at
+  ``teachers/cifar100/<arch>_vanilla/ckpt_epoch_240.pth``.  They are taken from mdistiller's GitHub release
+  ``cifar_teachers.tar`` (what ND points to as well; it unpacks to ``cifar_teachers/<arch>_vanilla/...``), or from
+  RepDistiller's original server ``shape2prog.csail.mit.edu`` (down since 2022, RepDistiller issue #47), tried
+  second.  The file is kept byte for byte as released, so its SHA-256 (a run's teacher identity) is the same for
+  every user; key mapping onto kdbench's networks happens on load (:func:`models.checkpoints.map_reference_keys`,
+  e.g. ND's ``bn`` -> ``bn1``).  Neither source publishes a checksum: the digest seen at the first download is
+  recorded in ``teachers/checksums.json`` beside the files (trust on first use) and every later use must match it.
+* **ImageNet** (§F.2): torchvision's ResNet-18/34/50/101/152 and MobileNetV2 ``IMAGENET1K_V1`` weights, named by
+  torchvision's weight enums (``ResNet50_Weights.IMAGENET1K_V1``: its top-1, parameter count and licence come from
+  the enum's metadata).  The file is the one mdistiller, NORM and ND hard-code (``resnet50-19c8e357.pth``, from
+  ``download.pytorch.org/models``); torchvision >= 0.13's enum URL names a re-saved file of the same V1 weights
+  (``resnet50-0676ba61.pth``), which would be a different file and so a different teacher identity.  Both carry
+  the first hex digits of their SHA-256 in the name, and the check is torch.hub's (``check_hash``): the file's
+  digest must start with them.
+
+:func:`check_release` verifies a present file — digest (published prefix or recorded) and architecture (the
+state dict, after key mapping, must match the network key for key and shape for shape) — and is what the planner
+and the launcher call; :func:`fetch_release` brings a missing or rejected file into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from models.checkpoints import CheckpointError, read_state_dict
+from models.download import ChecksumError, DownloadError, download, extract_member, hash_prefix_of, sha256_of
+
+__all__ = [
+    "CIFAR_TEACHERS",
+    "RELEASES",
+    "Release",
+    "ReleaseProblem",
+    "check_release",
+    "fetch_release",
+    "find_release",
+    "record_digest",
+    "recorded_digest",
+    "release_for",
+]
+
+CIFAR_TEACHERS = ("resnet56", "resnet110", "resnet32x4", "ResNet50", "wrn_40_2", "vgg13")
+CIFAR_ARCHIVE_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
+_SHAPE2PROG = "http://shape2prog.csail.mit.edu/repo/{arch}_vanilla/ckpt_epoch_240.pth"
+_TORCHVISION = "https://download.pytorch.org/models/{file}"
+#: Published top-1 of the CIFAR-100 teachers (CRD's Table 1, spec §F.1).
+_CIFAR_ACCURACY = {"wrn_40_2": 75.61, "resnet56": 72.34, "resnet110": 74.31, "resnet32x4": 79.42, "vgg13": 74.64,
+                   "ResNet50": 79.34}  # fmt: skip
+#: kdbench network -> (torchvision weight enum, the legacy file the papers hard-code).
+_TORCHVISION_WEIGHTS = {
+    "resnet18": ("ResNet18_Weights.IMAGENET1K_V1", "resnet18-5c106cde.pth"),
+    "resnet34": ("ResNet34_Weights.IMAGENET1K_V1", "resnet34-333f7ec4.pth"),
+    "resnet50": ("ResNet50_Weights.IMAGENET1K_V1", "resnet50-19c8e357.pth"),
+    "resnet101": ("ResNet101_Weights.IMAGENET1K_V1", "resnet101-5d3b4d8f.pth"),
+    "resnet152": ("ResNet152_Weights.IMAGENET1K_V1", "resnet152-b121ed2d.pth"),
+    "mobilenetv2": ("MobileNet_V2_Weights.IMAGENET1K_V1", "mobilenet_v2-b0353104.pth"),
+}
+CHECKSUMS = "teachers/checksums.json"
+
+
+class ReleaseProblem(CheckpointError):
+    """A present release file that must not be used (wrong digest, wrong architecture, unreadable)."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One public teacher file."""
+
+    name: str  # e.g. "cifar100/resnet56", "imagenet/resnet50"
+    arch: str  # the kdbench network it loads into
+    num_classes: int
+    path: str  # relative to the data root
+    urls: tuple[str, ...]  # tried in order
+    archive_url: str | None = None  # a tar holding the file (tried before ``urls``)
+    archive_member: str | None = None  # the member's name suffix inside the archive
+    sha256_prefix: str | None = None  # published (torch.hub file names); None: recorded at the first download
+    accuracy: float | None = None  # published top-1 of these weights
+    weights_enum: str | None = None  # torchvision's enum for these weights
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return ((self.archive_url,) if self.archive_url else ()) + self.urls
+
+    def manual_step(self, root: str | Path) -> str:
+        target = Path(root) / self.path
+        if self.archive_url:
+            return (
+                f"without network access, download {self.archive_url}, untar it and copy "
+                f"{self.archive_member} to {target}"
+            )
+        return f"without network access, download {self.urls[0]} to {target}"
+
+
+def _torchvision_enum_meta(enum_name: str) -> dict:
+    import torchvision.models as tvm
+
+    cls_name, member = enum_name.split(".")
+    return dict(getattr(getattr(tvm, cls_name), member).meta)
+
+
+def _build_releases() -> dict[str, Release]:
+    releases: dict[str, Release] = {}
+    for arch in CIFAR_TEACHERS:
+        member = f"{arch}_vanilla/ckpt_epoch_240.pth"
+        releases[f"cifar100/{arch}"] = Release(
+            name=f"cifar100/{arch}",
+            arch=arch,
+            num_classes=100,
+            path=f"teachers/cifar100/{member}",
+            urls=(_SHAPE2PROG.format(arch=arch),),
+            archive_url=CIFAR_ARCHIVE_URL,
+            archive_member=member,
+            accuracy=_CIFAR_ACCURACY[arch],
+        )
+    for arch, (enum_name, file) in _TORCHVISION_WEIGHTS.items():
+        releases[f"imagenet/{arch}"] = Release(
+            name=f"imagenet/{arch}",
+            arch=arch,
+            num_classes=1000,
+            path=f"teachers/imagenet/{file}",
+            urls=(_TORCHVISION.format(file=file),),
+            sha256_prefix=hash_prefix_of(file),
+            weights_enum=enum_name,
+        )
+    return releases
+
+
+RELEASES: dict[str, Release] = _build_releases()
+
+
+def release_for(dataset: str, arch: str) -> Release | None:
+    """The public teacher of ``arch`` on ``dataset`` (``cifar100`` / ``imagenet``), if there is one."""
+    return RELEASES.get(f"{dataset}/{arch}")
+
+
+def find_release(path: str) -> Release | None:
+    """The release stored at ``path`` (relative to the data root, as a table's ``teacher_checkpoints`` names it)."""
+    normalised = Path(path).as_posix()
+    return next((r for r in RELEASES.values() if r.path == normalised), None)
+
+
+def published_accuracy(release: Release) -> float | None:
+    """The release's published top-1 (torchvision's enum metadata for ImageNet weights)."""
+    if release.accuracy is not None:
+        return release.accuracy
+    if release.weights_enum:
+        return float(_torchvision_enum_meta(release.weights_enum)["_metrics"]["ImageNet-1K"]["acc@1"])
+    return None
+
+
+# ------------------------------------------------------------------------------------------ recorded digests
+def _checksums_file(root: str | Path) -> Path:
+    return Path(root) / CHECKSUMS
+
+
+def recorded_digest(root: str | Path, release_path: str) -> str | None:
+    record = _checksums_file(root)
+    if not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text()).get(release_path)
+    except (OSError, ValueError):
+        return None
+
+
+def record_digest(root: str | Path, release_path: str, digest: str) -> None:
+    record = _checksums_file(root)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    digests = json.loads(record.read_text()) if record.is_file() else {}
+    digests[release_path] = digest
+    temporary = record.with_name(record.name + ".tmp")
+    temporary.write_text(json.dumps(digests, indent=2, sort_keys=True) + "\n")
+    temporary.replace(record)
+
+
+# ------------------------------------------------------------------------------------------------- checking
+def _check_architecture(path: Path, arch: str, num_classes: int) -> None:
+    """Raise :class:`ReleaseProblem` unless the file's weights fit ``arch`` (after reference key mapping)."""
+    from models.checkpoints import _difference, _signature, identify_architecture, map_reference_keys
+    from models.profile import meta_model
+    from models.zoo import model_entry
+
+    try:
+        state, saved_arch = read_state_dict(path)
+    except CheckpointError as error:
+        raise ReleaseProblem(str(error)) from None
+    if saved_arch is not None and saved_arch != arch:
+        raise ReleaseProblem(f"{path} holds a {saved_arch}, not a {arch}")
+    expected = _signature(meta_model(arch, num_classes).state_dict())
+    mapped = map_reference_keys(state, expected)
+    if _signature(mapped) != expected:
+        found = identify_architecture(state, num_classes, model_entry(arch).dataset) or "an unrecognised network"
+        raise ReleaseProblem(f"{path} holds {found}, not {arch} ({_difference(mapped, expected)})")
+
+
+@lru_cache(maxsize=64)
+def _checked(path: str, size: int, mtime_ns: int, arch: str, num_classes: int, expected: str | None) -> str | None:
+    """Why the file cannot be used (cached per file state), or None."""
+    digest = sha256_of(path)
+    if expected and not digest.startswith(expected):
+        return f"{path}: SHA-256 {digest[:16]}... does not match the expected {expected}"
+    try:
+        _check_architecture(Path(path), arch, num_classes)
+    except ReleaseProblem as error:
+        return str(error)
+    return None
+
+
+def check_release(release: Release, root: str | Path, path: str | Path | None = None) -> str | None:
+    """Why the present file of ``release`` under ``root`` must not be used (one line), or None when it is good.
+
+    Checked: the SHA-256 (the published prefix, else the digest recorded at the first download), then the
+    architecture.  The result is cached per (file, size, modification time).
+    """
+    target = Path(path) if path is not None else Path(root) / release.path
+    stat = os.stat(target)
+    expected = release.sha256_prefix or recorded_digest(root, release.path)
+    return _checked(str(target), stat.st_size, stat.st_mtime_ns, release.arch, release.num_classes, expected)
+
+
+# ------------------------------------------------------------------------------------------------- fetching
+def fetch_release(release: Release, root: str | Path, *, timeout: float = 60.0, log=print) -> Path:  # type: ignore[no-untyped-def]
+    """Make sure ``release``'s file is under ``root``, verified; download it when missing or rejected.
+
+    A present file that fails :func:`check_release` is deleted (and the deletion is said).  Raises
+    :class:`DownloadError` with every source tried and the manual step when nothing could be fetched.
+    """
+    root = Path(root)
+    target = root / release.path
+    if target.is_file():
+        problem = check_release(release, root)
+        if problem is None:
+            return target
+        target.unlink()
+        log(f"deleted {target}: {problem}")
+    failures: list[str] = []
+    if release.archive_url:
+        try:
+            _fetch_from_archive(release, root, timeout)
+            return target
+        except (DownloadError, ChecksumError, ReleaseProblem) as error:
+            failures.append(str(error).split("; without network access")[0])
+    for url in release.urls:
+        try:
+            digest = download(url, target, sha256_prefix=release.sha256_prefix, timeout=timeout,
+                              manual=release.manual_step(root))  # fmt: skip
+        except ChecksumError:
+            raise
+        except DownloadError as error:
+            failures.append(str(error).split("; without network access")[0])
+            continue
+        _accept(release, root, target, digest)
+        return target
+    raise DownloadError(f"cannot fetch the {release.name} teacher: {' | '.join(failures)}; {release.manual_step(root)}")
+
+
+def _accept(release: Release, root: Path, target: Path, digest: str, key: str | None = None) -> None:
+    """Architecture-check a freshly downloaded file, then record its digest (trust on first use) or delete it."""
+    recorded = recorded_digest(root, key or release.path)
+    if recorded and recorded != digest:
+        target.unlink()
+        raise ChecksumError(
+            f"{target}: SHA-256 {digest} differs from the one recorded at the first download ({recorded}); "
+            "the file was deleted"
+        )
+    try:
+        _check_architecture(target, release.arch, release.num_classes)
+    except ReleaseProblem as error:
+        target.unlink()
+        raise ReleaseProblem(f"{error}; the file was deleted") from None
+    if release.sha256_prefix is None:
+        record_digest(root, key or release.path, digest)
+
+
+def _fetch_from_archive(release: Release, root: Path, timeout: float) -> None:
+    """Download the archive (kept under ``teachers/archives/`` so other teachers reuse it) and take the member out.
+
+    The archive's digest is recorded at its first download; an archive that no longer matches it, or that cannot
+    be read, is deleted (and fetched again by the next attempt).
+    """
+    assert release.archive_url and release.archive_member
+    archive = root / "teachers" / "archives" / Path(release.archive_url).name
+    key = f"teachers/archives/{archive.name}"
+    if archive.is_file():
+        recorded = recorded_digest(root, key)
+        if recorded and sha256_of(archive) != recorded:
+            archive.unlink()
+            raise ChecksumError(f"{archive}: SHA-256 differs from the one recorded at its first download; deleted")
+    if not archive.is_file():
+        record_digest(root, key, download(release.archive_url, archive, timeout=timeout, manual=release.manual_step(root)))
+    target = root / release.path
+    with tempfile.TemporaryDirectory(dir=archive.parent) as scratch:
+        staged = Path(scratch) / "member.pth"
+        try:
+            extract_member(archive, release.archive_member, staged)
+        except (OSError, tarfile.TarError) as error:
+            archive.unlink()
+            raise DownloadError(f"cannot read {archive} ({error}); the archive was deleted") from None
+        _accept(release, root, staged, sha256_of(staged), key=release.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged.replace(target)

@@ -1,0 +1,41 @@
+"""``--teachers released|trained``: what the default (released, for the CRD-protocol tables) changes, and only that.
+
+The golden file holds the identities of the time when every CIFAR table trained its teachers; ``--teachers trained``
+reproduces them exactly (``test_golden_identities``).  Under the default, a student that distils from a released
+teacher is a different run (another teacher), so its identity differs; every run that reads no released teacher,
+directly or through a stage, must keep its golden identity.
+"""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.plan import build_plan, load_preset
+from benchmarks.store import RunStore
+from benchmarks.tables import list_tables, load_table
+from tests.benchmarks.golden_identities import DATA_ROOT, GOLDEN
+
+
+def test_the_released_default_changes_only_runs_that_read_a_released_teacher() -> None:
+    golden = json.loads(GOLDEN.read_text())["full"]
+    store = RunStore("/nonexistent-kdbench-store")
+    released_tables = [n for n in list_tables() if load_table(n).teachers == "released"]
+    assert {"table1", "table2", "norm.t1", "letkd.t1", "nd.t1"} <= set(released_tables)
+    changed = kept = 0
+    for name in released_tables:
+        plan = build_plan(load_table(name), load_preset("full"), store, data_root=DATA_ROOT, teacher_root=DATA_ROOT)
+        golden_ids = set(golden[name].values())
+        reads_release: dict[str, bool] = {}
+        for spec in plan.ordered():  # dependency order: a stage is decided before the runs that read it
+            reads_release[spec.run_id] = bool(spec.teacher_source) or any(
+                reads_release.get(dep, False) for dep in spec.depends_on
+            )
+            if reads_release[spec.run_id]:
+                assert spec.run_id not in golden_ids, f"{name} {spec.label}: a released teacher, a golden id"
+                changed += 1
+            else:
+                assert spec.run_id in golden_ids, f"{name} {spec.label} reads no released teacher but changed id"
+                kept += 1
+        assert not any(s.kind == "teacher" for s in plan.ordered() if s.run_id not in golden_ids)
+        assert any("Teachers: released weights" in note for note in plan.table.notes)
+    assert changed and kept
