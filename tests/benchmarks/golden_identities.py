@@ -15,19 +15,26 @@ from pathlib import Path
 from typing import Any
 
 GOLDEN = Path(__file__).with_name("golden_identities.json")
-PRESETS = ("full", "smoke")
+#: Golden variants: name -> (preset, --teachers).  ``full`` and ``smoke`` plan every teacher as a run trained here
+#: (``--teachers trained``), as every CIFAR table did when the file was first written; ``full/table-teachers`` plans
+#: each table with its own choice (released teachers for the CRD-protocol tables, read from absent files here).
+VARIANTS: dict[str, tuple[str, str | None]] = {
+    "full": ("full", "trained"),
+    "smoke": ("smoke", "trained"),
+    "full/table-teachers": ("full", None),
+}
+PRESETS = tuple(VARIANTS)
 # A data root that holds no dataset: identities never depend on where the data lies (data.init_args.root is not
 # part of them), and released teacher files are absent, as on a fresh checkout.
 DATA_ROOT = "/nonexistent-kdbench-data"
 
 
-def current_identities(teachers: str | None = "trained") -> dict[str, Any]:
-    """``{preset: {table: {"<kind> | <label>": run id}}}`` for every table of the catalogue.
+def current_identities() -> dict[str, Any]:
+    """``{variant: {table: {"<kind> | <label>": run id}}}`` for every table of the catalogue (see VARIANTS).
 
-    ``teachers="trained"`` (``--teachers trained``) is how every CIFAR table planned its teachers when the file was
-    written; the tables' own default since then (``None``: released teachers for the CRD-protocol tables) changes
-    the identities of the students that distil from them, deliberately (a different teacher), see
-    ``tests/benchmarks/test_teacher_choice.py``.
+    The tables' own teacher choice (released teachers for the CRD-protocol tables) changed the identities of the
+    students that distil from them, deliberately (a different teacher; ``tests/benchmarks/test_teacher_choice.py``):
+    ``--teachers trained`` keeps every identity the file first recorded.
     """
     from benchmarks.plan import build_plan, load_preset
     from benchmarks.store import RunStore
@@ -35,7 +42,7 @@ def current_identities(teachers: str | None = "trained") -> dict[str, Any]:
 
     store = RunStore("/nonexistent-kdbench-store")
     identities: dict[str, Any] = {}
-    for preset_name in PRESETS:
+    for variant, (preset_name, teachers) in VARIANTS.items():
         preset = load_preset(preset_name)
         per_table: dict[str, dict[str, str]] = {}
         for name in list_tables():
@@ -49,7 +56,7 @@ def current_identities(teachers: str | None = "trained") -> dict[str, Any]:
                     key = f"{key} | {spec.run_id}"  # two runs under one label: both kept, told apart by id
                 runs[key] = spec.run_id
             per_table[name] = dict(sorted(runs.items()))
-        identities[preset_name] = per_table
+        identities[variant] = per_table
     return identities
 
 

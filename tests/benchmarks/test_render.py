@@ -36,6 +36,7 @@ def _plan(store: RunStore):  # type: ignore[no-untyped-def]
         data_root="data",
         pairs=PAIRS,
         methods=["Teacher", "Vanilla", "KD", "DistPro", "Future"],
+        teachers="trained",  # teachers trained here: the teacher cells are runs of the plan
     )
 
 
@@ -83,7 +84,13 @@ def test_records_made_under_an_older_config_still_render_marked_with_the_differe
 
     store = RunStore(tmp_path / "store")
     plan = build_plan(
-        load_table("table1"), load_preset("full"), store, data_root="data", pairs=[PAIRS[0]], methods=["KD"]
+        load_table("table1"),
+        load_preset("full"),
+        store,
+        data_root="data",
+        pairs=[PAIRS[0]],
+        methods=["KD"],
+        teachers="trained",
     )
     current = plan.cells[("KD", PAIRS[0])][0]
     spec = plan.runs[current]
@@ -162,7 +169,13 @@ def test_tables_rebuild_from_wandb_runs(
 
     store = RunStore(tmp_path / "store")
     plan = build_plan(
-        load_table("table1"), load_preset("full"), store, data_root="data", pairs=PAIRS[:1], methods=["KD"]
+        load_table("table1"),
+        load_preset("full"),
+        store,
+        data_root="data",
+        pairs=PAIRS[:1],
+        methods=["KD"],
+        teachers="trained",
     )
     kd = plan.cells[("KD", PAIRS[0])]
     history = [
@@ -191,6 +204,8 @@ def test_tables_rebuild_from_wandb_runs(
         "team/kdbench",
         "--store",
         str(store.root),
+        "--teachers",
+        "trained",
     ]
     assert run_module.main(args) == 0
     out = capsys.readouterr().out
@@ -215,11 +230,17 @@ def test_tables_rebuild_from_wandb_runs(
 def test_status_summarises_coverage_of_every_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = RunStore(tmp_path / "store")
     plan = build_plan(
-        load_table("table1"), load_preset("full"), store, data_root="data", pairs=PAIRS[:1], methods=["KD"]
+        load_table("table1"),
+        load_preset("full"),
+        store,
+        data_root="data",
+        pairs=PAIRS[:1],
+        methods=["KD"],
+        teachers="trained",
     )
     for run_id, value in zip(plan.cells[("KD", PAIRS[0])], (70.5, 70.9, 70.7), strict=True):
         _record(store, run_id, value)
-    assert run_module.main(["status", "--store", str(store.root)]) == 0
+    assert run_module.main(["status", "--store", str(store.root), "--teachers", "trained"]) == 0
     out = capsys.readouterr().out
     row = next(line.split() for line in out.splitlines() if line.strip().startswith("table1 "))
     cells, runnable, ran, compared, within = map(int, row[1:])
