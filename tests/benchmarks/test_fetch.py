@@ -207,7 +207,7 @@ def test_a_wrong_teacher_file_blocks_its_cells_with_one_line_naming_it(
     assert target.stat().st_size != 12 or content == b"twelve bytes"
     plan = _plan(_table(teachers="released"), tmp_path)
     reason = plan.blocked_cells[("KD", PAIR.label)]
-    assert reason.startswith(f"released resnet56 teacher rejected: ") and str(target) in reason
+    assert reason.startswith("released resnet56 teacher rejected: ") and str(target) in reason
     assert expected in reason and "\n" not in reason
 
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from models.checkpoints import CheckpointMismatchError, load_network
-from models.releases import CIFAR_TEACHERS
 from models.profile import meta_model
+from models.releases import CIFAR_TEACHERS
 
 REFERENCE_DIR = Path(__file__).parent / "reference_keys"
 REFERENCE_ARCHS = sorted(p.stem for p in REFERENCE_DIR.glob("*.json"))
