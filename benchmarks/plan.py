@@ -125,11 +125,19 @@ NON_SEMANTIC = {
 BASE_ARGS = {"student", "num_classes", "teacher", "optim"}
 
 
+#: Arguments added after runs were made, each with the value that gives the behaviour from before it existed.  At
+#: that value an argument is left out of the identity, so adding an argument keeps every identity (the runs made
+#: before it existed are the runs it describes at that value); at any other value it counts.  Add a line here with
+#: every new argument that a completed config would otherwise carry into old runs' identities.
+ADDED_ARGUMENTS: dict[tuple[str, ...], Any] = {}
+
+
 def _strip(config: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
         k: (_strip(v, path + (k,)) if isinstance(v, dict) else v)
         for k, v in config.items()
         if path + (k,) not in NON_SEMANTIC
+        and not (path + (k,) in ADDED_ARGUMENTS and ADDED_ARGUMENTS[path + (k,)] == v)
     }
 
 
@@ -224,7 +232,8 @@ def identity_view(config: dict[str, Any]) -> dict[str, Any]:
 def run_identity(config: dict[str, Any]) -> str:
     """Stable 16-hex-digit hash of the result-relevant part of a run config.
 
-    Bookkeeping keys (:data:`NON_SEMANTIC`) are left out, a teacher checkpoint counts by its identity
+    Bookkeeping keys (:data:`NON_SEMANTIC`) and arguments added later at their old behaviour
+    (:data:`ADDED_ARGUMENTS`) are left out, a teacher checkpoint counts by its identity
     (:func:`teacher_identity`), any other store path by the run it lies in, and the fields of a method's
     settings groups (:class:`kd_modules.base.SettingsGroup`) as the method's own arguments.
     """

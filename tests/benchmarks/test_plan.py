@@ -368,3 +368,17 @@ def test_settings_groups_count_in_the_identity_as_the_methods_own_arguments(monk
     optim_nested = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1}}}}
     optim_flat = {"model": {"class_path": "kd_modules.KD", "init_args": {"lr": 0.1}}}
     assert run_identity(optim_nested) != run_identity(optim_flat)
+
+
+def test_an_argument_added_later_counts_only_away_from_its_old_behaviour(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding an argument (here a made-up optimiser choice, written into every completed config) keeps the identity
+    of every run at the value that reproduces the old behaviour, and gives new runs at any other value."""
+    from benchmarks import plan as plan_module
+
+    before = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1}}}}
+    added = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1, "optimizer": "sgd"}}}}
+    other = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1, "optimizer": "adamw"}}}}
+    assert run_identity(before) != run_identity(added)  # not declared: the new key counts
+    monkeypatch.setitem(plan_module.ADDED_ARGUMENTS, ("model", "init_args", "optim", "optimizer"), "sgd")
+    assert run_identity(before) == run_identity(added)
+    assert run_identity(other) not in (run_identity(before), run_identity(added))
