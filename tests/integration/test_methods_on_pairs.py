@@ -35,7 +35,8 @@ import torch
 import yaml
 from torch import nn
 
-from benchmarks.configs import deep_merge, load_preset
+from benchmarks.configs import deep_merge
+from benchmarks.plan import load_preset
 from benchmarks.tables import REPO_ROOT, Pair, load_table
 from datamodules import CIFAR100
 from kd_modules import DistillationModule, TeacherConfig, method_class
