@@ -171,6 +171,7 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
             # output of their initialisation stage.
             self.student = load_network(student, num_classes, student_init)
         self.teacher: KDNet | None = None
+        self.teacher_config = teacher
         if teacher is not None:
             if not Path(teacher.checkpoint).is_file():
                 raise CheckpointError(

@@ -229,7 +229,6 @@ class _WordDistillation(DistillationModule):
         for name, value in (("subclasses_per_class", subclasses_per_class), ("lda_components", lda_components)):
             if value < 1:
                 raise LetKDSetupError(f"{name} must be at least 1, got {value}")
-        self.teacher_config = teacher
         self.targets = targets
         self.uses_penultimate = penultimate
         self.uses_intermediate = intermediate

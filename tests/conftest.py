@@ -86,10 +86,13 @@ def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # type: ignor
 def _check_method_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     """``--model.help <name>`` lists every argument of the method's ``__init__`` with a type, and the class
     docstring documents each one (Google-style ``Args:``)."""
+    import dataclasses
     import inspect
+    import typing
 
     from benchmarks.cli import KDBenchCLI
     from kd_modules import method_class
+    from kd_modules.base import SettingsGroup
 
     common = {"self", "student", "teacher", "num_classes", "optim"}
     with pytest.raises(SystemExit) as exit_info:
@@ -102,8 +105,17 @@ def _check_method_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     for parameter in parameters:
         if parameter in common:
             continue
-        assert f"--model.{parameter} " in text, f"{name}: --model.{parameter} missing from the help"
         assert f"    {parameter}: " in docstring, f"{name}: argument {parameter} is not documented"
+        group = typing.get_type_hints(cls.__init__).get(parameter)
+        if isinstance(group, type) and issubclass(group, SettingsGroup):
+            # A settings group: every field on the command line, documented in the group's docstring.
+            for field in dataclasses.fields(group):
+                assert f"--model.{parameter}.{field.name} " in text, f"{name}: --model.{parameter}.{field.name} missing"
+                assert f"    {field.name}: " in (inspect.getdoc(group) or ""), (
+                    f"{group.__name__}.{field.name} undocumented"
+                )
+            continue
+        assert f"--model.{parameter} " in text, f"{name}: --model.{parameter} missing from the help"
     assert text.count("(type: ") >= len(parameters) - 2
 
 
