@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kd_modules.base import Batch, OptimConfig, SettingsGroup, TeacherConfig
+from kd_modules.base import Batch, SettingsGroup, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.losses.crd import contrast_scores, l2_normalize, momentum_update, nce_loss
@@ -219,11 +219,6 @@ class CRD(ContrastiveTerm, FeatureDistillation):
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: γ, the cross-entropy weight (RepDistiller ``-r``).
-        kd_weight: α, the Hinton-KD weight (RepDistiller ``-a``; 0 for CRD, 1 for CRD+KD).
-        temperature: KD temperature (RepDistiller ``--kd_T``).
         feat_weight: β, the CRD loss weight (RepDistiller ``-b``; 0.8).
         contrast: the embeddings and memory banks (:class:`ContrastSettings`).
     """
@@ -232,15 +227,11 @@ class CRD(ContrastiveTerm, FeatureDistillation):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
-        kd_weight: float = 0.0,
-        temperature: float = 4.0,
         feat_weight: float = 0.8,
         contrast: ContrastSettings = ContrastSettings(),
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
         self.build_contrast(contrast)
 
     def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:
