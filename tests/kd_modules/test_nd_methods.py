@@ -223,6 +223,17 @@ CLI_CASES = {
 }
 
 
+#: The parameters each run trains beyond the student (``extra_parameters`` in its record), where a hand count is
+#: short: EmbTrans 64 -> 256 is BN1d(64) (2 x 64) + Linear(64, 256) (64 x 256 + 256); the classifier-weight L2 adds a
+#: bias-free Linear(64, 256); resnet8 -> resnet8 needs no projection at any tap.
+EXTRA_PARAMETERS = {
+    "kdpp_layers_balanced_clean": 0,
+    "ce_plus_dino_with_weights": 2 * 64 + 64 * 256 + 256,
+    "infonce_sifn": 0,
+    "cosine_l2_classifier_l2_embtrans": 2 * 64 + 64 * 256 + 256 + 64 * 256,
+}
+
+
 @pytest.mark.parametrize("case", list(CLI_CASES))
 def test_method_trains_through_the_cli(case: str, small_cifar: Path, tmp_path: Path, fit_args, released) -> None:  # type: ignore[no-untyped-def]
     teacher, extra, terms = CLI_CASES[case]
@@ -240,6 +251,8 @@ def test_method_trains_through_the_cli(case: str, small_cifar: Path, tmp_path: P
     KDBenchCLI(args=args)
     record = json.loads((tmp_path / "record.json").read_text())
     assert record["epochs"] == 2
+    if case in EXTRA_PARAMETERS:
+        assert record["metrics"]["extra_parameters"] == EXTRA_PARAMETERS[case]
     rows = _metrics(tmp_path)
     logged = {key[len("train/") :] for row in rows for key, value in row.items() if key.startswith("train/") and value}
     assert terms <= logged and not ({"ce", "kd", "nd", "review"} - terms) & logged
