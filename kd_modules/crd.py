@@ -88,7 +88,7 @@ class ContrastMemory(nn.Module):
         if size is None:
             raise MethodConfigError(
                 f"{method} sizes the CRD memory bank from the data module's num_train_samples; this run has no such "
-                "data module (pass memory_size)"
+                "data module (pass contrast.memory_size)"
             )
         self.allocate(int(size))
 
@@ -121,7 +121,7 @@ class ContrastMemory(nn.Module):
         if self.num_data == 0:
             raise MethodConfigError(
                 "CRD's memory bank is empty: it is sized from the data module's num_train_samples when training "
-                "starts (or pass memory_size)"
+                "starts (or pass contrast.memory_size)"
             )
         n = self.num_data
         scores_student = self._normalise(

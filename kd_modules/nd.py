@@ -43,7 +43,7 @@ trained with the student and dropped at export; Nesterov SGD and batch 128 come 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -297,18 +297,16 @@ class KDPlusPlus(NDDistillation, KD):
     """KD++: ``CE + kd_weight * ramp(epoch) * T^2 KL(p_t || p_s) + nd_weight * L_dino`` (paper Eq. 8).
 
     Defaults are the official script's (CE 1, KD 1, ND 1, T 4, warm-up 20); the per-pair weights are in the module
-    docs and ``configs/methods/kdpp.yaml``.  Table 4d: ``kd_weight=0`` is "CE + dino", ``ce_weight=0`` "KL + dino".
+    docs and ``configs/methods/kdpp.yaml``; KD's other arguments (``temperature``: 4 on CIFAR, 1 on ImageNet) and the
+    recipe's optimiser (ND: Nesterov, lr 0.1 / 0.02, batch 128 — the ``nd_cifar100`` recipe) are KD's.  Table 4d: ``kd_weight=0`` is "CE + dino", ``ce_weight=0`` "KL + dino".
     Table 5: ``nd.centers="classifier_weights"`` is "w/ weights", ``nd_layers=x`` is "layer-x".
 
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule (ND: Nesterov, lr 0.1 / 0.02, batch 128 — the ``nd_cifar100`` recipe).
         ce_weight: weight of the cross-entropy term.
         kd_weight: weight of the KD term (ramped).
         nd_weight: weight of the dino term (not ramped), the same at every tap.
-        temperature: KD temperature (4 on CIFAR, 1 on ImageNet).
         nd_layers: also apply the dino term at this many earlier layers (Table 5 "layer-x"; 0: embedding only).
         nd: ND's shared settings (:class:`NDSettings`: ramp length, reduction, centres, class-mean pass, EmbTrans).
     """
@@ -317,16 +315,14 @@ class KDPlusPlus(NDDistillation, KD):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
         ce_weight: float = 1.0,
         kd_weight: float = 1.0,
         nd_weight: float = 1.0,
-        temperature: float = 4.0,
         nd_layers: int = 0,
         nd: NDSettings = NDSettings(),
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature)
+        super().__init__(student, teacher, ce_weight=ce_weight, kd_weight=kd_weight, **kwargs)
         self.build_nd(nd, nd_weight, nd_layers)
 
 
@@ -385,20 +381,14 @@ class DISTPlusPlus(NDDistillation, DIST):
     gamma=1, tau=4)``: the pair-specific weight is ``kd_weight`` (``--kd_loss_factor``) outside it, not DIST's own
     CIFAR weight 2 (spec §2.8 gotcha 7).  0-based ramp as every ND method; the dino term is not ramped.
 
-    Defaults are the official script's (CE 1, KD 1, ND 1, tau 4, warm-up 20); per-pair weights in the module docs
-    and ``configs/methods/distpp.yaml``.
+    Defaults are the official script's (CE 1, KD 1, ND 1, tau 4, warm-up 20: DIST's ``ce_weight``, ``beta``, ``gamma``
+    and ``tau`` as DIST declares them); per-pair weights in the module docs and ``configs/methods/distpp.yaml``.
 
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule (ND: Nesterov, lr 0.1 / 0.02, batch 128 — the ``nd_cifar100`` recipe).
-        ce_weight: weight of the cross-entropy term (``--cls_loss_factor``).
         kd_weight: weight of the DIST term (``--kd_loss_factor``), ramped.
         nd_weight: weight of the dino term (``--nd_loss_factor``).
-        beta: weight of DIST's inter-class relation (1).
-        gamma: weight of DIST's intra-class relation (1).
-        tau: DIST's softmax temperature (``--t`` 4).
         nd: ND's shared settings (:class:`NDSettings`).
     """
 
@@ -406,17 +396,12 @@ class DISTPlusPlus(NDDistillation, DIST):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
         kd_weight: float = 1.0,
         nd_weight: float = 1.0,
-        beta: float = 1.0,
-        gamma: float = 1.0,
-        tau: float = 4.0,
         nd: NDSettings = NDSettings(),
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, beta, gamma, tau)
+        super().__init__(student, teacher, kd_weight=kd_weight, **kwargs)
         self.build_nd(nd, nd_weight)
 
 
@@ -487,11 +472,8 @@ class KDFeatureRegularizer(NDDistillation, KD):
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
         ce_weight: weight of the cross-entropy term.
-        kd_weight: weight of the KD term (ramped).
-        temperature: KD temperature.
+        kd_weight: weight of the KD term (ramped; KD's ``temperature``).
         direction: ``none``, ``cosine`` or ``infonce``.
         direction_weight: weight of the direction term.
         norm: ``none``, ``l2`` or ``sifn``.
@@ -505,11 +487,8 @@ class KDFeatureRegularizer(NDDistillation, KD):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
         ce_weight: float = 1.0,
         kd_weight: float = 1.0,
-        temperature: float = 4.0,
         direction: Direction = "cosine",
         direction_weight: float = 1.0,
         norm: Norm = "none",
@@ -517,13 +496,14 @@ class KDFeatureRegularizer(NDDistillation, KD):
         sifn_step: float = 1.0,
         classifier_l2_weight: float = 0.0,
         nd: NDSettings = NDSettings(),
+        **kwargs: Any,
     ) -> None:
         if direction == "none" and norm == "none" and classifier_l2_weight == 0:
             raise MethodConfigError(
                 "KDFeatureRegularizer with direction='none', norm='none' and classifier_l2_weight=0 is plain KD: "
                 "choose a direction (cosine, infonce), a norm (l2, sifn) or a classifier_l2_weight > 0"
             )
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature)
+        super().__init__(student, teacher, ce_weight=ce_weight, kd_weight=kd_weight, **kwargs)
         self.build_nd(nd, use_centers=direction != "none", use_projection=direction != "none" or norm == "l2")
         self.direction, self.direction_weight = direction, direction_weight
         self.norm, self.norm_weight, self.sifn_step = norm, norm_weight, sifn_step
