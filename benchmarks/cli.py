@@ -241,7 +241,7 @@ class KDBenchCLI(LightningCLI):
             run_id=info.run_id,
             info=info,
             config=self._parser(self.subcommand).dump(config, skip_none=False, format="yaml"),
-            tracked=module.tracked,
+            tracked={**module.tracked, "extra_parameters": module.extra_parameters()},
             epochs=trainer.current_epoch,
             steps=trainer.global_step,
             fit_seconds=module.fit_seconds(),

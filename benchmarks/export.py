@@ -1,21 +1,22 @@
-"""Deploy a NORM-trained student: fold its feature transform into the classifier and write a plain checkpoint.
+"""Deploy a trained student: the network its method deploys (``DistillationModule.deploy_student``), in one file.
 
-    python -m benchmarks.export results/runs/<run_id>                 # final.pth of a run -> <run>/deploy.pth
+    python -m benchmarks.export results/runs/<run_id>                 # the run's last weights -> <run>/deploy.pth
     python -m benchmarks.export results/runs/<run_id> --checkpoint best
-    python -m benchmarks.export path/to/final.pth --out student.pth    # a kdbench export or a run's .ckpt
+    python -m benchmarks.export path/to/final.pth --out student.pth    # a kdbench network export or a run's .ckpt
 
-NORM's FT (1x1 conv + BN, 1x1 conv + BN, optional identity shortcut) is affine per pixel in eval mode, and
-only global average pooling and the classifier follow it, so ``logits = W·GAP(A x + d) + b = (W A)·GAP(x) +
-(b + W d)`` (spec methods-seed.md §1.5).  The written file is an ordinary ``kdbench-network`` checkpoint of the
-plain student architecture (``models.checkpoints.load_network`` reads it, e.g. as a teacher).  The fold is
-checked numerically before anything is written.  WRN students cannot be folded (their FT sits before the final
-BN-ReLU): the command says so and exits with status 2.
+A run folder or a run's Lightning checkpoint is rebuilt as the method that trained it (the checkpoint names it), and
+the method says what a user deploys: the student itself for most methods; NORM's student with its feature transform
+folded into the classifier — the FT (1x1 conv + BN, 1x1 conv + BN, optional identity shortcut) is affine per pixel
+in eval mode and only global average pooling and the classifier follow it, so ``logits = W·GAP(A x + d) + b =
+(W A)·GAP(x) + (b + W d)`` (spec methods-seed.md §1.5), checked numerically before anything is written (WRN students
+cannot be folded, their FT sits before the final BN-ReLU: the command says so and exits with status 2); SimKD's
+student up to its last stage with the trained projector and the reused teacher classifier
+(``kd_modules.simkd.load_simkd_network`` reads it).  A student network file (a run's ``final.pth``) that carries
+NORM's FT is folded the same way.  The written student is an ordinary ``kdbench-network`` checkpoint of the plain
+architecture (``models.checkpoints.load_network`` reads it, e.g. as a teacher).
 
-``--method simkd`` exports a SimKD run instead: the student up to its last stage, the trained projector and the
-reused teacher classifier as one network (``kd_modules.simkd.load_simkd_network`` reads it), from the run's
-Lightning checkpoint (``checkpoints/last.ckpt`` for ``final``)::
-
-    python -m benchmarks.export results/runs/<run_id> --method simkd      # -> <run>/deploy.pth
+``final`` of a run folder reads its ``checkpoints/last.ckpt`` (the weights ``final.pth`` holds), or ``final.pth``
+when the run kept no checkpoints.
 """
 
 from __future__ import annotations
@@ -27,26 +28,57 @@ from pathlib import Path
 import torch
 
 from benchmarks.errors import KDBenchError, user_errors
+from kd_modules import DistillationModule, method_class
 from kd_modules.norm import NORMFeatureTransform, check_foldable, fold_error, fold_feature_transform
-from models import create_model
+from models import KDNet, create_model
 from models.checkpoints import CheckpointError, export_network, read_state_dict
 
-__all__ = ["export_folded", "export_simkd", "main"]
+__all__ = ["load_method", "export_run", "export_folded", "main"]
 
-_CHECKPOINTS = {"final": "final.pth", "best": "checkpoints/best.ckpt", "last": "checkpoints/last.ckpt"}
+_CHECKPOINTS = {"final": "checkpoints/last.ckpt", "best": "checkpoints/best.ckpt", "last": "checkpoints/last.ckpt"}
 
 
 def _resolve(source: Path, which: str) -> tuple[Path, Path]:
     """(checkpoint file, default output path) for a run folder or a checkpoint file."""
     if source.is_dir():
         path = source / _CHECKPOINTS[which]
+        if which == "final" and not path.is_file():  # a run without checkpoints: its student file
+            path = source / "final.pth"
         if not path.is_file():
-            raise CheckpointError(f"run folder {source} has no {_CHECKPOINTS[which]} (is the run finished?)")
+            raise CheckpointError(f"run folder {source} has no {path.relative_to(source)} (is the run finished?)")
         suffix = "" if which == "final" else f"_{which}"
         return path, source / f"deploy{suffix}.pth"
     if not source.is_file():
         raise CheckpointError(f"not a run folder or checkpoint file: {source}")
     return source, source.with_name(f"{source.stem}.deploy.pth")
+
+
+def load_method(path: str | Path) -> DistillationModule:
+    """The method module of a run's Lightning checkpoint, rebuilt on the CPU in eval mode (its teacher included)."""
+    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=False)
+    class_path = str((checkpoint.get("hyper_parameters") or {}).get("_class_path", ""))
+    if not class_path:
+        raise CheckpointError(f"{path} is not a checkpoint of a kdbench run (it does not name its method)")
+    cls = method_class(class_path.rsplit(".", 1)[-1])
+    return cls.load_from_checkpoint(Path(path), map_location="cpu").eval()
+
+
+def export_run(path: str | Path, out: str | Path, student: str | Path | None = None) -> tuple[Path, str]:
+    """Write the network the method of the run checkpoint ``path`` deploys to ``out`` (with the student's weights
+    from the network file ``student`` when given: a run's ``final.pth``); returns (out, summary)."""
+    module = load_method(path)
+    if student is not None:
+        module.student.load_state_dict(read_state_dict(Path(student))[0])
+    network = module.deploy_student()
+    arch, size = module.hparams["student"], sum(p.numel() for p in network.parameters())
+    if isinstance(network, KDNet):
+        folded = sorted(set(getattr(module.student, "inserted", {})) - set(getattr(network, "inserted", {})))
+        out = export_network(network, arch, out, deployed_from=str(path), method=type(module).__name__)
+        how = f" with its {', '.join(folded)} insert folded into the classifier of {arch}" if folded else ""
+    else:
+        out = network.save(out)
+        how = f" as a {type(network).__name__}"
+    return Path(out), f"exported the {type(module).__name__} student {arch}{how} ({size:,} parameters) to {out}"
 
 
 def _num_classes(arch: str, state: dict[str, torch.Tensor]) -> int:
@@ -98,20 +130,6 @@ def export_folded(path: str | Path, out: str | Path) -> tuple[Path, str]:
     return out, summary
 
 
-def export_simkd(path: str | Path, out: str | Path) -> tuple[Path, str]:
-    """Write the deployable SimKD network of the run checkpoint ``path`` to ``out``; returns (out, summary)."""
-    from kd_modules.simkd import save_simkd_network, simkd_network_from_run_checkpoint
-
-    network, student_arch, teacher_arch = simkd_network_from_run_checkpoint(path)
-    out = save_simkd_network(network, student_arch, teacher_arch, out)
-    size = sum(p.numel() for p in network.parameters())
-    summary = (
-        f"exported the SimKD student {student_arch} with its projector and the {teacher_arch} classifier "
-        f"({size:,} parameters) to {out}"
-    )
-    return out, summary
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -121,23 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint", choices=sorted(_CHECKPOINTS), default="final", help="which checkpoint of a run folder"
     )
-    parser.add_argument(
-        "--method",
-        choices=["norm", "simkd"],
-        default="norm",
-        help="norm: fold NORM's feature transform; simkd: student + projector + teacher classifier",
-    )
     args = parser.parse_args(argv)
     with user_errors("benchmarks.export"):
-        if args.method == "simkd":
-            which = "last" if args.checkpoint == "final" else args.checkpoint
-            path, default_out = _resolve(Path(args.source), which)
-            if Path(args.source).is_dir():
-                default_out = Path(args.source) / "deploy.pth"
-            _, summary = export_simkd(path, args.out or default_out)
-        else:
-            path, default_out = _resolve(Path(args.source), args.checkpoint)
-            _, summary = export_folded(path, args.out or default_out)
+        path, default_out = _resolve(Path(args.source), args.checkpoint)
+        out = args.out or default_out
+        if path.suffix != ".ckpt":
+            _, summary = export_folded(path, out)
+        else:  # the run's final student, with the method's own modules (SimKD's projector) from its checkpoint
+            final = Path(args.source) / "final.pth"
+            student = final if args.checkpoint == "final" and final.is_file() else None
+            _, summary = export_run(path, out, student)
         print(summary)
     return 0
 

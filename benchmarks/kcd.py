@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.errors import KDBenchError, user_errors
-from kd_modules.kcd import consistency_statistics, normalised_train_batches
+from kd_modules.kcd import consistency_statistics
 from kd_modules.losses.kcd import (
     METRICS,
     ConsistencyStatistics,
@@ -29,6 +29,7 @@ from kd_modules.losses.kcd import (
     identity_mapping,
     statistic_groups,
 )
+from kd_modules.offline import normalised_train_batches
 from kd_modules.rco import LAYER_HELP, check_layer
 
 __all__ = ["GammaRow", "gamma_rows", "render", "main"]

@@ -15,8 +15,7 @@ from torch import Tensor, nn
 
 from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
 from kd_modules.connectors import ConvReg
-from kd_modules.feature_distillation import FeatureDistillation
-from kd_modules.init_stages import cross_entropy_step, init_stage
+from kd_modules.init_stages import TwoStageDistillation
 from kd_modules.losses.ab import ab_loss
 from models import FeatureOutput, KDNet
 
@@ -77,62 +76,31 @@ class ABInit(DistillationModule):
         return student.logits, {"ab": _ab_term(self.connectors, student, teacher, self.margin)}
 
 
-class AB(FeatureDistillation):
-    """AB's main stage: the student, initialised by :class:`ABInit` (``student_init``, filled in by the planner from
-    the prerequisite run), trained with cross-entropy; RepDistiller ``-r 1 -a 0 -b 1`` with the AB term zeroed in the
-    main stage (``feat_weight`` 0 here; a non-zero weight keeps the AB loss during the main stage, through fresh
-    connectors).
+class AB(TwoStageDistillation):
+    """AB's main stage (:class:`kd_modules.init_stages.TwoStageDistillation`): the student, initialised by
+    :class:`ABInit`, trained with cross-entropy; RepDistiller ``-r 1 -a 0 -b 1`` with the AB term zeroed in the main
+    stage (a non-zero ``feat_weight`` keeps the AB loss during the main stage, through fresh connectors).
 
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: cross-entropy weight (1).
-        kd_weight: Hinton-KD weight (0).
-        temperature: KD temperature.
-        feat_weight: weight of the AB loss in the main stage (RepDistiller: 0).
-        margin: the AB margin m (1.0).
-        init_epochs: length of the initialisation stage (RepDistiller ``--init_epochs`` 30).
-        student_init: the initialisation stage's student (set by the planner; None trains from scratch).
+        margin: the AB margin m (1.0), of both stages.
     """
 
-    def __init__(
-        self,
-        student: str,
-        teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
-        kd_weight: float = 0.0,
-        temperature: float = 4.0,
-        feat_weight: float = 0.0,
-        margin: float = 1.0,
-        init_epochs: int = 30,
-        student_init: str | None = None,
-    ) -> None:
-        super().__init__(
-            student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight, student_init
-        )
+    init_method, init_name = "ABInit", "ab_init"
+    init_description = "AB initialisation: student layers + connectors on AB"
+
+    def __init__(self, student: str, teacher: TeacherConfig, margin: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(student, teacher, **kwargs)
         assert self.teacher is not None
         self.margin = margin
-        self.init_epochs = init_epochs
-        self.connectors = ab_connectors(self.student, self.teacher) if feat_weight != 0 else None
+        self.connectors = ab_connectors(self.student, self.teacher) if self.feat_weight != 0 else None
 
     @classmethod
-    def prerequisites(cls, init_args: dict[str, Any]) -> list[dict[str, Any]]:
-        epochs = int(init_args.get("init_epochs", 30))
-        margin = {"margin": float(init_args.get("margin", 1.0))}
-        return init_stage(
-            "ab_init", "ABInit", "student_init", epochs, "AB initialisation: student layers + connectors on AB", margin
-        )
+    def init_args_of(cls, init_args: dict[str, Any]) -> dict[str, Any]:
+        return {"margin": float(init_args.get("margin", 1.0))}
 
     def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:
-        if self.connectors is None:
+        if self.connectors is None:  # the main stage with Hinton KD only
             return {}
         return {"ab": _ab_term(self.connectors, student, teacher, self.margin)}
-
-    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        if self.connectors is not None or self.kd_weight != 0:
-            return super().training_losses(batch)
-        return cross_entropy_step(self, batch, self.ce_weight)

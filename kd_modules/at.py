@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
-from kd_modules.base import Batch, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, TeacherConfig
 from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.losses.at import at_loss_layers
 from models import FeatureOutput
@@ -19,11 +21,6 @@ class AT(FeatureDistillation):
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: γ, the cross-entropy weight (RepDistiller ``-r``).
-        kd_weight: α, the Hinton-KD weight (RepDistiller ``-a``; 0 disables the term).
-        temperature: KD temperature (RepDistiller ``--kd_T``).
         feat_weight: β, the attention loss weight (RepDistiller ``-b``; 1000).
         p: exponent of the attention map (2).
     """
@@ -32,15 +29,11 @@ class AT(FeatureDistillation):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
-        kd_weight: float = 0.0,
-        temperature: float = 4.0,
         feat_weight: float = 1000.0,
         p: float = 2.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
         self.p = p
 
     def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:

@@ -14,6 +14,7 @@ and, if it changes the student's inference path beyond ``student(images)``, :met
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -171,6 +172,7 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
             # output of their initialisation stage.
             self.student = load_network(student, num_classes, student_init)
         self.teacher: KDNet | None = None
+        self.teacher_config = teacher
         if teacher is not None:
             if not Path(teacher.checkpoint).is_file():
                 raise CheckpointError(
@@ -256,6 +258,11 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
     def predict_logits(self, images: Tensor) -> Tensor:
         """The student's inference path (methods with inserted modules keep them: they live in the student)."""
         return self.student(images)
+
+    def deploy_student(self) -> nn.Module:
+        """The network a user deploys, in eval mode (``python -m benchmarks.export`` writes it): a copy of the
+        student by default; NORM folds its FT into the classifier, SimKD adds its projector and the teacher's head."""
+        return copy.deepcopy(self.student).eval()
 
     def forward(self, images: Tensor) -> Tensor:
         return self.predict_logits(images)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
-from kd_modules.base import Batch, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, TeacherConfig
 from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.losses.cc import cc_loss
 from models import FeatureOutput
@@ -21,11 +23,6 @@ class CC(FeatureDistillation):
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: γ, the cross-entropy weight (RepDistiller ``-r``).
-        kd_weight: α, the Hinton-KD weight (RepDistiller ``-a``; 0 disables the term).
-        temperature: KD temperature (RepDistiller ``--kd_T``).
         feat_weight: β, the correlation loss weight (RepDistiller ``-b``; 0.02).
         feat_dim: width of the two linear embeddings (RepDistiller ``--feat_dim`` 128).
     """
@@ -34,15 +31,11 @@ class CC(FeatureDistillation):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
-        kd_weight: float = 0.0,
-        temperature: float = 4.0,
         feat_weight: float = 0.02,
         feat_dim: int = 128,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
         assert self.teacher is not None
         self.embed_student = nn.Linear(self.student.embedding_dim, feat_dim)
         self.embed_teacher = nn.Linear(self.teacher.embedding_dim, feat_dim)

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from kd_modules.base import Batch, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, SettingsGroup, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.losses.crd import contrast_scores, l2_normalize, momentum_update, nce_loss
 from models import FeatureOutput, KDNet
 
-__all__ = ["ContrastEmbed", "ContrastMemory", "ContrastiveTerm", "contrast_indices_of", "CRD", "CRDKD"]
+__all__ = [
+    "ContrastEmbed",
+    "ContrastMemory",
+    "ContrastSettings",
+    "ContrastiveTerm",
+    "contrast_indices_of",
+    "CRD",
+    "CRDKD",
+]
 
 
 class ContrastEmbed(nn.Module):
@@ -79,7 +88,7 @@ class ContrastMemory(nn.Module):
         if size is None:
             raise MethodConfigError(
                 f"{method} sizes the CRD memory bank from the data module's num_train_samples; this run has no such "
-                "data module (pass memory_size)"
+                "data module (pass contrast.memory_size)"
             )
         self.allocate(int(size))
 
@@ -112,7 +121,7 @@ class ContrastMemory(nn.Module):
         if self.num_data == 0:
             raise MethodConfigError(
                 "CRD's memory bank is empty: it is sized from the data module's num_train_samples when training "
-                "starts (or pass memory_size)"
+                "starts (or pass contrast.memory_size)"
             )
         n = self.num_data
         scores_student = self._normalise(
@@ -142,6 +151,24 @@ def contrast_indices_of(batch: Batch, method: str, config: str) -> Tensor:
     return contrast_indices
 
 
+@dataclass(frozen=True)
+class ContrastSettings(SettingsGroup):
+    """CRD's contrastive term (RepDistiller's settings), shared by CRD, CRD+KD and NORM+CRD (``contrast: {...}``).
+
+    Args:
+        feat_dim: embedding width (``--feat_dim`` 128).
+        nce_t: temperature of the contrast scores (``--nce_t`` 0.07).
+        nce_m: momentum of the memory update (``--nce_m`` 0.5).
+        memory_size: rows of the memory banks; None sizes them from the data module's ``num_train_samples``
+            when training starts (RepDistiller's ``n_data``).
+    """
+
+    feat_dim: int = 128
+    nce_t: float = 0.07
+    nce_m: float = 0.5
+    memory_size: int | None = None
+
+
 class ContrastiveTerm:
     """Mixin of a distillation module that adds CRD's term on the pooled penultimate vectors (``feat[-1]``):
     a :class:`ContrastEmbed` per network, the :class:`ContrastMemory` banks (sized in ``setup`` from the data
@@ -159,13 +186,13 @@ class ContrastiveTerm:
     embed_teacher: ContrastEmbed
     memory: ContrastMemory
 
-    def build_contrast(self, feat_dim: int, nce_t: float, nce_m: float, memory_size: int | None) -> None:
+    def build_contrast(self, settings: ContrastSettings) -> None:
         assert self.teacher is not None
-        self.embed_student = ContrastEmbed(self.student.embedding_dim, feat_dim)
-        self.embed_teacher = ContrastEmbed(self.teacher.embedding_dim, feat_dim)
-        self.memory = ContrastMemory(feat_dim, nce_t, nce_m)
-        if memory_size is not None:
-            self.memory.allocate(memory_size)
+        self.embed_student = ContrastEmbed(self.student.embedding_dim, settings.feat_dim)
+        self.embed_teacher = ContrastEmbed(self.teacher.embedding_dim, settings.feat_dim)
+        self.memory = ContrastMemory(settings.feat_dim, settings.nce_t, settings.nce_m)
+        if settings.memory_size is not None:
+            self.memory.allocate(settings.memory_size)
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
@@ -192,36 +219,20 @@ class CRD(ContrastiveTerm, FeatureDistillation):
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: γ, the cross-entropy weight (RepDistiller ``-r``).
-        kd_weight: α, the Hinton-KD weight (RepDistiller ``-a``; 0 for CRD, 1 for CRD+KD).
-        temperature: KD temperature (RepDistiller ``--kd_T``).
         feat_weight: β, the CRD loss weight (RepDistiller ``-b``; 0.8).
-        feat_dim: embedding width (``--feat_dim`` 128).
-        nce_t: temperature of the contrast scores (``--nce_t`` 0.07).
-        nce_m: momentum of the memory update (``--nce_m`` 0.5).
-        memory_size: rows of the memory banks; None sizes them from the data module's ``num_train_samples``
-            when training starts (RepDistiller's ``n_data``).
+        contrast: the embeddings and memory banks (:class:`ContrastSettings`).
     """
 
     def __init__(
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
-        kd_weight: float = 0.0,
-        temperature: float = 4.0,
         feat_weight: float = 0.8,
-        feat_dim: int = 128,
-        nce_t: float = 0.07,
-        nce_m: float = 0.5,
-        memory_size: int | None = None,
+        contrast: ContrastSettings = ContrastSettings(),
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
-        self.build_contrast(feat_dim, nce_t, nce_m, memory_size)
+        super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
+        self.build_contrast(contrast)
 
     def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:
         return {"crd": self.contrast_objective(student, teacher, batch)}
@@ -229,49 +240,13 @@ class CRD(ContrastiveTerm, FeatureDistillation):
 
 class CRDKD(CRD):
     """CRD+KD: :class:`CRD` plus Hinton KD at T=4 with weight 1 (RepDistiller ``-r 1 -a 1 -b 0.8``), the CRD
-    paper's "CRD+KD" row (``configs/methods/crd_kd.yaml``).
+    paper's "CRD+KD" row (``configs/methods/crd_kd.yaml``); every other argument is CRD's.
 
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: γ, the cross-entropy weight (RepDistiller ``-r``; 1).
         kd_weight: α, the Hinton-KD weight (RepDistiller ``-a``; 1).
-        temperature: KD temperature (RepDistiller ``--kd_T``; 4).
-        feat_weight: β, the CRD loss weight (RepDistiller ``-b``; 0.8).
-        feat_dim: embedding width (``--feat_dim`` 128).
-        nce_t: temperature of the contrast scores (``--nce_t`` 0.07).
-        nce_m: momentum of the memory update (``--nce_m`` 0.5).
-        memory_size: rows of the memory banks; None sizes them from the data module's ``num_train_samples``.
     """
 
-    def __init__(
-        self,
-        student: str,
-        teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
-        kd_weight: float = 1.0,
-        temperature: float = 4.0,
-        feat_weight: float = 0.8,
-        feat_dim: int = 128,
-        nce_t: float = 0.07,
-        nce_m: float = 0.5,
-        memory_size: int | None = None,
-    ) -> None:
-        super().__init__(
-            student,
-            teacher,
-            num_classes,
-            optim,
-            ce_weight,
-            kd_weight,
-            temperature,
-            feat_weight,
-            feat_dim,
-            nce_t,
-            nce_m,
-            memory_size,
-        )
+    def __init__(self, student: str, teacher: TeacherConfig, kd_weight: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(student, teacher, kd_weight=kd_weight, **kwargs)

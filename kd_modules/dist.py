@@ -54,7 +54,13 @@ class DIST(DistillationModule):
         images, labels = batch["images"], batch["labels"]
         teacher_logits = self.teacher_logits(images)
         logits = self.student(images)
-        return logits, {
+        return logits, self.logit_losses(logits, teacher_logits, labels)
+
+    def logit_losses(
+        self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, ramp: float = 1.0
+    ) -> dict[str, Tensor]:
+        """``ce_weight * CE + kd_weight * ramp * DIST`` (DIST++ passes ND's ramp)."""
+        return {
             "ce": self.ce_weight * F.cross_entropy(logits, labels),
-            "dist": self.kd_weight * dist_loss(logits, teacher_logits, self.beta, self.gamma, self.tau),
+            "dist": self.kd_weight * ramp * dist_loss(logits, teacher_logits, self.beta, self.gamma, self.tau),
         }

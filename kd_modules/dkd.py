@@ -72,8 +72,11 @@ class DKD(DistillationModule):
         images, labels = batch["images"], batch["labels"]
         teacher_logits = self.teacher_logits(images)
         logits = self.student(images)
-        ramp = self.warmup_factor(self.schedule_epoch)
-        return logits, {
+        return logits, self.logit_losses(logits, teacher_logits, labels, self.warmup_factor(self.schedule_epoch))
+
+    def logit_losses(self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, ramp: float) -> dict[str, Tensor]:
+        """``ce_weight * CE + ramp * (alpha * TCKD + beta * NCKD)`` (DKD++ passes ND's 0-based ramp)."""
+        return {
             "ce": self.ce_weight * F.cross_entropy(logits, labels),
             "tckd": ramp * self.alpha * tckd_loss(logits, teacher_logits, labels, self.temperature),
             "nckd": ramp * self.beta * nckd_loss(logits, teacher_logits, labels, self.temperature),

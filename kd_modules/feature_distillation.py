@@ -48,7 +48,9 @@ class FeatureDistillation(DistillationModule):
         kd_weight: α, the Hinton-KD weight (RepDistiller ``-a``; 0 disables the term).
         temperature: KD temperature (RepDistiller ``--kd_T``).
         feat_weight: β, the method term's weight (RepDistiller ``-b``, mdistiller ``FEAT_WEIGHT``).
-        student_init: start the student from stored weights (two-stage methods: their initialisation stage's output).
+
+    A method passes the arguments it does not change on with ``**kwargs`` (``AT(student, teacher, feat_weight=1000)``
+    keeps γ = 1, α = 0, T = 4); its ``feat_weight`` default is its own.
     """
 
     requires_teacher = True
@@ -63,11 +65,8 @@ class FeatureDistillation(DistillationModule):
         kd_weight: float = 0.0,
         temperature: float = 4.0,
         feat_weight: float = 1.0,
-        student_init: str | None = None,
     ) -> None:
-        super().__init__(
-            student=student, num_classes=num_classes, teacher=teacher, optim=optim, student_init=student_init
-        )
+        super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
         self.ce_weight = ce_weight
         self.kd_weight = kd_weight
         self.temperature = temperature

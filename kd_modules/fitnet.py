@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
-from kd_modules.base import Batch, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, TeacherConfig
 from kd_modules.connectors import ConvReg
 from kd_modules.errors import MethodConfigError
 from kd_modules.feature_distillation import FeatureDistillation
@@ -23,11 +25,6 @@ class FitNet(FeatureDistillation):
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: γ, the cross-entropy weight (RepDistiller ``-r``).
-        kd_weight: α, the Hinton-KD weight (RepDistiller ``-a``; 0 disables the term).
-        temperature: KD temperature (RepDistiller ``--kd_T``).
         feat_weight: β, the hint loss weight (RepDistiller ``-b``; 100).
         hint_layer: which feature is the hint, in RepDistiller's ``feat`` indexing: 0 = the stem, k = the output of
             stage k (RepDistiller/mdistiller default 2, SimKD's toolbox 1).
@@ -37,15 +34,11 @@ class FitNet(FeatureDistillation):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
-        kd_weight: float = 0.0,
-        temperature: float = 4.0,
         feat_weight: float = 100.0,
         hint_layer: int = 2,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
         if not 0 <= hint_layer <= self.num_stage_pairs:
             raise MethodConfigError(
                 f"FitNet hint_layer={hint_layer} is out of range: valid are 0 (stem) to {self.num_stage_pairs} "

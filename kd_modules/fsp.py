@@ -17,8 +17,7 @@ from torch import Tensor
 
 from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
 from kd_modules.errors import MethodConfigError
-from kd_modules.feature_distillation import FeatureDistillation
-from kd_modules.init_stages import cross_entropy_step, init_stage
+from kd_modules.init_stages import TwoStageDistillation
 from kd_modules.losses.fsp import fsp_loss
 from models import FeatureOutput, KDNet, create_model
 
@@ -76,45 +75,24 @@ class FSPInit(DistillationModule):
         return student.logits, {"fsp": fsp_loss(_features(student), _features(teacher))}
 
 
-class FSP(FeatureDistillation):
-    """FSP's main stage: the student, initialised by :class:`FSPInit` (``student_init``, filled in by the planner),
-    trained with cross-entropy (RepDistiller ``-r 1 -a 0 -b 50`` with the FSP term zeroed in the main stage:
-    ``feat_weight`` 0 here; a non-zero weight keeps the FSP loss in the main stage).
+class FSP(TwoStageDistillation):
+    """FSP's main stage (:class:`kd_modules.init_stages.TwoStageDistillation`): the student, initialised by
+    :class:`FSPInit`, trained with cross-entropy (RepDistiller ``-r 1 -a 0 -b 50`` with the FSP term zeroed in the
+    main stage; a non-zero ``feat_weight`` keeps the FSP loss in the main stage).
 
     Args:
         student: network name.
         teacher: the frozen teacher (equal channel counts at the stem and every stage).
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: cross-entropy weight (1).
-        kd_weight: Hinton-KD weight (0).
-        temperature: KD temperature.
-        feat_weight: weight of the FSP loss in the main stage (RepDistiller: 0).
-        init_epochs: length of the initialisation stage (RepDistiller ``--init_epochs`` 30).
-        student_init: the initialisation stage's student (set by the planner; None trains from scratch).
     """
 
-    def __init__(
-        self,
-        student: str,
-        teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
-        kd_weight: float = 0.0,
-        temperature: float = 4.0,
-        feat_weight: float = 0.0,
-        init_epochs: int = 30,
-        student_init: str | None = None,
-    ) -> None:
-        super().__init__(
-            student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight, student_init
-        )
+    init_method, init_name, init_description = "FSPInit", "fsp_init", "FSP initialisation: student layers on FSP"
+
+    def __init__(self, student: str, teacher: TeacherConfig, **kwargs: Any) -> None:
+        super().__init__(student, teacher, **kwargs)
         assert self.teacher is not None
         problem = fsp_channel_problem(self.student, self.teacher, student, teacher.arch)
         if problem:
             raise MethodConfigError(problem)
-        self.init_epochs = init_epochs
 
     @classmethod
     def pair_problem(cls, student: str, teacher: str, init_args: dict[str, Any]) -> str | None:
@@ -123,15 +101,5 @@ class FSP(FeatureDistillation):
             s, t = create_model(student, 100), create_model(teacher, 100)
         return fsp_channel_problem(s, t, student, teacher)
 
-    @classmethod
-    def prerequisites(cls, init_args: dict[str, Any]) -> list[dict[str, Any]]:
-        epochs = int(init_args.get("init_epochs", 30))
-        return init_stage("fsp_init", "FSPInit", "student_init", epochs, "FSP initialisation: student layers on FSP")
-
     def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:
         return {"fsp": fsp_loss(_features(student), _features(teacher))} if self.feat_weight != 0 else {}
-
-    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        if self.feat_weight != 0 or self.kd_weight != 0:
-            return super().training_losses(batch)
-        return cross_entropy_step(self, batch, self.ce_weight)

@@ -119,11 +119,6 @@ class FT(FeatureDistillation):
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: cross-entropy weight (1).
-        kd_weight: Hinton-KD weight (0).
-        temperature: KD temperature.
         feat_weight: FT weight (200).
         rate: paraphraser/translator channel rate k (0.5).
         factor_mode: ``repdistiller`` (channel mean of squares, then normalised) or ``paper`` (normalised over C·H·W).
@@ -137,19 +132,15 @@ class FT(FeatureDistillation):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
-        kd_weight: float = 0.0,
-        temperature: float = 4.0,
         feat_weight: float = 200.0,
         rate: float = 0.5,
         factor_mode: Literal["repdistiller", "paper"] = "repdistiller",
         init_epochs: int = 30,
         init_lr: float | None = 0.01,
         paraphraser_checkpoint: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
         assert self.teacher is not None
         if factor_mode not in ("repdistiller", "paper"):
             raise MethodConfigError(f"FT factor_mode={factor_mode!r} is not valid: choose 'repdistiller' or 'paper'")

@@ -1,16 +1,17 @@
 """Shared pieces of RepDistiller's two-stage baselines (AB, FSP; FT's paraphraser stage is similar): the
-initialisation stage as a prerequisite run of the planner, and the cross-entropy-only main stage."""
+initialisation stage as a prerequisite run of the planner, and the main stage that starts from its output."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from kd_modules.base import Batch, DistillationModule
+from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
+from kd_modules.feature_distillation import FeatureDistillation
 
-__all__ = ["init_stage", "cross_entropy_step"]
+__all__ = ["init_stage", "TwoStageDistillation"]
 
 
 def init_stage(
@@ -44,8 +45,66 @@ def init_stage(
     ]
 
 
-def cross_entropy_step(module: DistillationModule, batch: Batch, weight: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """RepDistiller's main stage of AB and FSP (their distillation term is zeroed there): cross-entropy only, so the
-    teacher is not run."""
-    logits = module.student(batch["images"])
-    return logits, {"ce": weight * F.cross_entropy(logits, batch["labels"])}
+class TwoStageDistillation(FeatureDistillation):
+    """The main stage of a RepDistiller two-stage baseline (AB, FSP): the student, initialised by the method's
+    initialisation stage (a prerequisite run of ``init_method``, its ``final.pth`` passed as ``student_init``), trained
+    with cross-entropy.  RepDistiller zeroes the method's term in the main stage (``feat_weight`` 0 here); then the
+    teacher is not run at all.  A non-zero ``feat_weight`` (or ``kd_weight``) keeps the term in the main stage.
+
+    Args:
+        student: network name.
+        teacher: the frozen teacher.
+        num_classes: classifier width (linked from the data).
+        optim: optimiser and schedule.
+        ce_weight: cross-entropy weight (1).
+        kd_weight: Hinton-KD weight (0).
+        temperature: KD temperature.
+        feat_weight: weight of the method's loss in the main stage (RepDistiller: 0).
+        init_epochs: length of the initialisation stage (RepDistiller ``--init_epochs`` 30).
+        student_init: the initialisation stage's student (set by the planner; None trains from scratch).
+    """
+
+    #: The initialisation stage: its method, its name in the plan and what ``--dry-run`` says about it.
+    init_method: ClassVar[str]
+    init_name: ClassVar[str]
+    init_description: ClassVar[str]
+
+    def __init__(
+        self,
+        student: str,
+        teacher: TeacherConfig,
+        num_classes: int = 100,
+        optim: OptimConfig = OptimConfig(),
+        ce_weight: float = 1.0,
+        kd_weight: float = 0.0,
+        temperature: float = 4.0,
+        feat_weight: float = 0.0,
+        init_epochs: int = 30,
+        student_init: str | None = None,
+    ) -> None:
+        # The base module starts the student from student_init; FeatureDistillation's own arguments are set here.
+        DistillationModule.__init__(self, student, num_classes, teacher, optim, student_init)
+        self.ce_weight, self.kd_weight, self.temperature, self.feat_weight = (
+            ce_weight,
+            kd_weight,
+            temperature,
+            feat_weight,
+        )
+        self.init_epochs = init_epochs
+
+    @classmethod
+    def init_args_of(cls, init_args: dict[str, Any]) -> dict[str, Any]:
+        """The initialisation stage's own arguments, from the main stage's."""
+        return {}
+
+    @classmethod
+    def prerequisites(cls, init_args: dict[str, Any]) -> list[dict[str, Any]]:
+        epochs = int(init_args.get("init_epochs", 30))
+        stage_args = cls.init_args_of(init_args)
+        return init_stage(cls.init_name, cls.init_method, "student_init", epochs, cls.init_description, stage_args)
+
+    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.feat_weight != 0 or self.kd_weight != 0:
+            return super().training_losses(batch)
+        logits = self.student(batch["images"])  # cross-entropy only: the teacher is not run
+        return logits, {"ce": self.ce_weight * F.cross_entropy(logits, batch["labels"])}

@@ -40,23 +40,23 @@ Every detail the paper leaves open (spec §4, "UNKNOWN") is an argument; the def
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, DistillationModule, OptimConfig, SettingsGroup, TeacherConfig
 from kd_modules.connectors import ConvReg
 from kd_modules.errors import MethodConfigError
 from kd_modules.losses.ab import ab_loss
 from kd_modules.losses.fitnet import hint_loss
 from kd_modules.losses.kcd import (
-    KL_DISTRIBUTIONS,
-    METRICS,
     ConsistencyStatistics,
+    KLDistribution,
+    Metric,
     channel_mapping,
     gamma,
     identity_mapping,
@@ -65,25 +65,16 @@ from kd_modules.losses.kcd import (
     transform_channels,
 )
 from kd_modules.losses.rkd import rkd_angle_loss, rkd_distance_loss
-from kd_modules.offline import data_fingerprint, load_or_compute, progress, teacher_digest
+from kd_modules.offline import data_fingerprint, load_or_compute, normalised_train_batches, progress, teacher_digest
 from kd_modules.rco import TeacherRoute, check_layer, distilled_map, distilled_shape, route_prerequisite
 from models import KDNet, create_model
 from models.checkpoints import load_network
 
-__all__ = [
-    "TRANSFORMS",
-    "COMBINES",
-    "MODEL_STATES",
-    "class_partition",
-    "consistency_statistics",
-    "normalised_train_batches",
-    "KCD",
-]
+__all__ = ["class_partition", "consistency_statistics", "KCDTransformation", "KCD"]
 
-TRANSFORMS: tuple[str, ...] = ("bipartite", "greedy", "random", "none", "subnet_fc", "subnet_res")
+Transform = Literal["bipartite", "greedy", "random", "none", "subnet_fc", "subnet_res"]
 SUBNETS: tuple[str, ...] = ("subnet_fc", "subnet_res")
-COMBINES: tuple[str, ...] = ("none", "fitnet", "ab", "rkd", "rco")
-MODEL_STATES: tuple[str, ...] = ("trained", "init")
+ModelState = Literal["trained", "init"]
 #: Seed base of the extra student initialisations of Table 3a (``distill_init=k`` draws under seed base + k).
 OTHER_INIT_SEED_BASE = 10_000
 _OFFLINE_VERSION = 1
@@ -92,28 +83,6 @@ _OFFLINE_VERSION = 1
 def class_partition(labels: Tensor, num_classes: int, partitions: int) -> Tensor:
     """Table 6's partition of an image: K equal contiguous label ranges, ``floor(label * K / num_classes)``."""
     return torch.div(labels * partitions, num_classes, rounding_mode="floor")
-
-
-def normalised_train_batches(datamodule: Any, device: torch.device | str, limit: int | None) -> tuple[Any, int]:
-    """The un-augmented training split's batches on ``device``, normalised as the networks see them, and their count.
-
-    Only the first ``limit`` images when ``limit`` is set (smoke runs, quick diagnostics).
-    """
-    loader = datamodule.train_eval_dataloader()
-
-    def batches() -> Any:
-        seen = 0
-        for batch in loader:
-            if limit is not None and seen >= limit:
-                return
-            if limit is not None and seen + batch["labels"].shape[0] > limit:
-                batch = {k: v[: limit - seen] for k, v in batch.items()}
-            batch = datamodule.on_after_batch_transfer({k: v.to(device) for k, v in batch.items()}, 0)
-            seen += batch["labels"].shape[0]
-            yield batch
-
-    total = len(loader) if limit is None else min(len(loader), math.ceil(limit / loader.batch_size))
-    return batches(), total
 
 
 def consistency_statistics(
@@ -148,26 +117,11 @@ def consistency_statistics(
     return stats
 
 
-class KCD(DistillationModule):
-    """Knowledge-consistent distillation: the teacher's distilled map, channel-transformed to agree with the student.
-
-    ``L = ce_weight * CE + feat_weight * L2(F_S, T(F_T))`` (Eq. 9-10) with ``T`` computed once from the trained
-    CE-only student theta_1 and the teacher (Algorithm 1), the student restarted from exactly theta_0.  Combined
-    methods (``combine``) apply ``T`` to the teacher map before their own loss: FitNet (a student regressor onto
-    ``T(F_T)``, MSE, weight ``feat_weight``), AB (AB's hinge on the pre-activation maps against ``T`` of the teacher's,
-    weight ``ab_weight``), RKD (RKD's distance/angle terms on the embeddings, weight
-    ``rkd_weight``, *plus* the KCD L2), RCO (the KCD L2 against each anchor of the teacher's route in turn, one
-    ``T`` per anchor).
+@dataclass(frozen=True)
+class KCDTransformation(SettingsGroup):
+    """How KCD's transformation ``T`` is computed (Algorithm 1 steps 3-4, Tables 1-6; ``transformation: {...}``).
 
     Args:
-        student: network name.
-        teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        student_init: theta_0, the stored initial weights of the CE-only stage (filled in by the table runner:
-            the ``Vanilla`` stage's ``initial.pth``); None = a fresh draw (then the transformation was computed for
-            another init).
-        ce_student_checkpoint: theta_1, the CE-only student trained from theta_0 (the stage's ``final.pth``).
         transform: ``bipartite`` (Eq. 8, default), ``greedy`` (Eq. 7, 1-to-N), ``random`` (a random injective
             selection), ``none`` (identity: plain L2 feature distillation), ``subnet_fc`` / ``subnet_res``
             (a learned 1x1-conv / residual-block sub-net, see :mod:`kd_modules.kcd_subnet`).
@@ -176,8 +130,6 @@ class KCD(DistillationModule):
         kl_distribution: UNKNOWN in the paper — how ``kl`` turns a channel into a distribution over images:
             ``sum`` (clamp >= 0, + eps, divide by the sum; default) or ``softmax``.
         consistency_eps: the eps of ``1 / (distance + eps)`` (L1/L2) and of the KL clamp (the paper has none).
-        consistency_max_images: use only the first n training images for M (None = the whole training split, the
-            spec's default; smoke runs use a few).
         dynamic: recompute the mapping every ``dynamic_every`` epochs from the pooled features of the distillation
             run itself (Table 5) instead of once (static, default).
         dynamic_every: epochs between recomputations (the paper: 5).
@@ -188,14 +140,67 @@ class KCD(DistillationModule):
         transform_teacher: which teacher M is computed with: ``trained`` (default) or ``init`` (Table 4's T0): the
             weights in ``transform_teacher_checkpoint`` if given, else a fresh draw of the teacher's architecture
             under seed ``transform_teacher_init_seed`` — UNKNOWN for released teachers, whose init is not public.
-        transform_teacher_checkpoint: the teacher M is computed with, when it is not the distillation teacher
-            (Table 3b: the seed-``transform_teacher_seed`` teacher run; filled in by the table runner).
         transform_teacher_seed: compute M with the teacher trained with this seed (Table 3b) while distilling from
             the row's teacher; None = the distillation teacher.
         transform_teacher_init_seed: seed of the drawn initial teacher for ``transform_teacher=init``.
+        random_seed: seed of the ``random`` mapping.
+        subnet_epochs: sub-net transforms: passes over the training split to fit the sub-net (UNKNOWN: 1).
+        subnet_lr: sub-net transforms: Adam learning rate (UNKNOWN: 1e-3).
+    """
+
+    transform: Transform = "bipartite"
+    consistency: Metric = "correlation"
+    kl_distribution: KLDistribution = "sum"
+    consistency_eps: float = 1e-8
+    dynamic: bool = False
+    dynamic_every: int = 5
+    num_transforms: int = 1
+    transform_student: ModelState = "trained"
+    transform_teacher: ModelState = "trained"
+    transform_teacher_seed: int | None = None
+    transform_teacher_init_seed: int = 0
+    random_seed: int = 0
+    subnet_epochs: int = 1
+    subnet_lr: float = 1e-3
+
+    @classmethod
+    def of(cls, init_args: dict[str, Any]) -> KCDTransformation:
+        """The transformation settings of a planner's ``init_args`` (nested, possibly partial)."""
+        return cls(**(init_args.get("transformation") or {}))
+
+    @property
+    def needs_statistics(self) -> bool:
+        """Whether M is computed (from theta_1 and the teacher): every transform but ``none`` and ``random``."""
+        return self.transform not in ("none", "random")
+
+
+class KCD(DistillationModule):
+    """Knowledge-consistent distillation: the teacher's distilled map, channel-transformed to agree with the student.
+
+    ``L = ce_weight * CE + feat_weight * L2(F_S, T(F_T))`` (Eq. 9-10) with ``T`` computed once from the trained
+    CE-only student theta_1 and the teacher (Algorithm 1, :class:`KCDTransformation`), the student restarted from
+    exactly theta_0.  Combined methods (``combine``) apply ``T`` to the teacher map before their own loss: FitNet
+    (a student regressor onto ``T(F_T)``, MSE, weight ``feat_weight``), AB (AB's hinge on the pre-activation maps
+    against ``T`` of the teacher's, weight ``ab_weight``), RKD (RKD's distance/angle terms on the embeddings,
+    weight ``rkd_weight``, *plus* the KCD L2), RCO (the KCD L2 against each anchor of the teacher's route in turn,
+    one ``T`` per anchor).
+
+    Args:
+        student: network name.
+        teacher: the frozen teacher.
+        num_classes: classifier width (linked from the data).
+        optim: optimiser and schedule.
+        transformation: how ``T`` is computed (:class:`KCDTransformation`).
+        student_init: theta_0, the stored initial weights of the CE-only stage (filled in by the table runner:
+            the ``Vanilla`` stage's ``initial.pth``); None = a fresh draw (then the transformation was computed for
+            another init).
+        ce_student_checkpoint: theta_1, the CE-only student trained from theta_0 (the stage's ``final.pth``).
+        transform_teacher_checkpoint: the teacher M is computed with, when it is not the distillation teacher
+            (Table 3b: the seed-``transform_teacher_seed`` teacher run; filled in by the table runner).
+        consistency_max_images: use only the first n training images for M (None = the whole training split, the
+            spec's default; smoke runs use a few).
         distill_init: which initialisation the distilled student starts from: 0 = theta_0 (Algorithm 1), k >= 1 =
             another fresh draw under seed ``10000 + k`` (Table 3a: the transformation of theta_0 kept).
-        random_seed: seed of the ``random`` mapping.
         layer: the distilled map: ``last`` (the last stage's output, KCD's "third residual block" on CIFAR
             ResNets; default), ``stage<k>``, ``final_map``.
         pre_activation: distil the stage output before its final ReLU (the paper's COCO setting, following
@@ -216,8 +221,6 @@ class KCD(DistillationModule):
         anchor_checkpoints: ``combine=rco``: explicit anchor files, earliest first.
         anchor_fractions: ``combine=rco``: anchors as fractions of the teacher's training (UNKNOWN: 4 equal).
         phase_ends: ``combine=rco``: end of each phase as a fraction of the student's steps (default equal).
-        subnet_epochs: sub-net transforms: passes over the training split to fit the sub-net (UNKNOWN: 1).
-        subnet_lr: sub-net transforms: Adam learning rate (UNKNOWN: 1e-3).
     """
 
     requires_teacher = True
@@ -228,29 +231,18 @@ class KCD(DistillationModule):
         teacher: TeacherConfig,
         num_classes: int = 100,
         optim: OptimConfig = OptimConfig(),
+        transformation: KCDTransformation = KCDTransformation(),
         student_init: str | None = None,
         ce_student_checkpoint: str | None = None,
-        transform: str = "bipartite",
-        consistency: str = "correlation",
-        kl_distribution: str = "sum",
-        consistency_eps: float = 1e-8,
-        consistency_max_images: int | None = None,
-        dynamic: bool = False,
-        dynamic_every: int = 5,
-        num_transforms: int = 1,
-        transform_student: str = "trained",
-        transform_teacher: str = "trained",
         transform_teacher_checkpoint: str | None = None,
-        transform_teacher_seed: int | None = None,
-        transform_teacher_init_seed: int = 0,
+        consistency_max_images: int | None = None,
         distill_init: int = 0,
-        random_seed: int = 0,
         layer: str = "last",
         pre_activation: bool = False,
         ce_weight: float = 1.0,
         feat_weight: float = 100.0,
-        reduction: str = "mean",
-        combine: str = "none",
+        reduction: Literal["mean", "batchmean"] = "mean",
+        combine: Literal["none", "fitnet", "ab", "rkd", "rco"] = "none",
         rkd_weight: float = 10.0,
         ab_weight: float = 10.0,
         ab_margin: float = 1.0,
@@ -260,31 +252,21 @@ class KCD(DistillationModule):
         anchor_checkpoints: list[str] | None = None,
         anchor_fractions: list[float] = [0.25, 0.5, 0.75, 1.0],  # noqa: B006 - plain data, never mutated
         phase_ends: list[float] | None = None,
-        subnet_epochs: int = 1,
-        subnet_lr: float = 1e-3,
     ) -> None:
-        _check_choice("transform", transform, TRANSFORMS)
-        _check_choice("consistency", consistency, METRICS)
-        _check_choice("kl_distribution", kl_distribution, KL_DISTRIBUTIONS)
-        _check_choice("transform_student", transform_student, MODEL_STATES)
-        _check_choice("transform_teacher", transform_teacher, MODEL_STATES)
-        _check_choice("combine", combine, COMBINES)
-        _check_choice("reduction", reduction, ("mean", "batchmean"))
-        if num_transforms < 1 or num_transforms > num_classes:
-            raise MethodConfigError(f"num_transforms={num_transforms} must be in 1..{num_classes} (the class count)")
-        if dynamic and (transform in SUBNETS or transform in ("none", "random") or combine == "rco"):
+        t = transformation
+        if not 1 <= t.num_transforms <= num_classes:
+            raise MethodConfigError(f"num_transforms={t.num_transforms} must be in 1..{num_classes} (the class count)")
+        if t.dynamic and (t.transform not in ("bipartite", "greedy") or combine == "rco"):
             raise MethodConfigError(
-                f"dynamic=true recomputes a matching (bipartite or greedy) for one teacher; transform={transform!r}"
+                f"dynamic=true recomputes a matching (bipartite or greedy) for one teacher; transform={t.transform!r}"
                 f" with combine={combine!r} has none to recompute"
             )
-        if dynamic_every < 1:
-            raise MethodConfigError(f"dynamic_every={dynamic_every} must be >= 1 epoch")
-        super().__init__(
-            student=student, num_classes=num_classes, teacher=teacher, optim=optim, student_init=student_init
-        )
-        assert self.teacher is not None
+        if t.dynamic_every < 1:
+            raise MethodConfigError(f"dynamic_every={t.dynamic_every} must be >= 1 epoch")
         if distill_init < 0:
             raise MethodConfigError(f"distill_init={distill_init} must be 0 (theta_0) or a positive init number")
+        super().__init__(student, num_classes, teacher, optim, student_init)
+        assert self.teacher is not None
         if distill_init > 0:
             # Table 3a: the transformation of theta_0 with another initialisation of the distilled student.
             with torch.random.fork_rng(devices=[]):
@@ -292,29 +274,21 @@ class KCD(DistillationModule):
                 self.student = create_model(student, num_classes)
         for network in (self.student, self.teacher):
             check_layer(network, layer, pre_activation)
-        self.transform, self.consistency, self.kl_distribution = transform, consistency, kl_distribution
-        self.consistency_eps, self.consistency_max_images = consistency_eps, consistency_max_images
-        self.dynamic, self.dynamic_every, self.num_transforms = dynamic, dynamic_every, num_transforms
-        self.layer, self.pre_activation = layer, pre_activation
-        self.ce_weight, self.feat_weight, self.reduction, self.combine = ce_weight, feat_weight, reduction, combine
+        self.t, self.consistency_max_images = t, consistency_max_images
+        self.layer, self.pre_activation, self.combine = layer, pre_activation, combine
+        self.ce_weight, self.feat_weight, self.reduction = ce_weight, feat_weight, reduction
         self.rkd_weight, self.rkd_distance_weight, self.rkd_angle_weight = (
             rkd_weight,
             rkd_distance_weight,
             rkd_angle_weight,
         )
-        self.subnet_epochs, self.subnet_lr = subnet_epochs, subnet_lr
+        self.ab_weight, self.ab_margin = ab_weight, ab_margin
         # What the transformation is computed from (Algorithm 1 steps 1-3 and the Table 3b/4 options).
-        self.sources = {
-            "student": student,
-            "num_classes": num_classes,
-            "teacher": teacher,
-            "student_init": student_init,
-            "ce_student_checkpoint": ce_student_checkpoint,
-            "transform_student": transform_student,
-            "transform_teacher": transform_teacher,
-            "transform_teacher_checkpoint": transform_teacher_checkpoint,
-            "transform_teacher_init_seed": transform_teacher_init_seed,
-        }
+        self.theta_0, self.theta_1, self.transform_teacher_checkpoint = (
+            student_init,
+            ce_student_checkpoint,
+            transform_teacher_checkpoint,
+        )
         self.c_t = distilled_shape(self.teacher, layer).channels
         self.c_s = distilled_shape(self.student, layer).channels
 
@@ -326,35 +300,30 @@ class KCD(DistillationModule):
         anchors = len(self.route) if self.route is not None else 1
         # mappings[a, k]: the teacher channel of every student channel for anchor a and class partition k.  It is
         # state (checkpointed), so a resumed run continues with the transformation it computed.
-        self.register_buffer(
-            "mappings", identity_mapping(self.c_t, self.c_s).repeat(anchors, num_transforms, 1).clone()
-        )
+        self.register_buffer("mappings", identity_mapping(self.c_t, self.c_s).repeat(anchors, t.num_transforms, 1))
         self.subnet: nn.Module | None = None
-        if transform in SUBNETS:
+        if t.transform in SUBNETS:
             from kd_modules.kcd_subnet import build_subnet
 
-            subnet = build_subnet(transform, self.c_t, self.c_s)
-            subnet.requires_grad_(False)  # fitted offline, frozen during distillation
-            self.subnet = subnet
-        self.ab_weight, self.ab_margin = ab_weight, ab_margin
-        if combine == "ab":
-            student_shape, teacher_shape = distilled_shape(self.student, layer), distilled_shape(self.teacher, layer)
-            if (student_shape.height, student_shape.width) != (teacher_shape.height, teacher_shape.width):
-                raise MethodConfigError(
-                    f"combine='ab' compares maps element-wise: the {layer!r} maps differ in size (student "
-                    f"{student_shape.height}x{student_shape.width}, teacher {teacher_shape.height}x{teacher_shape.width})"
-                )
-        if combine == "fitnet":
-            target = distilled_shape(self.student, layer)  # T(F_T) has the student's channel count
-            teacher_shape = distilled_shape(self.teacher, layer)
-            self.regressor = ConvReg(target, type(target)(self.c_s, teacher_shape.height, teacher_shape.width))
-        self._needs_matrix = transform in ("bipartite", "greedy")
-        self._needs_offline = transform not in ("none", "random")
-        self._ready = not self._needs_offline
-        if transform == "random":
-            generator = torch.Generator().manual_seed(random_seed)
+            self.subnet = build_subnet(t.transform, self.c_t, self.c_s).requires_grad_(False)  # fitted offline
+        student_shape, teacher_shape = distilled_shape(self.student, layer), distilled_shape(self.teacher, layer)
+        if combine == "ab" and (student_shape.height, student_shape.width) != (
+            teacher_shape.height,
+            teacher_shape.width,
+        ):
+            raise MethodConfigError(
+                f"combine='ab' compares maps element-wise: the {layer!r} maps differ in size (student "
+                f"{student_shape.height}x{student_shape.width}, teacher {teacher_shape.height}x{teacher_shape.width})"
+            )
+        if combine == "fitnet":  # T(F_T) has the student's channel count
+            self.regressor = ConvReg(
+                student_shape, type(student_shape)(self.c_s, teacher_shape.height, teacher_shape.width)
+            )
+        self._ready = not t.needs_statistics
+        if t.transform == "random":
+            generator = torch.Generator().manual_seed(t.random_seed)
             for a in range(anchors):
-                for k in range(num_transforms):
+                for k in range(t.num_transforms):
                     self.mappings[a, k] = channel_mapping("random", None, (self.c_t, self.c_s), generator)
         self._loaded_phase: int | None = None
         self._recorded: ConsistencyStatistics | None = None
@@ -364,50 +333,32 @@ class KCD(DistillationModule):
     @classmethod
     def prerequisites(cls, init_args: dict[str, Any]) -> list[dict[str, Any]]:
         """Algorithm 1's CE-only stage (theta_0 and theta_1), and the teacher runs the transformation reads."""
+        t = KCDTransformation.of(init_args)
         stages: list[dict[str, Any]] = []
-        transform = init_args.get("transform", "bipartite")
-        if transform != "none" and int(init_args.get("distill_init", 0) or 0) == 0:
-            stages.append(
-                {
-                    "name": "theta_0",
-                    "method": "Vanilla",
-                    "pass_as": "student_init",
-                    "output": "initial.pth",
-                    "description": "the student's stored initialisation theta_0 (the CE-only run's initial.pth)",
-                }
-            )
-        if transform not in ("none", "random"):
-            stages.append(
-                {
-                    "name": "ce_student",
-                    "method": "Vanilla",
-                    "pass_as": "ce_student_checkpoint",
-                    "description": "theta_1: the student trained from theta_0 with CE only (= the plain-student run)",
-                }
-            )
-        seed = init_args.get("transform_teacher_seed")
-        if seed is not None and transform not in ("none", "random"):
-            stages.append(
-                {
-                    "name": "transform_teacher",
-                    "network": "teacher",
-                    "seed": int(seed),
-                    "pass_as": "transform_teacher_checkpoint",
-                    "description": f"the teacher trained with seed {seed}, the one the transformation is computed for",
-                }
-            )
+        if t.transform != "none" and int(init_args.get("distill_init", 0) or 0) == 0:
+            description = "the student's stored initialisation theta_0 (the CE-only run's initial.pth)"
+            stages.append(_stage("theta_0", "student_init", description, output="initial.pth"))
+        if t.needs_statistics:
+            description = "theta_1: the student trained from theta_0 with CE only (= the plain-student run)"
+            stages.append(_stage("ce_student", "ce_student_checkpoint", description))
+        if t.transform_teacher_seed is not None and t.needs_statistics:
+            seed = int(t.transform_teacher_seed)
+            description = f"the teacher trained with seed {seed}, the one the transformation is computed for"
+            pass_as = "transform_teacher_checkpoint"
+            stages.append({"name": "transform_teacher", "network": "teacher", "seed": seed, "pass_as": pass_as})
+            stages[-1]["description"] = description
         if init_args.get("combine") == "rco" and not init_args.get("anchor_checkpoints"):
             stages.append(route_prerequisite())
         return stages
 
     @classmethod
     def offline_stages(cls, init_args: dict[str, Any]) -> list[tuple[str, str]]:
-        transform = init_args.get("transform", "bipartite")
-        if transform in ("none", "random"):
+        t = KCDTransformation.of(init_args)
+        if not t.needs_statistics:
             return []
         stages = [("kcd_consistency", "pooled teacher/student channel statistics over the training split (M)")]
-        if transform in SUBNETS:
-            stages.append(("kcd_subnet", f"the {transform} transformation fitted to maximise the consistency"))
+        if t.transform in SUBNETS:
+            stages.append(("kcd_subnet", f"the {t.transform} transformation fitted to maximise the consistency"))
         return stages
 
     # ------------------------------------------------------------------------------------ the offline stage
@@ -417,30 +368,29 @@ class KCD(DistillationModule):
 
     def _transform_networks(self) -> tuple[KDNet, str, KDNet, str]:
         """(student, its identity, teacher, its identity) that M is computed with (Table 3b/4 options)."""
-        hp = self.sources
-        num_classes = hp["num_classes"]
-        if hp["transform_student"] == "trained":
-            path = hp["ce_student_checkpoint"]
-            if path is None:
-                raise MethodConfigError(
+        arch, num_classes, t = self.hparams["student"], self.hparams["num_classes"], self.t
+        if t.transform_student == "trained":
+            path, missing = (
+                self.theta_1,
+                (
                     "KCD needs theta_1, the CE-only student (ce_student_checkpoint; the table runner passes the "
                     "Vanilla stage's final.pth), or transform_student=init"
-                )
-            student, student_id = load_network(hp["student"], num_classes, path), teacher_digest(path)
+                ),
+            )
         else:
-            path = hp["student_init"]
-            if path is None:
-                raise MethodConfigError("transform_student=init needs theta_0 (student_init, the stage's initial.pth)")
-            student, student_id = load_network(hp["student"], num_classes, path), teacher_digest(path)
-        teacher_arch = hp["teacher"].arch
-        teacher_path = hp["transform_teacher_checkpoint"] or hp["teacher"].checkpoint
-        if hp["transform_teacher"] == "trained" or hp["transform_teacher_checkpoint"]:
+            path, missing = self.theta_0, "transform_student=init needs theta_0 (student_init, the stage's initial.pth)"
+        if path is None:
+            raise MethodConfigError(missing)
+        student, student_id = load_network(arch, num_classes, path), teacher_digest(path)
+        teacher_arch = self.teacher_config.arch
+        teacher_path = self.transform_teacher_checkpoint or self.teacher_config.checkpoint
+        if t.transform_teacher == "trained" or self.transform_teacher_checkpoint:
             teacher, teacher_id = load_network(teacher_arch, num_classes, teacher_path), teacher_digest(teacher_path)
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(hp["transform_teacher_init_seed"])
+                torch.manual_seed(t.transform_teacher_init_seed)
                 teacher = create_model(teacher_arch, num_classes)
-            teacher_id = f"init:{teacher_arch}:seed{hp['transform_teacher_init_seed']}"
+            teacher_id = f"init:{teacher_arch}:seed{t.transform_teacher_init_seed}"
         return student, student_id, teacher, teacher_id
 
     def prepare_transform(self, datamodule: Any, device: torch.device | str | None = None) -> None:
@@ -450,6 +400,7 @@ class KCD(DistillationModule):
                 f"KCD computes its transformation over an in-memory datamodule's un-augmented training pass "
                 f"(train_eval_dataloader and split); {type(datamodule).__name__} has neither"
             )
+        t = self.t
         device = torch.device(device) if device is not None else self.mappings.device
         student, student_id, teacher, teacher_id = self._transform_networks()
         student.to(device)
@@ -457,6 +408,7 @@ class KCD(DistillationModule):
         if self.route is not None:
             teachers = [(teacher_digest(path), state) for path, state in zip(self.route.checkpoints, self.route.states)]
         images, labels = datamodule.split("train")
+        groups = statistic_groups([t.consistency], t.kl_distribution)
         common = {
             "student": student_id,
             "data": data_fingerprint(images, labels),
@@ -465,21 +417,20 @@ class KCD(DistillationModule):
             "max_images": self.consistency_max_images,
             "layer": self.layer,
             "pre_activation": self.pre_activation,
-            "partitions": self.num_transforms,
-            "eps": self.consistency_eps,
+            "partitions": t.num_transforms,
+            "eps": t.consistency_eps,
             "version": _OFFLINE_VERSION,
+            "groups": groups,
         }
-        groups = statistic_groups([self.consistency], self.kl_distribution)
         report: dict[str, Any] = {"gamma_identity": [], "gamma_transformed": []}
         for a, (t_id, state) in enumerate(teachers):
             if state is not None:
                 teacher.load_state_dict(state)
             teacher.to(device)
-            inputs = {**common, "teacher": t_id, "groups": groups}
-            if self.transform in SUBNETS:
-                self._fit_subnet(
-                    datamodule, device, student, teacher, {**inputs, "teacher_arch": self.sources["teacher"].arch}
-                )
+            inputs = {**common, "teacher": t_id}
+            if t.transform in SUBNETS:
+                inputs["teacher_arch"] = self.teacher_config.arch
+                self._fit_subnet(datamodule, device, student, teacher, inputs)
                 continue
             state_dict = load_or_compute(
                 "kcd_consistency",
@@ -491,20 +442,20 @@ class KCD(DistillationModule):
                     layer=self.layer,
                     pre_activation=self.pre_activation,
                     groups=groups,
-                    partitions=self.num_transforms,
-                    num_classes=self.sources["num_classes"],
-                    eps=self.consistency_eps,
+                    partitions=t.num_transforms,
+                    num_classes=self.hparams["num_classes"],
+                    eps=t.consistency_eps,
                 ).state(),
             )
-            stats = ConsistencyStatistics.from_state(state_dict, eps=self.consistency_eps)
-            self._set_mappings(a, stats.matrix(self.consistency, self.kl_distribution), report)
+            stats = ConsistencyStatistics.from_state(state_dict, eps=t.consistency_eps)
+            self._set_mappings(a, stats.matrix(t.consistency, t.kl_distribution), report)
         self.consistency_report = report
         self._ready = True
 
     def _set_mappings(self, anchor: int, matrices: Tensor, report: dict[str, Any]) -> None:
         identity = identity_mapping(self.c_t, self.c_s)
         for k in range(matrices.shape[0]):
-            mapping = channel_mapping(self.transform, matrices[k], (self.c_t, self.c_s))
+            mapping = channel_mapping(self.t.transform, matrices[k], (self.c_t, self.c_s))
             self.mappings[anchor, k] = mapping.to(self.mappings.device)
             report["gamma_identity"].append(float(gamma(matrices[k], identity)))
             report["gamma_transformed"].append(float(gamma(matrices[k], mapping)))
@@ -516,24 +467,22 @@ class KCD(DistillationModule):
         from kd_modules.kcd_subnet import fit_subnet
 
         assert self.subnet is not None
-        inputs = {**inputs, "subnet": self.transform, "epochs": self.subnet_epochs, "lr": self.subnet_lr}
+        t = self.t
+        inputs = {**inputs, "subnet": t.transform, "epochs": t.subnet_epochs, "lr": t.subnet_lr}
 
         def compute() -> dict[str, Tensor]:
-            def passes() -> Any:
-                for _ in range(self.subnet_epochs):
-                    yield self._train_batches(datamodule, device)
-
+            passes = (self._train_batches(datamodule, device) for _ in range(t.subnet_epochs))
             return fit_subnet(
                 self.subnet,
                 teacher,
                 student,
-                passes(),
+                passes,
                 layer=self.layer,
                 pre_activation=self.pre_activation,
-                metric=self.consistency,
-                kl_distribution=self.kl_distribution,
-                eps=self.consistency_eps,
-                lr=self.subnet_lr,
+                metric=t.consistency,
+                kl_distribution=t.kl_distribution,
+                eps=t.consistency_eps,
+                lr=t.subnet_lr,
             )
 
         fitted = load_or_compute("kcd_subnet", inputs, compute)
@@ -553,16 +502,17 @@ class KCD(DistillationModule):
                 self.route.load_into(self.teacher, phase)
                 self._loaded_phase = phase
 
+    def _partition(self, labels: Tensor) -> Tensor:
+        return class_partition(labels, self.hparams["num_classes"], self.t.num_transforms)
+
     def transformed_teacher_map(self, teacher_map: Tensor, labels: Tensor) -> Tensor:
         """``T(F_T)``: the sub-net's output, or the channel mapping of the image's class partition."""
         if self.subnet is not None:
             with torch.no_grad():
                 return self.subnet(teacher_map)
         mappings = self.mappings[self._phase()]
-        if self.num_transforms == 1:
-            return transform_channels(teacher_map, mappings[0])
         return transform_channels(
-            teacher_map, mappings[class_partition(labels, self.sources["num_classes"], self.num_transforms)]
+            teacher_map, mappings[0] if self.t.num_transforms == 1 else mappings[self._partition(labels)]
         )
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -576,7 +526,7 @@ class KCD(DistillationModule):
         teacher_map = distilled_map(teacher_features, self.layer, self.pre_activation).clone()
         student = self.student.forward_features(images)
         student_map = distilled_map(student, self.layer, self.pre_activation)
-        if self.dynamic:
+        if self.t.dynamic:
             self._record(teacher_map, student_map, labels)
         target = self.transformed_teacher_map(teacher_map, labels)
         losses = {"ce": self.ce_weight * F.cross_entropy(student.logits, labels)}
@@ -599,36 +549,34 @@ class KCD(DistillationModule):
 
     # --------------------------------------------------------------------------------- dynamic (Table 5)
     def _record(self, teacher_map: Tensor, student_map: Tensor, labels: Tensor) -> None:
+        t = self.t
         if self._recorded is None:
-            groups = statistic_groups([self.consistency], self.kl_distribution)
+            groups = statistic_groups([t.consistency], t.kl_distribution)
             self._recorded = ConsistencyStatistics(
-                self.c_t, self.c_s, groups, self.num_transforms, eps=self.consistency_eps, device=teacher_map.device
+                self.c_t, self.c_s, groups, t.num_transforms, eps=t.consistency_eps, device=teacher_map.device
             )
-        partition = class_partition(labels, self.sources["num_classes"], self.num_transforms)
-        self._recorded.update(teacher_map.float().mean((2, 3)), student_map.detach().float().mean((2, 3)), partition)
+        pooled_student = student_map.detach().float().mean((2, 3))
+        self._recorded.update(teacher_map.float().mean((2, 3)), pooled_student, self._partition(labels))
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        if not self.dynamic or (self.current_epoch + 1) % self.dynamic_every != 0 or self._recorded is None:
+        t = self.t
+        if not t.dynamic or (self.current_epoch + 1) % t.dynamic_every != 0 or self._recorded is None:
             return
         stats = self._recorded
         if self.trainer.world_size > 1:
             # Every device saw its share of the images: merge the devices' statistics (``merge`` also rescales the
             # running maxima of the softmax-KL sums, which a plain sum would not).
             gathered = self.all_gather(stats.state())
-            stats = ConsistencyStatistics.from_state({k: v[0] for k, v in gathered.items()}, eps=self.consistency_eps)
+            stats = ConsistencyStatistics.from_state({k: v[0] for k, v in gathered.items()}, eps=t.consistency_eps)
             for rank in range(1, self.trainer.world_size):
                 other = {k: v[rank] for k, v in gathered.items()}
-                stats.merge(ConsistencyStatistics.from_state(other, eps=self.consistency_eps))
+                stats.merge(ConsistencyStatistics.from_state(other, eps=t.consistency_eps))
         report: dict[str, Any] = {"gamma_identity": [], "gamma_transformed": []}
-        self._set_mappings(0, stats.matrix(self.consistency, self.kl_distribution), report)
+        self._set_mappings(0, stats.matrix(t.consistency, t.kl_distribution), report)
         self._recorded = None
-        self.log_dict(
-            {
-                "kcd/gamma_transformed": sum(report["gamma_transformed"]),
-                "kcd/gamma_identity": sum(report["gamma_identity"]),
-            }
-        )
+        gammas = {"transformed": sum(report["gamma_transformed"]), "identity": sum(report["gamma_identity"])}
+        self.log_dict({f"kcd/gamma_{k}": v for k, v in gammas.items()})
 
     def on_train_start(self) -> None:
         if self.consistency_report and self.trainer.default_root_dir:
@@ -637,6 +585,6 @@ class KCD(DistillationModule):
                 torch.save({"mappings": self.mappings.cpu(), **self.consistency_report}, folder / "kcd_transform.pt")
 
 
-def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise MethodConfigError(f"KCD {name}={value!r} is not valid; valid: {', '.join(valid)}")
+def _stage(name: str, pass_as: str, description: str, output: str = "final.pth") -> dict[str, Any]:
+    """A CE-only ``Vanilla`` stage of Algorithm 1 on the pair's student."""
+    return {"name": name, "method": "Vanilla", "pass_as": pass_as, "output": output, "description": description}

@@ -47,7 +47,15 @@ class KD(DistillationModule):
         images, labels = batch["images"], batch["labels"]
         teacher_logits = self.teacher_logits(images)
         logits = self.student(images)
-        return logits, {
-            "ce": self.ce_weight * F.cross_entropy(logits, labels),
-            "kd": self.kd_weight * kd_loss(logits, teacher_logits, self.temperature),
-        }
+        return logits, self.logit_losses(logits, teacher_logits, labels)
+
+    def logit_losses(
+        self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, ramp: float = 1.0
+    ) -> dict[str, Tensor]:
+        """``ce_weight * CE + kd_weight * ramp * KD``; a term whose weight is 0 is left out (KD++'s CE+dino)."""
+        losses = {}
+        if self.ce_weight:
+            losses["ce"] = self.ce_weight * F.cross_entropy(logits, labels)
+        if self.kd_weight:
+            losses["kd"] = self.kd_weight * ramp * kd_loss(logits, teacher_logits, self.temperature)
+        return losses

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
-from kd_modules.base import Batch, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.losses.kdsvd import KDSVDLayout, kdsvd_loss
@@ -30,11 +32,6 @@ class KDSVD(FeatureDistillation):
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: γ, the cross-entropy weight (RepDistiller ``-r``).
-        kd_weight: α, the Hinton-KD weight (RepDistiller ``-a``; 0 disables the term).
-        temperature: KD temperature (RepDistiller ``--kd_T``).
         feat_weight: β, the KDSVD loss weight (mdistiller ``FEAT_WEIGHT`` 1).
         k: teacher singular vectors kept per stage (the student keeps k + 3) (1).
         layout: how a map becomes a matrix: ``repdistiller`` (positions x channels) or ``mdistiller``
@@ -45,16 +42,12 @@ class KDSVD(FeatureDistillation):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
-        kd_weight: float = 0.0,
-        temperature: float = 4.0,
         feat_weight: float = 1.0,
         k: int = 1,
         layout: KDSVDLayout = "repdistiller",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
         if layout not in ("repdistiller", "mdistiller"):
             raise MethodConfigError(f"KDSVD layout {layout!r} is not one of: repdistiller, mdistiller")
         if k < 1:

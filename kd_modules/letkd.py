@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, DistillationModule, OptimConfig, SettingsGroup, TeacherConfig
 from kd_modules.letkd_offline import (
     LetKDSetupError,
     build_codebook,
@@ -36,10 +36,21 @@ from kd_modules.letkd_offline import (
     collect_location_vectors,
 )
 from kd_modules.losses.letkd import codebook_assignment, location_kl, subclass_assignment
-from kd_modules.offline import data_fingerprint, load_or_compute, teacher_digest
+from kd_modules.offline import data_fingerprint, load_or_compute, normalised_train_batches, teacher_digest
 from models import KDNet
 
-__all__ = ["CosineConv1x1", "KDLayer", "FeatureTap", "TargetsConfig", "QuEST", "LetKD1", "LetKD2", "LetKDSetupError"]
+__all__ = [
+    "CosineConv1x1",
+    "KDLayer",
+    "FeatureTap",
+    "TargetsConfig",
+    "KDLayerSettings",
+    "InterKDLayerSettings",
+    "QuEST",
+    "LetKD1",
+    "LetKD2",
+    "LetKDSetupError",
+]
 
 #: Bumped whenever the offline computation changes, so that stale cached artefacts are not reused.
 _OFFLINE_VERSION = 1
@@ -229,7 +240,6 @@ class _WordDistillation(DistillationModule):
         for name, value in (("subclasses_per_class", subclasses_per_class), ("lda_components", lda_components)):
             if value < 1:
                 raise LetKDSetupError(f"{name} must be at least 1, got {value}")
-        self.teacher_config = teacher
         self.targets = targets
         self.uses_penultimate = penultimate
         self.uses_intermediate = intermediate
@@ -404,22 +414,8 @@ class _WordDistillation(DistillationModule):
         self.score_matrix = subclasses["score_matrix"].to(device)
 
     def _teacher_pass(self, datamodule: Any, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
-        loader = datamodule.train_eval_dataloader()
-        limit = self.targets.offline_max_images
-
-        def batches() -> Any:
-            seen = 0
-            for batch in loader:
-                if limit is not None and seen >= limit:
-                    return
-                if limit is not None and seen + batch["labels"].shape[0] > limit:
-                    batch = {k: v[: limit - seen] for k, v in batch.items()}
-                batch = datamodule.on_after_batch_transfer({k: v.to(device) for k, v in batch.items()}, 0)
-                seen += batch["labels"].shape[0]
-                yield batch
-
-        total = len(loader) if limit is None else min(len(loader), -(-limit // loader.batch_size))
-        return collect_location_vectors(batches(), total, self.teacher_maps)
+        batches, total = normalised_train_batches(datamodule, device, self.targets.offline_max_images)
+        return collect_location_vectors(batches, total, self.teacher_maps)
 
 
 class QuEST(_WordDistillation):
@@ -469,12 +465,46 @@ class QuEST(_WordDistillation):
         }
 
 
+@dataclass(frozen=True)
+class KDLayerSettings(SettingsGroup):
+    """letKD's KD layers (:class:`KDLayer`) and their loss weights, shared by letKD-1 and letKD-2
+    (``layers: {...}``; official ``quest_value`` / ``subclass_quest_value``).
+
+    Args:
+        alpha_penult: residual scale of the penultimate KD layer's value branch (1 for every pair except
+            RN50 -> MobileNetV2: 0.1 on CIFAR-100, 0.5 on Tiny-ImageNet; 0: loss only, no feature update).
+        predictor_scale: initial scale of the KD layers' scoring convolutions (official 3).
+        value_scale: initial scale of the KD layers' value convolutions (official 1).
+        penult_weight: weight of the penultimate KL term (official ``quest_loss_coef`` 1).
+    """
+
+    alpha_penult: float = 1.0
+    predictor_scale: float = 3.0
+    value_scale: float = 1.0
+    penult_weight: float = 1.0
+
+    def penultimate_layer(self, channels: int, num_words: int) -> KDLayer:
+        return KDLayer(channels, num_words, self.alpha_penult, self.predictor_scale, self.value_scale)
+
+
+@dataclass(frozen=True)
+class InterKDLayerSettings(KDLayerSettings):
+    """letKD-2's KD layers: :class:`KDLayerSettings` plus the intermediate layer's.
+
+    Args:
+        alpha_inter: residual scale of the intermediate KD layer (1; 0.2 for RN50 -> MobileNetV2 on CIFAR-100).
+        inter_weight: weight of the intermediate KL term (official ``sub_loss_coef`` 1).
+    """
+
+    alpha_inter: float = 1.0
+    inter_weight: float = 1.0
+
+
 class LetKD1(_WordDistillation):
     """letKD-1: one KD layer at the penultimate location (spec §3.4; official ``quest_value``).
 
     The student's map entering global pooling goes through :class:`KDLayer` (K_penult = 4096 words) before the
-    network's own GAP + FC; ``L = CE + penult_weight * mean_i KL(p_T(i) || softmax(S(i)))``.  ``alpha_penult``
-    is 1 for every pair except RN50 -> MobileNetV2 (0.1 on CIFAR-100, 0.5 on Tiny-ImageNet).
+    network's own GAP + FC; ``L = CE + penult_weight * mean_i KL(p_T(i) || softmax(S(i)))``.
 
     Args:
         student: network name.
@@ -482,10 +512,7 @@ class LetKD1(_WordDistillation):
         num_classes: classifier width (linked from the data).
         optim: optimiser and schedule.
         targets: the codebook and the offline stages (K, tau, K-means, teacher pooling).
-        alpha_penult: residual scale of the penultimate KD layer's value branch (0: loss only, no feature update).
-        predictor_scale: initial scale of the KD layer's scoring convolution (official 3).
-        value_scale: initial scale of the KD layer's value convolution (official 1).
-        penult_weight: weight of the penultimate KL term (official ``quest_loss_coef`` 1).
+        layers: the KD layer and its loss weight (:class:`KDLayerSettings`).
     """
 
     def __init__(
@@ -495,24 +522,18 @@ class LetKD1(_WordDistillation):
         num_classes: int = 100,
         optim: OptimConfig = OptimConfig(),
         targets: TargetsConfig = TargetsConfig(),
-        alpha_penult: float = 1.0,
-        predictor_scale: float = 3.0,
-        value_scale: float = 1.0,
-        penult_weight: float = 1.0,
+        layers: KDLayerSettings = KDLayerSettings(),
     ) -> None:
         super().__init__(student, teacher, num_classes, optim, targets)
-        self.penult_weight = penult_weight
-        channels = self.student_shapes["neck"][0]
-        self.student.insert("neck", KDLayer(channels, targets.num_clusters, alpha_penult, predictor_scale, value_scale))
+        self.layers = layers
+        self.student.insert("neck", layers.penultimate_layer(self.student_shapes["neck"][0], targets.num_clusters))
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]
         targets = self.teacher_targets(images, labels)
         out = self.student.forward_features(images)
-        return out.logits, {
-            "ce": F.cross_entropy(out.logits, labels),
-            "penult": self.penult_weight * location_kl(out.extras["neck"], targets["penult"]),  # type: ignore[arg-type]
-        }
+        penult = location_kl(out.extras["neck"], targets["penult"])  # type: ignore[arg-type]
+        return out.logits, {"ce": F.cross_entropy(out.logits, labels), "penult": self.layers.penult_weight * penult}
 
 
 class LetKD2(_WordDistillation):
@@ -532,18 +553,13 @@ class LetKD2(_WordDistillation):
         num_classes: classifier width (linked from the data).
         optim: optimiser and schedule.
         targets: the codebook and the offline stages (K, tau, K-means, teacher pooling).
-        alpha_inter: residual scale of the intermediate KD layer (1; 0.2 for RN50 -> MobileNetV2 on CIFAR-100).
-        alpha_penult: residual scale of the penultimate KD layer (1; 0.1 for RN50 -> MobileNetV2 on CIFAR-100).
+        layers: both KD layers and their loss weights (:class:`InterKDLayerSettings`).
         penultimate: include the penultimate KD layer and its loss.
         subclasses_per_class: K_inter, K-means clusters per class in LDA space (8).
         lda_components: LDA dimensions (60; clamped to classes - 1, e.g. 9 on a 10-class dataset).
         student_inter_point: insertion point of the intermediate layer in the student (null: first block of the
             last stage).
         teacher_inter_point: the teacher's tap for the sub-class targets (null: first block of its last stage).
-        predictor_scale: initial scale of the KD layers' scoring convolutions (official 3).
-        value_scale: initial scale of the KD layers' value convolutions (official 1).
-        inter_weight: weight of the intermediate KL term (official ``sub_loss_coef`` 1).
-        penult_weight: weight of the penultimate KL term (official ``quest_loss_coef`` 1).
     """
 
     def __init__(
@@ -553,53 +569,38 @@ class LetKD2(_WordDistillation):
         num_classes: int = 100,
         optim: OptimConfig = OptimConfig(),
         targets: TargetsConfig = TargetsConfig(),
-        alpha_inter: float = 1.0,
-        alpha_penult: float = 1.0,
+        layers: InterKDLayerSettings = InterKDLayerSettings(),
         penultimate: bool = True,
         subclasses_per_class: int = 8,
         lda_components: int = 60,
         student_inter_point: str | None = None,
         teacher_inter_point: str | None = None,
-        predictor_scale: float = 3.0,
-        value_scale: float = 1.0,
-        inter_weight: float = 1.0,
-        penult_weight: float = 1.0,
     ) -> None:
+        points = {"student_inter_point": student_inter_point, "teacher_inter_point": teacher_inter_point}
+        sizes = {"subclasses_per_class": subclasses_per_class, "lda_components": lda_components}
         super().__init__(
-            student,
-            teacher,
-            num_classes,
-            optim,
-            targets,
-            penultimate=penultimate,
-            intermediate=True,
-            student_inter_point=student_inter_point,
-            teacher_inter_point=teacher_inter_point,
-            subclasses_per_class=subclasses_per_class,
-            lda_components=lda_components,
+            student, teacher, num_classes, optim, targets, penultimate=penultimate, intermediate=True, **points, **sizes
         )
-        self.inter_weight = inter_weight
-        self.penult_weight = penult_weight
+        self.layers = layers
         inter_channels = self.student_shapes[self.student_inter_point][0]
-        self.student.insert(
-            self.student_inter_point,
-            KDLayer(inter_channels, num_classes * subclasses_per_class, alpha_inter, predictor_scale, value_scale),
+        inter_layer = KDLayer(
+            inter_channels,
+            num_classes * subclasses_per_class,
+            layers.alpha_inter,
+            layers.predictor_scale,
+            layers.value_scale,
         )
+        self.student.insert(self.student_inter_point, inter_layer)
         if penultimate:
-            channels = self.student_shapes["neck"][0]
-            layer = KDLayer(channels, targets.num_clusters, alpha_penult, predictor_scale, value_scale)
-            self.student.insert("neck", layer)
+            self.student.insert("neck", layers.penultimate_layer(self.student_shapes["neck"][0], targets.num_clusters))
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]
         targets = self.teacher_targets(images, labels)
         out = self.student.forward_features(images)
-        inter_scores = out.extras[self.student_inter_point]
-        losses = {
-            "ce": F.cross_entropy(out.logits, labels),
-            "inter": self.inter_weight * location_kl(inter_scores, targets["inter"]),
-        }  # type: ignore[arg-type]
+        inter = location_kl(out.extras[self.student_inter_point], targets["inter"])  # type: ignore[arg-type]
+        losses = {"ce": F.cross_entropy(out.logits, labels), "inter": self.layers.inter_weight * inter}
         if self.uses_penultimate:
-            penult_scores = out.extras["neck"]
-            losses["penult"] = self.penult_weight * location_kl(penult_scores, targets["penult"])  # type: ignore[arg-type]
+            penult = location_kl(out.extras["neck"], targets["penult"])  # type: ignore[arg-type]
+            losses["penult"] = self.layers.penult_weight * penult
         return out.logits, losses

@@ -368,11 +368,6 @@ def _insert_ft(student: KDNet, arch: str, expanded_channels: int, ft: FTKind) ->
     return point, channels
 
 
-def _check_choice(name: str, value: object, valid: tuple[object, ...]) -> None:
-    if value not in valid:
-        raise NORMConfigError(f"{name}={value!r} is not valid; choose one of: {', '.join(map(str, valid))}")
-
-
 def _teacher_channels(arch: str, num_classes: int) -> int:
     """Last-stage width of network ``arch``, read from its shapes (built on the meta device: no weights)."""
     with torch.device("meta"):
@@ -441,10 +436,6 @@ class NORM(DistillationModule):
         contract_teacher: bool = False,
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
-        _check_choice("formulation", formulation, tuple(_FORMULATIONS))
-        _check_choice("ft", ft, ("default", "plain", "none"))
-        _check_choice("distance", distance, ("l2", "l1", "mmd"))
-        _check_choice("ramp", ramp, ("cifar", "imagenet", "none", None))
         if n_segments < 1:
             raise NORMConfigError(f"n_segments (N) must be at least 1, got {n_segments}")
         if segments_used is not None and not 1 <= segments_used <= n_segments:
@@ -580,7 +571,6 @@ class FTStudent(DistillationModule):
         logit_scale: float | None = None,
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=None, optim=optim)
-        _check_choice("ft", ft, ("default", "plain"))
         if teacher_arch is None and teacher is not None:
             teacher_arch = teacher.arch
         if (teacher_arch is None) == (teacher_channels is None):

@@ -9,12 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_modules.base import Batch, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.losses.ofd import ofd_loss, ofd_margin
@@ -71,11 +71,6 @@ class OFD(FeatureDistillation):
     Args:
         student: network name.
         teacher: the frozen teacher (must expose ``bn_before_relu()``).
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: cross-entropy weight.
-        kd_weight: Hinton-KD weight (0: none, as the references).
-        temperature: KD temperature.
         feat_weight: the distillation weight (1e-3 CIFAR, 1e-4 ImageNet).
         connector_kernel: the connector's kernel size (mdistiller ``OFD.CONNECTOR.KERNEL_SIZE`` 1).
         teacher_bn: ``batch`` — teacher features with batch statistics, as the official code and mdistiller
@@ -86,16 +81,12 @@ class OFD(FeatureDistillation):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
-        kd_weight: float = 0.0,
-        temperature: float = 4.0,
         feat_weight: float = 1e-3,
         connector_kernel: int = 1,
         teacher_bn: Literal["batch", "running"] = "batch",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
         if teacher_bn not in ("batch", "running"):
             raise MethodConfigError(f"OFD teacher_bn={teacher_bn!r} is not valid: choose 'batch' or 'running'")
         if connector_kernel < 1 or connector_kernel % 2 == 0:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -39,6 +40,7 @@ __all__ = [
     "teacher_digest",
     "data_fingerprint",
     "progress",
+    "normalised_train_batches",
 ]
 
 T = TypeVar("T")
@@ -117,3 +119,25 @@ def progress(items: Iterable[T], total: int | None, description: str) -> Iterato
     from tqdm.auto import tqdm
 
     yield from tqdm(items, total=total, desc=description, file=sys.stderr, mininterval=2.0, leave=False)
+
+
+def normalised_train_batches(datamodule: Any, device: torch.device | str, limit: int | None) -> tuple[Any, int]:
+    """The un-augmented training split's batches on ``device``, normalised as the networks see them, and their count.
+
+    Only the first ``limit`` images when ``limit`` is set (smoke runs, quick diagnostics).
+    """
+    loader = datamodule.train_eval_dataloader()
+
+    def batches() -> Any:
+        seen = 0
+        for batch in loader:
+            if limit is not None and seen >= limit:
+                return
+            if limit is not None and seen + batch["labels"].shape[0] > limit:
+                batch = {k: v[: limit - seen] for k, v in batch.items()}
+            batch = datamodule.on_after_batch_transfer({k: v.to(device) for k, v in batch.items()}, 0)
+            seen += batch["labels"].shape[0]
+            yield batch
+
+    total = len(loader) if limit is None else min(len(loader), math.ceil(limit / loader.batch_size))
+    return batches(), total

@@ -192,7 +192,13 @@ class ReviewKD(DistillationModule):
         teacher = self.teacher_features(images)
         student = self.student.forward_features(images)
         ramp = loss_ramp(self.schedule_epoch, self.warmup_epochs, self.warmup_one_based)
-        return student.logits, {
+        return student.logits, self.review_losses(student, teacher, labels, ramp)
+
+    def review_losses(
+        self, student: FeatureOutput, teacher: FeatureOutput, labels: Tensor, ramp: float
+    ) -> dict[str, Tensor]:
+        """``ce_weight * CE + review_weight * ramp * HCL`` (ReviewKD++ passes ND's ramp)."""
+        return {
             "ce": self.ce_weight * F.cross_entropy(student.logits, labels),
             "review": self.review_weight * ramp * self.review.loss(student, teacher),
         }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
-from kd_modules.base import Batch, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, TeacherConfig
 from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.losses.rkd import rkd_angle_loss, rkd_distance_loss
 from models import FeatureOutput
@@ -20,11 +22,6 @@ class RKD(FeatureDistillation):
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: γ, the cross-entropy weight (RepDistiller ``-r``).
-        kd_weight: α, the Hinton-KD weight (RepDistiller ``-a``; 0 disables the term).
-        temperature: KD temperature (RepDistiller ``--kd_T``).
         feat_weight: β, the weight of the whole RKD term (RepDistiller ``-b``; 1).
         distance_weight: weight of the distance term (25).
         angle_weight: weight of the angle term (50).
@@ -36,18 +33,14 @@ class RKD(FeatureDistillation):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
-        kd_weight: float = 0.0,
-        temperature: float = 4.0,
         feat_weight: float = 1.0,
         distance_weight: float = 25.0,
         angle_weight: float = 50.0,
         squared: bool = False,
         eps: float = 1e-12,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
         self.distance_weight = distance_weight
         self.angle_weight = angle_weight
         self.squared = squared

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_modules.base import Batch, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.losses.semckd import semckd_attention, semckd_loss
@@ -74,11 +74,7 @@ class SemCKD(FeatureDistillation):
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: cross-entropy weight (1).
         kd_weight: Hinton-KD weight (1).
-        temperature: KD temperature (4).
         feat_weight: SemCKD weight (400).
         attention_temperature: the softmax temperature of the attention (official ``--soft`` 1.0).
         batch_size: the training batch size the embeddings are built for (None: the data module's, at fit start).
@@ -88,16 +84,13 @@ class SemCKD(FeatureDistillation):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
         kd_weight: float = 1.0,
-        temperature: float = 4.0,
         feat_weight: float = 400.0,
         attention_temperature: float = 1.0,
         batch_size: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        super().__init__(student, teacher, kd_weight=kd_weight, feat_weight=feat_weight, **kwargs)
         assert self.teacher is not None
         self.attention_temperature = attention_temperature
         s_shapes, t_shapes = self.student.stage_shapes, self.teacher.stage_shapes

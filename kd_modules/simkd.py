@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_modules.base import Batch, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.losses.kd import kd_loss
@@ -57,14 +58,27 @@ class SimKDNetwork(nn.Module):
         projector: the trained projector.
         classifier: the teacher's classifier.
         pool_to: the teacher map's height when the student's last map is taller (official alignment), else None.
+        archs: the student's and the teacher's network names (what :meth:`save` records).
     """
 
-    def __init__(self, student: KDNet, projector: nn.Module, classifier: nn.Module, pool_to: int | None) -> None:
+    def __init__(
+        self,
+        student: KDNet,
+        projector: nn.Module,
+        classifier: nn.Module,
+        pool_to: int | None,
+        archs: tuple[str, str] = ("", ""),
+    ) -> None:
         super().__init__()
         self.student = student
         self.projector = projector
         self.classifier = classifier
         self.pool_to = pool_to
+        self.student_arch, self.teacher_arch = archs
+
+    def save(self, path: str | Path) -> Path:
+        """Write this network (see :func:`load_simkd_network`)."""
+        return save_simkd_network(self, self.student_arch, self.teacher_arch, path)
 
     def project(self, last_stage: Tensor) -> Tensor:
         if self.pool_to is not None:
@@ -91,11 +105,7 @@ class SimKD(FeatureDistillation):
     Args:
         student: network name.
         teacher: the frozen teacher (its classifier is reused).
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
         ce_weight: cross-entropy on the student's *own* classifier (official ``-c``, 0).
-        kd_weight: Hinton KD on the student's own classifier (official ``-d``, 0).
-        temperature: KD temperature.
         feat_weight: the feature MSE weight (official ``-b``, 1).
         factor: the projector's channel reduction (official ``--factor`` 2).
     """
@@ -104,15 +114,12 @@ class SimKD(FeatureDistillation):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
         ce_weight: float = 0.0,
-        kd_weight: float = 0.0,
-        temperature: float = 4.0,
         feat_weight: float = 1.0,
         factor: int = 2,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        super().__init__(student, teacher, ce_weight=ce_weight, feat_weight=feat_weight, **kwargs)
         assert self.teacher is not None
         if factor < 1:
             raise MethodConfigError(f"SimKD factor={factor} must be a positive integer")
@@ -130,7 +137,12 @@ class SimKD(FeatureDistillation):
 
     def deployable(self) -> SimKDNetwork:
         """The network SimKD predicts with (shares this module's student, projector and teacher classifier)."""
-        return SimKDNetwork(self.student, self.projector, self.teacher_classifier, self.pool_to)
+        archs = (self.hparams["student"], self.teacher_config.arch)
+        return SimKDNetwork(self.student, self.projector, self.teacher_classifier, self.pool_to, archs)
+
+    def deploy_student(self) -> SimKDNetwork:
+        """A copy of :meth:`deployable` in eval mode: student, projector and the reused teacher classifier."""
+        return copy.deepcopy(self.deployable()).eval()
 
     def _projection(self, student: FeatureOutput, teacher: FeatureOutput) -> tuple[Tensor, Tensor]:
         """(projected student map, teacher map), spatially aligned as the official code."""
@@ -203,33 +215,4 @@ def _build_network(
     projector = SimKDProjector(c_s, c_t, factor=max(1, c_t // hidden))
     if projector[0].out_channels != hidden:
         raise CheckpointError(f"SimKD export: projector width {hidden} does not divide {teacher_arch}'s {c_t} channels")
-    return SimKDNetwork(student, projector, teacher.classifier, pool_to)
-
-
-def simkd_network_from_run_checkpoint(path: str | Path) -> tuple[SimKDNetwork, str, str]:
-    """The deployable network of a SimKD run's Lightning checkpoint: (network, student arch, teacher arch)."""
-    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=False)
-    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
-    if "projector.0.weight" not in state or "teacher" not in hparams:
-        raise CheckpointError(f"{path} is not a checkpoint of a SimKD run (no projector or no teacher)")
-    teacher = hparams["teacher"]
-    teacher_arch = teacher["arch"] if isinstance(teacher, dict) else teacher.arch
-    student_arch = hparams["student"]
-    num_classes = int(hparams.get("num_classes", 100))
-    with torch.device("meta"):
-        probe_s, probe_t = create_model(student_arch, num_classes), create_model(teacher_arch, num_classes)
-    h_s, h_t = probe_s.stage_shapes[-1].chw[1], probe_t.stage_shapes[-1].chw[1]
-    network = _build_network(
-        student_arch, teacher_arch, num_classes, int(state["projector.0.weight"].shape[0]), h_t if h_s > h_t else None
-    )
-    own = {k: v for k, v in state.items() if k.split(".")[0] in ("student", "projector")}
-    own.update(
-        {
-            f"classifier.{k[len('teacher_classifier.') :]}": v
-            for k, v in state.items()
-            if k.startswith("teacher_classifier.")
-        }
-    )
-    network.load_state_dict(own)
-    return network.eval(), student_arch, teacher_arch
+    return SimKDNetwork(student, projector, teacher.classifier, pool_to, (student_arch, teacher_arch))

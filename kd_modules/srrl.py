@@ -7,13 +7,13 @@ References: the SimKD toolbox (DefangChen/SimKD ``models/util.py::SRRL``, CIFAR)
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_modules.base import Batch, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.losses.kd import kd_loss
@@ -41,11 +41,7 @@ class SRRL(FeatureDistillation):
     Args:
         student: network name.
         teacher: the frozen teacher (its classifier is reused).
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: cross-entropy weight (1).
         kd_weight: Hinton-KD weight (toolbox 1; official 0).
-        temperature: KD temperature (4).
         feat_weight: weight of the feature-matching term L_FM (1).
         sr_weight: weight of the softmax-regression term L_SR (1).
         variant: ``toolbox`` or ``official`` (see above).
@@ -55,16 +51,13 @@ class SRRL(FeatureDistillation):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
         kd_weight: float = 1.0,
-        temperature: float = 4.0,
         feat_weight: float = 1.0,
         sr_weight: float = 1.0,
         variant: Literal["toolbox", "official"] = "toolbox",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        super().__init__(student, teacher, kd_weight=kd_weight, feat_weight=feat_weight, **kwargs)
         if variant not in VARIANTS:
             raise MethodConfigError(f"SRRL variant={variant!r} is not valid: choose one of {', '.join(VARIANTS)}")
         assert self.teacher is not None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from kd_modules.base import Batch, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, TeacherConfig
 from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.losses.common import pool_to_smaller
 from kd_modules.losses.vid import vid_log_scale_init, vid_loss
@@ -35,11 +37,6 @@ class VID(FeatureDistillation):
     Args:
         student: network name.
         teacher: the frozen teacher.
-        num_classes: classifier width (linked from the data).
-        optim: optimiser and schedule.
-        ce_weight: γ, the cross-entropy weight (RepDistiller ``-r``).
-        kd_weight: α, the Hinton-KD weight (RepDistiller ``-a``; 0 disables the term).
-        temperature: KD temperature (RepDistiller ``--kd_T``).
         feat_weight: β, the VID loss weight (RepDistiller ``-b``; 1).
         learn_variance: train the per-channel variances (RepDistiller) or keep them at ``init_variance``
             (mdistiller).
@@ -51,17 +48,13 @@ class VID(FeatureDistillation):
         self,
         student: str,
         teacher: TeacherConfig,
-        num_classes: int = 100,
-        optim: OptimConfig = OptimConfig(),
-        ce_weight: float = 1.0,
-        kd_weight: float = 0.0,
-        temperature: float = 4.0,
         feat_weight: float = 1.0,
         learn_variance: bool = True,
         init_variance: float = 5.0,
         eps: float = 1e-5,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(student, teacher, num_classes, optim, ce_weight, kd_weight, temperature, feat_weight)
+        super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
         self.eps = eps
         self.regressors = nn.ModuleList()
         self.log_scales = nn.ParameterList()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -84,27 +85,48 @@ def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # type: ignor
 
 
 def _check_method_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """``--model.help <name>`` lists every argument of the method's ``__init__`` with a type, and the class
-    docstring documents each one (Google-style ``Args:``)."""
+    """``--model.help <name>`` lists every argument of the method's ``__init__`` with a type (arguments passed on
+    through ``**kwargs`` are the parent class's), and the docstring of the class that declares an argument documents
+    it (Google-style ``Args:``); a settings group's fields are listed and documented one by one."""
+    import dataclasses
     import inspect
+    import typing
 
     from benchmarks.cli import KDBenchCLI
     from kd_modules import method_class
+    from kd_modules.base import SettingsGroup
 
     common = {"self", "student", "teacher", "num_classes", "optim"}
     with pytest.raises(SystemExit) as exit_info:
         KDBenchCLI(args=["fit", "--model.help", name])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    cls = method_class(name)
-    docstring = inspect.getdoc(cls) or ""
-    parameters = inspect.signature(cls.__init__).parameters
-    for parameter in parameters:
+    declared: dict[str, tuple[type, Any]] = {}  # argument -> (declaring class, annotation)
+    for klass in method_class(name).__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters
+        hints = typing.get_type_hints(klass.__init__)
+        for parameter, spec in parameters.items():
+            if spec.kind not in (spec.VAR_KEYWORD, spec.VAR_POSITIONAL):
+                declared.setdefault(parameter, (klass, hints.get(parameter)))
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            break
+    for parameter, (klass, group) in declared.items():
         if parameter in common:
             continue
+        docstring = inspect.getdoc(klass) or ""
+        assert f"    {parameter}: " in docstring, f"{name}: argument {parameter} is not documented ({klass.__name__})"
+        if isinstance(group, type) and issubclass(group, SettingsGroup):
+            # A settings group: every field on the command line, documented in the group's docstring.
+            for field in dataclasses.fields(group):
+                assert f"--model.{parameter}.{field.name} " in text, f"{name}: --model.{parameter}.{field.name} missing"
+                assert f"    {field.name}: " in (inspect.getdoc(group) or ""), (
+                    f"{group.__name__}.{field.name} undocumented"
+                )
+            continue
         assert f"--model.{parameter} " in text, f"{name}: --model.{parameter} missing from the help"
-        assert f"    {parameter}: " in docstring, f"{name}: argument {parameter} is not documented"
-    assert text.count("(type: ") >= len(parameters) - 2
+    assert text.count("(type: ") >= len(declared) - 2
 
 
 @pytest.fixture(scope="session")
@@ -181,3 +203,20 @@ def http_server():  # type: ignore[no-untyped-def]
     server = LocalFileServer()
     yield server
     server.close()
+
+
+def _parse_error(capsys: pytest.CaptureFixture[str], method: str, *args: str) -> str:
+    """The CLI's message for bad method arguments (jsonargparse checks every ``Literal`` choice): exit status 2,
+    nothing built; the message with its whitespace collapsed."""
+    from benchmarks.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", f"--model={method}", "--model.student=resnet20", "--model.teacher.arch=resnet56", *args])
+    assert exit_info.value.code == 2
+    return " ".join(capsys.readouterr().err.split())
+
+
+@pytest.fixture(scope="session")
+def parse_error():  # type: ignore[no-untyped-def]
+    """``parse_error(capsys, method, *args)``: the parser's error for ``--model=method *args``."""
+    return _parse_error

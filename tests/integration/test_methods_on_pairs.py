@@ -108,18 +108,39 @@ OTHER_CONFIGS = sorted(
     if "imagenet" not in p.stem and p.stem not in ROW_CONFIGS and p.stem not in STAGED_CONFIGS
 )
 
+
+def _norm_variant_rows() -> list[tuple[str, str, dict[str, Any]]]:
+    """(config, method, row arguments) of every NORM variant row of the CIFAR-100 tables (the shared config plus
+    the row's init_args: N, segments used, distance), each distinct setting once and not again if table1 has it."""
+    from benchmarks.tables import list_tables
+
+    table1 = {f"{Path(r.config).stem} {sorted(r.init_args.items())}" for r in TABLE1.rows if r.config}
+    seen: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    for name in list_tables():
+        table = load_table(name)
+        if table.dataset != "cifar100":
+            continue
+        for row in table.rows:
+            if row.method in ("NORM", "FTStudent") and row.init_args and row.config and not row.quoted_only:
+                case = (Path(row.config).stem, row.method, dict(row.init_args))
+                seen.setdefault(f"{case[0]} {sorted(case[2].items())}", case)
+    return [case for key, case in sorted(seen.items()) if key not in table1]
+
+
+NORM_VARIANT_ROWS = _norm_variant_rows()
+
 # Variants defined only where the networks' shapes allow them (each raises a MethodConfigError elsewhere).
 _EQUAL_STAGE_CHANNELS = {p for p in TABLE1_PAIRS if p != "wrn_40_2->wrn_40_1"}
 _EQUAL_LAST_STAGE_CHANNELS = _EQUAL_STAGE_CHANNELS  # NORM's tap: C_s = C_t on these (and only these) pairs
 
 
-def expected_error(config: str, pair: str) -> str | None:
+def expected_error(config: str, pair: str, row_args: dict[str, Any] | None = None) -> str | None:
     """The configuration error a variant raises on a pair where it is not defined (None: it must run)."""
     if config == "kdsvd" and pair not in _EQUAL_STAGE_CHANNELS:
         return "KDSVD with layout 'repdistiller' needs equal channels"
     if config == "kdsvd_mdistiller" and pair not in TABLE1_PAIRS:
         return "KDSVD with layout 'mdistiller' needs equal widths"
-    if config == "norm_n1" and pair not in _EQUAL_LAST_STAGE_CHANNELS:
+    if (row_args or {}).get("ft") == "none" and pair not in _EQUAL_LAST_STAGE_CHANNELS:  # NORM at N = 1
         return "ft='none' matches the raw"
     return None
 
@@ -278,7 +299,7 @@ def _after_last_stage(module: DistillationModule) -> set[str]:
 def _run_or_expect(
     config: str | None, method: str, pair: str, row_args: dict[str, Any], root: Path, teacher_for: Any
 ) -> None:
-    error = expected_error(config or "", pair)
+    error = expected_error(config or "", pair, row_args)
     hook = getattr(method_class(method), "pair_problem", None)
     parsed = Pair.parse(pair)
     undefined = hook(parsed.student, parsed.teacher, dict(row_args)) if hook is not None else None
@@ -307,6 +328,16 @@ def test_table1_row_on_pair(
 def test_variant_config_on_pair(config: str, pair: str, one_per_class: Path, untrained_teacher, late_epoch) -> None:  # type: ignore[no-untyped-def]
     method = _config(config)["model"]["class_path"].rsplit(".", 1)[1]
     _run_or_expect(config, method, pair, {}, one_per_class, untrained_teacher)
+
+
+@pytest.mark.parametrize("pair", _pairs(VARIANT_PAIRS))
+@pytest.mark.parametrize(
+    ("config", "method", "row_args"), NORM_VARIANT_ROWS, ids=[f"{c}-{a}" for c, _, a in NORM_VARIANT_ROWS]
+)
+def test_norm_variant_row_on_pair(  # type: ignore[no-untyped-def]
+    config: str, method: str, row_args: dict[str, Any], pair: str, one_per_class: Path, untrained_teacher, late_epoch
+) -> None:
+    _run_or_expect(config, method, pair, row_args, one_per_class, untrained_teacher)
 
 
 def test_every_cifar_method_config_is_covered() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks.cli import KDBenchCLI
-from kd_modules import KD, OptimConfig, TeacherConfig, Vanilla
+from kd_modules import KD, OptimConfig, TeacherConfig, Vanilla, method_class, method_names
 from models.checkpoints import CheckpointMismatchError
 
 
@@ -91,5 +91,14 @@ def test_vanilla_ignores_teacher(trained_teacher: Path) -> None:
 
 
 def test_kd_needs_a_teacher() -> None:
-    with pytest.raises(TypeError):
-        KD(student="resnet8")  # type: ignore[call-arg]
+    # Not Python's missing-argument TypeError: the method's own requires_teacher check, naming the CLI keys.
+    with pytest.raises(
+        ValueError, match=r"^KD needs a teacher: pass --model.teacher.arch and --model.teacher.checkpoint"
+    ):
+        KD(student="resnet8", teacher=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", [n for n in method_names() if method_class(n).requires_teacher])
+def test_every_distilling_method_refuses_to_run_without_a_teacher(name: str) -> None:
+    with pytest.raises(ValueError, match=f"^{name} needs a teacher"):
+        method_class(name)(student="resnet8", teacher=None)

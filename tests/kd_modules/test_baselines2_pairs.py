@@ -3,7 +3,6 @@ on every table1/table2 teacher-student pair."""
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 
@@ -115,17 +114,10 @@ def _train_a_few_steps(
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_help_lists_every_argument_typed_and_documented(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        KDBenchCLI(args=["fit", "--model.help", name])
-    assert exit_info.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
-    docstring = inspect.getdoc(method_class(name)) or ""
-    for parameter in inspect.signature(method_class(name).__init__).parameters:
-        if parameter in COMMON:
-            continue
-        assert f"--model.{parameter} " in text, f"{name}: --model.{parameter} missing from the help"
-        assert f"    {parameter}: " in docstring, f"{name}: argument {parameter} is not documented"
+def test_help_lists_every_argument_typed_and_documented(
+    name: str, capsys: pytest.CaptureFixture[str], check_method_help
+) -> None:  # type: ignore[no-untyped-def]
+    check_method_help(name, capsys)
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))

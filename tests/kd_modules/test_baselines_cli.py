@@ -13,6 +13,7 @@ import torch
 from benchmarks.cli import KDBenchCLI
 from benchmarks.tables import REPO_ROOT
 from kd_modules import TeacherConfig, method_class
+from kd_modules.crd import ContrastSettings
 from models import create_model
 
 # every shipped config of this methods -> the method class it selects
@@ -94,7 +95,7 @@ def test_one_step_on_mismatched_resnet_pairs(name: str, student: str, teacher_ch
     if name == "KDSVD":
         kwargs["layout"] = "mdistiller" if student == "resnet20" else "repdistiller"  # 16 vs 64 channels
     if name in ("CRD", "CRDKD"):
-        kwargs["memory_size"] = 32
+        kwargs["contrast"] = ContrastSettings(memory_size=32)
     module = cls(student=student, teacher=TeacherConfig("resnet32x4", str(teacher_checkpoint("resnet32x4"))), **kwargs)
     torch.manual_seed(0)
     batch = {

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kd_modules import CRD, CRDKD, TeacherConfig
-from kd_modules.crd import ContrastMemory
+from kd_modules.crd import ContrastMemory, ContrastSettings
 from kd_modules.errors import MethodConfigError
 from kd_modules.losses import nce_loss
 
@@ -88,7 +88,7 @@ def _batch(n: int, k: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def test_module_loss_is_the_sum_of_both_directions(trained_teacher: Path) -> None:
-    module = _crd(trained_teacher, "resnet8", memory_size=20)
+    module = _crd(trained_teacher, "resnet8", contrast=ContrastSettings(memory_size=20))
     batch = _batch(20, 5)
     memory_before = ContrastMemory(128)
     memory_before.load_state_dict(module.memory.state_dict())
@@ -102,7 +102,7 @@ def test_module_loss_is_the_sum_of_both_directions(trained_teacher: Path) -> Non
 
 
 def test_checkpoint_keeps_memory_and_z(trained_teacher: Path) -> None:
-    module = _crd(trained_teacher, "resnet8", memory_size=20)
+    module = _crd(trained_teacher, "resnet8", contrast=ContrastSettings(memory_size=20))
     module.training_losses(_batch(20, 5))
     state = module.state_dict()
     assert state["memory.memory_student"].shape == (20, 128) and state["memory.z_student"] > 0
@@ -115,7 +115,7 @@ def test_checkpoint_keeps_memory_and_z(trained_teacher: Path) -> None:
 
 
 def test_missing_contrast_indices_and_unallocated_memory_are_clear_errors(trained_teacher: Path) -> None:
-    module = _crd(trained_teacher, "resnet8", memory_size=20)
+    module = _crd(trained_teacher, "resnet8", contrast=ContrastSettings(memory_size=20))
     batch = _batch(20, 5)
     del batch["contrast_indices"]
     with pytest.raises(MethodConfigError, match=r"contrast_k .*configs/methods/crd.yaml"):
@@ -125,9 +125,13 @@ def test_missing_contrast_indices_and_unallocated_memory_are_clear_errors(traine
 
 
 def test_crd_kd_adds_hinton_kd(trained_teacher: Path) -> None:
-    module = CRDKD(student="resnet8", teacher=TeacherConfig("resnet8", str(trained_teacher)), memory_size=20)
+    module = CRDKD(
+        student="resnet8",
+        teacher=TeacherConfig("resnet8", str(trained_teacher)),
+        contrast=ContrastSettings(memory_size=20),
+    )
     assert (module.ce_weight, module.kd_weight, module.feat_weight, module.temperature) == (1.0, 1.0, 0.8, 4.0)
     _, losses = module.training_losses(_batch(20, 5))
     assert set(losses) == {"ce", "kd", "crd"}
-    plain = _crd(trained_teacher, "resnet8", memory_size=20)
+    plain = _crd(trained_teacher, "resnet8", contrast=ContrastSettings(memory_size=20))
     assert set(plain.training_losses(_batch(20, 5))[1]) == {"ce", "crd"}

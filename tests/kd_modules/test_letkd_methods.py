@@ -184,8 +184,8 @@ def test_kd_layers_stay_in_the_student_and_in_its_export(tmp_path: Path, trained
     ("method", "extra"),
     [
         ("QuEST", []),
-        ("LetKD1", ["--model.alpha_penult=0.1"]),
-        ("LetKD2", ["--model.subclasses_per_class=2", "--model.lda_components=4", "--model.alpha_inter=0.2"]),
+        ("LetKD1", ["--model.layers.alpha_penult=0.1"]),
+        ("LetKD2", ["--model.subclasses_per_class=2", "--model.lda_components=4", "--model.layers.alpha_inter=0.2"]),
     ],
 )
 def test_methods_train_through_the_cli(  # type: ignore[no-untyped-def]

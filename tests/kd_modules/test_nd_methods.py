@@ -19,7 +19,7 @@ from datamodules import CIFAR100
 from datamodules.base import InMemoryDataModule
 from datamodules.loaders import CropFlip
 from kd_modules import KDFeatureRegularizer, KDPlusPlus, OptimConfig, ReviewKDPlusPlus, TeacherConfig
-from kd_modules.nd import EmbeddingProjection
+from kd_modules.nd import EmbeddingProjection, NDSettings
 from models import create_model
 from models.checkpoints import export_network, load_network
 
@@ -104,19 +104,19 @@ def test_layer_taps_count_back_from_the_last_stage(released) -> None:  # type: i
         KDPlusPlus("resnet20", _teacher(released, "resnet56"), nd_layers=4)
 
 
-def test_invalid_combinations_name_the_choices(released) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError, match="unknown centers 'means'; valid: class_means, classifier_weights"):
-        KDPlusPlus("resnet20", _teacher(released, "resnet56"), centers="means")  # type: ignore[arg-type]
+def test_invalid_combinations_name_the_choices(released, capsys, parse_error) -> None:  # type: ignore[no-untyped-def]
+    error = parse_error(capsys, "KDPlusPlus", "--model.nd.centers=means")
+    assert "nd.centers" in error and "Literal['class_means', 'classifier_weights']. Got value: means" in error
     with pytest.raises(ValueError, match="use nd_layers=0"):
-        KDPlusPlus("resnet20", _teacher(released, "resnet56"), centers="classifier_weights", nd_layers=1)
+        KDPlusPlus("resnet20", _teacher(released, "resnet56"), nd=NDSettings(centers="classifier_weights"), nd_layers=1)
     with pytest.raises(ValueError, match="is plain KD"):
         KDFeatureRegularizer("resnet20", _teacher(released, "resnet56"), direction="none")
-    with pytest.raises(ValueError, match="unknown norm 'l1'; valid: none, l2, sifn"):
-        KDFeatureRegularizer("resnet20", _teacher(released, "resnet56"), norm="l1")  # type: ignore[arg-type]
+    error = parse_error(capsys, "KDFeatureRegularizer", "--model.norm=l1")
+    assert "Literal['none', 'l2', 'sifn']. Got value: l1" in error
 
 
 def test_classifier_weight_centres_need_no_offline_pass(released) -> None:  # type: ignore[no-untyped-def]
-    module = KDPlusPlus("resnet20", _teacher(released, "resnet56"), centers="classifier_weights")
+    module = KDPlusPlus("resnet20", _teacher(released, "resnet56"), nd=NDSettings(centers="classifier_weights"))
     assert not module.needs_class_means
     assert torch.equal(module.centers_nd, module.teacher.classifier.weight)
     module.train()
@@ -173,7 +173,7 @@ def test_class_means_are_computed_once_and_shared_by_runs(small_cifar: Path, rel
     _fit(second, small_cifar)
     assert passes == [2]
     assert torch.equal(second.centers_nd, first.centers_nd)
-    other = KDPlusPlus("resnet8", teacher, class_mean_transform="clean")
+    other = KDPlusPlus("resnet8", teacher, nd=NDSettings(class_mean_transform="clean"))
     _fit(other, small_cifar)
     assert passes == [2, 2] and not torch.equal(other.centers_nd, first.centers_nd)
 
@@ -194,14 +194,14 @@ CLI_CASES = {
         [
             "--model=KDPlusPlus",
             "--model.nd_layers=2",
-            "--model.nd_reduction=class_balanced",
-            "--model.class_mean_transform=clean",
+            "--model.nd.nd_reduction=class_balanced",
+            "--model.nd.class_mean_transform=clean",
         ],
         {"ce", "kd", "nd", "nd_layer1", "nd_layer2"},
     ),
     "ce_plus_dino_with_weights": (
         "resnet8x4",
-        ["--model=KDPlusPlus", "--model.kd_weight=0", "--model.centers=classifier_weights"],
+        ["--model=KDPlusPlus", "--model.kd_weight=0", "--model.nd.centers=classifier_weights"],
         {"ce", "nd"},
     ),
     "reviewkdpp": ("resnet8x4", ["--model=ReviewKDPlusPlus", "--model.review_weight=8.0"], {"ce", "review", "nd"}),
@@ -223,6 +223,17 @@ CLI_CASES = {
 }
 
 
+#: The parameters each run trains beyond the student (``extra_parameters`` in its record), where a hand count is
+#: short: EmbTrans 64 -> 256 is BN1d(64) (2 x 64) + Linear(64, 256) (64 x 256 + 256); the classifier-weight L2 adds a
+#: bias-free Linear(64, 256); resnet8 -> resnet8 needs no projection at any tap.
+EXTRA_PARAMETERS = {
+    "kdpp_layers_balanced_clean": 0,
+    "ce_plus_dino_with_weights": 2 * 64 + 64 * 256 + 256,
+    "infonce_sifn": 0,
+    "cosine_l2_classifier_l2_embtrans": 2 * 64 + 64 * 256 + 256 + 64 * 256,
+}
+
+
 @pytest.mark.parametrize("case", list(CLI_CASES))
 def test_method_trains_through_the_cli(case: str, small_cifar: Path, tmp_path: Path, fit_args, released) -> None:  # type: ignore[no-untyped-def]
     teacher, extra, terms = CLI_CASES[case]
@@ -233,13 +244,15 @@ def test_method_trains_through_the_cli(case: str, small_cifar: Path, tmp_path: P
         "--model.student=resnet8",
         f"--model.teacher.arch={teacher}",
         f"--model.teacher.checkpoint={released[teacher]}",
-        "--model.warmup_epochs=1",
+        "--model.nd.warmup_epochs=1",
         "--trainer.max_epochs=2",
         "--trainer.limit_train_batches=1",
     )
     KDBenchCLI(args=args)
     record = json.loads((tmp_path / "record.json").read_text())
     assert record["epochs"] == 2
+    if case in EXTRA_PARAMETERS:
+        assert record["metrics"]["extra_parameters"] == EXTRA_PARAMETERS[case]
     rows = _metrics(tmp_path)
     logged = {key[len("train/") :] for row in rows for key, value in row.items() if key.startswith("train/") and value}
     assert terms <= logged and not ({"ce", "kd", "nd", "review"} - terms) & logged

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from benchmarks.cli import KDBenchCLI
 from benchmarks.tables import REPO_ROOT, load_table
-from kd_modules import DISTPlusPlus, DKDPlusPlus, TeacherConfig
-from kd_modules.nd import NDDistillation
+from kd_modules import DistillationModule, DISTPlusPlus, DKDPlusPlus, TeacherConfig
+from kd_modules.nd import NDDistillation, NDSettings
 from models import create_model
 from models.checkpoints import export_network, load_network
 
@@ -41,7 +41,7 @@ def resnet8_teacher(tmp_path_factory: pytest.TempPathFactory) -> TeacherConfig:
 
 def _at_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
     # Outside a Trainer Lightning reports epoch 0; the ramp only reads current_epoch.
-    monkeypatch.setattr(NDDistillation, "current_epoch", property(lambda self: epoch))
+    monkeypatch.setattr(DistillationModule, "current_epoch", property(lambda self: epoch))
 
 
 def _batch(dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
@@ -121,7 +121,9 @@ def _features(module: NDDistillation, batch: dict[str, Tensor]) -> tuple[np.ndar
 # ------------------------------------------------------------------------------------------------------ DKD++
 def test_dkdpp_total_is_ramped_dkd_plus_dino(resnet8_teacher: TeacherConfig, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    module = DKDPlusPlus("resnet8", resnet8_teacher, alpha=2.5, beta=4.0, nd_weight=3.5, warmup_epochs=20.0)
+    module = DKDPlusPlus(
+        "resnet8", resnet8_teacher, alpha=2.5, beta=4.0, nd_weight=3.5, nd=NDSettings(warmup_epochs=20.0)
+    )
     module.double().train()  # float64 throughout: TCKD of two near-uniform untrained networks is ~1e-4
     centers = _with_centers(module).double().numpy()
     batch = _batch(torch.float64)
@@ -159,8 +161,8 @@ def test_dkdpp_has_no_dkd_term_in_epoch_zero(resnet8_teacher: TeacherConfig) -> 
 
 
 def test_imagenet_dkdpp_ramps_the_dino_term_too(resnet8_teacher: TeacherConfig, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    plain = DKDPlusPlus("resnet8", resnet8_teacher, warmup_epochs=5.0, temperature=1.0)
-    ramped = DKDPlusPlus("resnet8", resnet8_teacher, warmup_epochs=5.0, temperature=1.0, nd_ramp=True)
+    plain = DKDPlusPlus("resnet8", resnet8_teacher, nd=NDSettings(warmup_epochs=5.0), temperature=1.0)
+    ramped = DKDPlusPlus("resnet8", resnet8_teacher, nd=NDSettings(warmup_epochs=5.0), temperature=1.0, nd_ramp=True)
     ramped.load_state_dict(plain.state_dict())
     for module in (plain, ramped):
         module.train()

@@ -17,17 +17,30 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "methods").glob("norm*.yaml"))
 
 
-def _init_args(name: str) -> dict:
-    return yaml.safe_load((ROOT / "configs" / "methods" / f"{name}.yaml").read_text())["model"]["init_args"]
+def _variant_rows() -> dict[str, tuple[str, dict]]:
+    """Every NORM / FT-student row of every table: ``"<table>: <label>" -> (config file, row arguments)``."""
+    from benchmarks.tables import list_tables, load_table
+
+    rows = {}
+    for name in list_tables():
+        for row in load_table(name).rows:
+            if row.method in ("NORM", "NORMCRD", "FTStudent") and not row.quoted_only:
+                rows[f"{name}: {row.label}"] = (row.config, dict(row.init_args))
+    return rows
 
 
-def test_every_named_variant_exists() -> None:
-    names = {p.stem for p in CONFIGS}
-    expected = {"norm", "norm_plain_ft", "norm_kd", "norm_paper", "norm_paper_kd", "norm_ft_student_default"}
-    expected |= {"norm_ft_student_plain", "norm_reversed", "norm_l1", "norm_l2", "norm_mmd"}
-    expected |= {f"norm_n{n}" for n in (1, 2, 4, 8, 16)} | {f"norm_segments_{k}of8" for k in range(1, 9)}
-    expected |= {"norm_imagenet", "norm_imagenet_mobilenet", "norm_imagenet_plain_ft", "norm_imagenet_reversed"}
-    assert expected <= names
+VARIANTS = _variant_rows()
+
+
+def test_every_named_variant_is_a_row_of_its_table() -> None:
+    # The variants of NORM's tables are rows: the shared config file plus the row's init_args.
+    expected = {"table1: NORM", "table1: NORM (plain FT)", "table1: NORM+KD", "table1: NORM+CRD"}
+    expected |= {"table1: Student w/ plain FT", "table1: Student w/ default FT"}
+    expected |= {f"norm.f2: N = {n}" for n in (1, 2, 4, 8, 16)} | {f"norm.f4: {k} of 8 segments" for k in range(1, 9)}
+    expected |= {"norm.t8: l2 (default)", "norm.t8: l1", "norm.t8: MMD"}
+    assert expected <= set(VARIANTS)
+    for config, _ in VARIANTS.values():
+        assert config is not None and (ROOT / config).is_file(), config
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +49,9 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> TeacherConfig:
     return TeacherConfig("resnet8x4", str(path))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_builds_its_variant(path: Path, teacher: TeacherConfig) -> None:
-    model = yaml.safe_load(path.read_text())["model"]
+def _build(model: dict, row_args: dict, teacher: TeacherConfig):  # type: ignore[no-untyped-def]
     cls = method_class(model["class_path"].rsplit(".", 1)[1])
-    args = dict(model["init_args"])
+    args = {**(model.get("init_args") or {}), **row_args}
     if cls is FTStudent:
         module = cls(student="resnet8x4", num_classes=10, teacher_arch="resnet8x4", **args)
     else:
@@ -50,21 +61,36 @@ def test_config_builds_its_variant(path: Path, teacher: TeacherConfig) -> None:
     if args.get("ft") == "none":
         assert found is None
     else:
-        assert found[1].expanded_channels == args["n_segments"] * 256
-        assert found[1].has_residual == (args["ft"] == "default")
+        assert found[1].expanded_channels == args.get("n_segments", 8) * 256
+        assert found[1].has_residual == (args.get("ft", "default") == "default")
+    return module
 
 
-def test_equal_settings_are_equal_configs() -> None:
-    # Equal run identities need equal config dicts: the default NORM is also Fig. 2's N = 8, Fig. 4's 8 of 8 and
-    # Table 8's l2.
-    reference = _init_args("norm")
-    for name in ("norm_n8", "norm_segments_8of8", "norm_l2"):
-        assert _init_args(name) == reference, name
-    keys = set(reference)
-    for path in CONFIGS:
-        model = yaml.safe_load(path.read_text())["model"]
-        if model["class_path"].endswith(".NORM"):
-            assert set(model["init_args"]) == keys, path.stem
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_builds_its_variant(path: Path, teacher: TeacherConfig) -> None:
+    _build(yaml.safe_load(path.read_text())["model"], {}, teacher)
+
+
+@pytest.mark.parametrize("row", sorted({f"{c} {a}": k for k, (c, a) in VARIANTS.items()}.values()))
+def test_row_builds_its_variant(row: str, teacher: TeacherConfig) -> None:
+    config, row_args = VARIANTS[row]
+    _build(yaml.safe_load((ROOT / config).read_text())["model"], row_args, teacher)
+
+
+def test_equal_settings_are_equal_runs(tmp_path: Path) -> None:
+    # The default NORM is also Fig. 2's N = 8, Fig. 4's 8 of 8 and Table 8's l2: one run, trained once.
+    from benchmarks.plan import build_plan, load_preset
+    from benchmarks.store import RunStore
+    from benchmarks.tables import load_table
+
+    def run_id(table: str, row: str) -> str:
+        plan = build_plan(load_table(table), load_preset("smoke"), RunStore(tmp_path), data_root="data", methods=[row])
+        return next(s.run_id for s in plan.ordered() if s.kind == "student" and s.pair.label == "resnet32x4->resnet8x4")
+
+    reference = run_id("norm.t1", "NORM")
+    for table, row in (("norm.f2", "N = 8"), ("norm.f4", "8 of 8 segments"), ("norm.t8", "l2 (default)")):
+        assert run_id(table, row) == reference, (table, row)
+    assert run_id("norm.f2", "N = 4") != reference
 
 
 def _recipe_optim(name: str) -> tuple[OptimConfig, int]:

@@ -15,6 +15,7 @@ from benchmarks.cli import KDBenchCLI
 from benchmarks.export import export_folded
 from benchmarks.tables import REPO_ROOT, load_table
 from kd_modules import NORM, NORMCRD, TeacherConfig
+from kd_modules.crd import ContrastSettings
 from kd_modules.errors import MethodConfigError
 from kd_modules.norm import feature_transform_at
 from models import create_model
@@ -59,7 +60,7 @@ def _nce_by_loops(anchors: Tensor, bank: Tensor, contrast: Tensor, temperature: 
 
 def test_total_is_norm_plus_logit_scale_times_crd(teacher: TeacherConfig) -> None:
     torch.manual_seed(1)
-    module = NORMCRD("resnet8x4", teacher, memory_size=20)
+    module = NORMCRD("resnet8x4", teacher, contrast=ContrastSettings(memory_size=20))
     assert module.crd_weight == 2.5, "the released loop weights CRD by --ceta, the logit scale"
     module.train()
     plain = NORM("resnet8x4", teacher)
@@ -105,7 +106,7 @@ def test_crd_weight_follows_the_formulation(teacher: TeacherConfig) -> None:
 
 def test_wrn_student_pools_after_the_final_bn_relu(tmp_path: Path) -> None:
     path = export_network(create_model("wrn_40_2", 100), "wrn_40_2", tmp_path / "wrn.pth")
-    module = NORMCRD("wrn_16_2", TeacherConfig("wrn_40_2", str(path)), memory_size=8)
+    module = NORMCRD("wrn_16_2", TeacherConfig("wrn_40_2", str(path)), contrast=ContrastSettings(memory_size=8))
     assert module.embed_student.linear.in_features == module.student.embedding_dim == 128
     module.train()
     images = torch.randn(2, 3, 32, 32)
@@ -114,7 +115,7 @@ def test_wrn_student_pools_after_the_final_bn_relu(tmp_path: Path) -> None:
 
 
 def test_missing_contrast_indices_name_the_config(teacher: TeacherConfig) -> None:
-    module = NORMCRD("resnet8x4", teacher, memory_size=20)
+    module = NORMCRD("resnet8x4", teacher, contrast=ContrastSettings(memory_size=20))
     batch = _batch(20, 5)
     del batch["contrast_indices"]
     with pytest.raises(MethodConfigError, match=r"NORM\+CRD needs contrast indices.*norm_crd.yaml"):

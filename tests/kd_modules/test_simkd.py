@@ -13,7 +13,7 @@ from benchmarks.export import main as export_main
 from benchmarks.tables import REPO_ROOT
 from kd_modules import SimKD, TeacherConfig
 from kd_modules.losses.simkd import align_spatial, simkd_loss
-from kd_modules.simkd import load_simkd_network, save_simkd_network, simkd_network_from_run_checkpoint
+from kd_modules.simkd import load_simkd_network
 
 
 def test_mse_and_alignment_by_hand() -> None:
@@ -56,17 +56,15 @@ def test_logits_come_from_the_teacher_classifier_on_the_pooled_projection(teache
     assert module.projector[0].weight.grad is not None and module.teacher_classifier.weight.grad is None
 
 
-def test_export_from_a_run_checkpoint_reproduces_the_training_logits(teacher_checkpoint, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_deployed_network_reproduces_the_training_logits(teacher_checkpoint, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     module = SimKD(student="resnet8x4", teacher=TeacherConfig("vgg13", str(teacher_checkpoint("vgg13"))))
     module.train()
     torch.manual_seed(1)
     images = torch.randn(4, 3, 32, 32)
     module.training_losses({"images": images, "labels": torch.zeros(4, dtype=torch.long)})  # moves BN statistics
-    ckpt = tmp_path / "last.ckpt"
-    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpt)
-    network, student_arch, teacher_arch = simkd_network_from_run_checkpoint(ckpt)
-    assert (student_arch, teacher_arch, network.pool_to) == ("resnet8x4", "vgg13", 4)
-    out = save_simkd_network(network, student_arch, teacher_arch, tmp_path / "deploy.pth")
+    network = module.deploy_student()  # what `python -m benchmarks.export` writes
+    assert (network.student_arch, network.teacher_arch, network.pool_to) == ("resnet8x4", "vgg13", 4)
+    out = network.save(tmp_path / "deploy.pth")
     loaded = load_simkd_network(out)
     module.eval()
     with torch.no_grad():
@@ -86,7 +84,7 @@ def test_cli_run_then_export_command(cifar_root: Path, tmp_path: Path, fit_args,
     )
     config = ["--config", str(REPO_ROOT / "configs/methods/simkd.yaml")]
     cli = KDBenchCLI(args=[args[0], *config, *args[1:]])
-    assert export_main([str(run_dir), "--method", "simkd"]) == 0
+    assert export_main([str(run_dir)]) == 0
     assert "exported the SimKD student resnet8" in capsys.readouterr().out
     loaded = load_simkd_network(run_dir / "deploy.pth")
     module = cli.model.cpu().eval()
