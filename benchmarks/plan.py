@@ -729,18 +729,21 @@ class Planner:
             set_dotted(config, "model.init_args.teacher", {"arch": pair.teacher, "checkpoint": teacher_file})
 
         model_args = {k: v for k, v in get_dotted(config, "model.init_args", {}).items() if k not in BASE_ARGS}
-        blocked = (
+        invalid = (
             _datamodule_problem(self.table.dataset, config)
             or _availability(method, [pair.student] + ([pair.teacher] if needs_teacher or sized_by_teacher else []))
             or (_method_problem(cls, config) if cls is not None else None)
             or _pair_problem(cls, pair, model_args)
             or config_problem
-            or teacher_problem
-            or _trainer_problem(config, self.preset)
         )
+        trainer_problem = _trainer_problem(config, self.preset)
+        blocked = invalid or teacher_problem or trainer_problem
+        # A valid config that waits for its teacher (a release not fetched yet, a blocked teacher run) is planned
+        # and completed in full, so its identity is the one it trains under once the teacher is there.
+        valid = cls is not None and invalid is None and trainer_problem is None
 
         offline: list[tuple[str, str]] = []
-        if blocked is None and cls is not None:
+        if valid:
             offline = [(str(n), str(d)) for n, d in _optional_classmethod(cls, "offline_stages", model_args)]
             for raw in _optional_classmethod(cls, "prerequisites", model_args):
                 prerequisite = Prerequisite.parse(raw, cls.__name__)
@@ -775,7 +778,7 @@ class Planner:
                         f"(it was trained before a run asked for it); train it again in a new store, or pass the files"
                     )
 
-        if blocked is None:
+        if valid:
             _complete(config, cls)
         config = _finish(config, self.preset, seed=trial)
         run_id = run_identity(config)

@@ -39,3 +39,32 @@ def test_the_released_default_changes_only_runs_that_read_a_released_teacher() -
         assert not any(s.kind == "teacher" for s in plan.ordered() if s.run_id not in golden_ids)
         assert any("Teachers: released weights" in note for note in plan.table.notes)
     assert changed and kept
+
+
+def test_a_run_waiting_for_its_released_teacher_has_the_identity_it_trains_under_once_the_file_is_there(
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """The teacher files are absent here: every student that reads one is blocked, yet planned and completed in
+    full, so fetching the teacher never changes which run the cell asks for (the KCD stages included)."""
+    from benchmarks.plan import Planner
+
+    store = RunStore("/nonexistent-kdbench-store")
+    names = ["table3", "norm.t1", "kcd.t6", "nd.f5"]
+    waiting = {n: build_plan(load_table(n), load_preset("full"), store, data_root=DATA_ROOT, teacher_root=DATA_ROOT)
+               for n in names}  # fmt: skip
+    absent = Planner.teacher_source
+
+    def present(self, arch):  # type: ignore[no-untyped-def]
+        path, problem = absent(self, arch)
+        return path, None if problem and "not found" in problem else problem
+
+    monkeypatch.setattr(Planner, "teacher_source", present)
+    blocked = 0
+    for name in names:
+        there = build_plan(load_table(name), load_preset("full"), store, data_root=DATA_ROOT, teacher_root=DATA_ROOT)
+        before = {(s.kind, s.label): s for s in waiting[name].runs.values()}
+        after = {(s.kind, s.label): s for s in there.runs.values()}
+        for key, spec in before.items():
+            blocked += bool(spec.blocked and "not found" in spec.blocked)
+            assert after[key].run_id == spec.run_id, f"{name} {key}: {spec.run_id} -> {after[key].run_id}"
+    assert blocked > 100
