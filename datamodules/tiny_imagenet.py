@@ -415,6 +415,18 @@ class TinyImageNet(InMemoryDataModule):
         return is_full_tiny_imagenet(root)
 
     @classmethod
+    def check_root(cls, root: str, download: bool = False) -> None:
+        find_tiny_imagenet(root)
+
+    def source_files(self) -> tuple[Path, list[Path]]:
+        """The zip, or the extracted folder's index files (the images are not listed: 110,000 files)."""
+        source = find_tiny_imagenet(self.root)
+        if source.kind == "zip":
+            return source.path.parent, [source.path]
+        index = [source.path / "wnids.txt", source.path / "val" / "val_annotations.txt"]
+        return source.path, [f for f in index if f.is_file()]
+
+    @classmethod
     def write_fixture(cls, root: str) -> None:
         from datamodules.synthetic import write_tiny_imagenet
 
