@@ -181,6 +181,19 @@ class KDBenchCLI(LightningCLI):
         if add_subcommands:
             self._subcommand_method_arguments, self._subcommand_parsers = cached[1], cached[2]
 
+    def _parse_ckpt_path(self) -> None:
+        """A truncated or corrupt ``--ckpt_path`` is one line saying so (LightningCLI loads it right here)."""
+        from benchmarks.cli_errors import KDBenchError
+        from benchmarks.resume import checkpoint_problem
+
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            problem = checkpoint_problem(ckpt_path)
+            if problem:
+                raise KDBenchError(f"--ckpt_path: {problem}")
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         """Refuse what would fail later (or silently do nothing) before anything is loaded or written."""
         if self.subcommand:
@@ -319,6 +332,29 @@ class KDBenchCLI(LightningCLI):
         }
 
 
+def close_wandb(status: str) -> None:
+    """Finish the W&B run a fit left open (interrupted or failed: ``after_fit`` finishes only finished ones).
+
+    Otherwise the next run in this process would log into it: WandbLogger reuses an active run.  An interrupted
+    run is marked as pre-empted first, which is what W&B expects of a run that will be resumed (same id).
+    """
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is None:
+        return
+    if status == "interrupted":
+        try:
+            run.mark_preempting()
+        except Exception:  # noqa: BLE001 - offline runs cannot be marked; resuming them works all the same
+            pass
+    try:
+        run.finish(exit_code=0 if status in ("finished", "interrupted") else 1)
+    except Exception:  # noqa: BLE001 - logging must never turn an outcome into another one
+        pass
+
+
 def _is_limited(trainer: Any) -> bool:
     """Whether the run saw less than the full data (limit_*_batches), i.e. a smoke run."""
     limits = (trainer.limit_train_batches, trainer.limit_val_batches)
@@ -335,6 +371,7 @@ def main(args: list[str] | None = None) -> None:
         try:
             KDBenchCLI(args=args)
         except RunInterrupted as stop:
+            close_wandb("interrupted")
             where = f"; resume with --ckpt_path {stop.checkpoint}" if stop.checkpoint else ""
             print(f"interrupted by {interrupts.signal_name(stop.signum)}{where}", file=sys.stderr)
             sys.exit(interrupts.exit_status(stop.signum))

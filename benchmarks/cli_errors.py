@@ -29,7 +29,14 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from benchmarks.errors import KDBenchError
 
-__all__ = ["KDBenchArgumentParser", "check_config", "check_config_files", "one_line", "writable_problem"]
+__all__ = [
+    "KDBenchArgumentParser",
+    "KDBenchError",
+    "check_config",
+    "check_config_files",
+    "one_line",
+    "writable_problem",
+]
 
 #: The arguments of the CLI call being parsed (for the method a bad key belongs to).
 _CURRENT_ARGS: list[str] = []
@@ -194,11 +201,12 @@ def one_line(message: str, parser: Any = None) -> str:
     text = message.strip()
     match = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*Option '([^']+)' is not accepted", text)
     if match:
-        cls = _class_named("model", match.group(1)) or _class_named("data", match.group(1))
+        group = "model" if _class_named("model", match.group(1)) is not None else "data"
+        cls = _class_named(group, match.group(1))
         if cls is not None:
             valid = _init_arguments(cls)
             near = _nearest(match.group(2), valid)
-            hint = f" (did you mean {near}?)" if near else ""
+            hint = f" (did you mean {group}.init_args.{near}?)" if near else ""
             return f"{cls.__name__} has no argument {match.group(2)!r}{hint}; valid: {_listing(valid)}"
     match = re.search(r"Option '([^']+)' is not accepted", text) or re.search(r"does not accept option '([^']+)'", text)
     if match:
@@ -241,7 +249,15 @@ def one_line(message: str, parser: Any = None) -> str:
 
 
 class KDBenchArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser with one-line errors (raised as :class:`KDBenchError`, printed by ``user_errors``)."""
+    """LightningCLI's parser with one-line errors (raised as :class:`KDBenchError`, printed by ``user_errors``).
+
+    Abbreviated options are refused (argparse would read ``--trainer.max_epoch 3`` as ``--trainer.max_epochs 3``
+    without a word): an unknown key is an error that names the nearest accepted one.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> typing.NoReturn:
         from jsonargparse._common import debug_mode_active

@@ -30,7 +30,7 @@ import yaml
 from benchmarks import interrupts
 from benchmarks.interrupts import ClaimLost, RunInterrupted
 from benchmarks.plan import RunSpec
-from benchmarks.store import Claim, RunStore, atomic_write_bytes
+from benchmarks.store import Claim, RunStore, atomic_write_bytes, store_of
 
 __all__ = [
     "RunOutcome",
@@ -164,21 +164,26 @@ def execute_config(
     config_path = Path(config_path)
     run_dir = config_path.parent
     run_id = str((yaml.safe_load(config_path.read_text()) or {}).get("run", {}).get("run_id") or run_dir.name)
-    store = RunStore(run_dir.parent.parent)
+    store = store_of(run_dir)
     if store.is_finished(run_id):
         return RunOutcome(run_id, "skipped")
     held = store.claim(run_id, note=note or f"pid {os.getpid()}")
     if not isinstance(held, Claim):
-        return RunOutcome(run_id, "busy", message=f"claimed by {held.who} since {time.ctime(held.claimed_at)}")
+        return RunOutcome(run_id, "busy", message=held.describe())
     claim = held.start_heartbeat()
     outcome = RunOutcome(run_id, "failed", message="did not start")
     started = time.perf_counter()
     resume_from: Path | None = None
     failed_marker = run_dir / FAILED
     try:
+        store.sweep_temporaries(run_id)
         store.heal(run_id)
         if store.is_finished(run_id):  # finished by the runner whose claim we followed
             outcome = RunOutcome(run_id, "skipped")
+            return outcome
+        if interrupts.requested() is not None:  # the launch stopped while this run was being handed out
+            signum = interrupts.requested()
+            outcome = RunOutcome(run_id, "interrupted", 0.0, "interrupted before it started", signum=signum)
             return outcome
         resume_from = _usable_checkpoint(run_dir)
         failed_marker.unlink(missing_ok=True)
@@ -217,6 +222,9 @@ def execute_config(
             _write_failure(failed_marker, message, kind, traceback.format_exc())
             outcome = RunOutcome(run_id, kind, seconds, message, resume_from is not None)
     finally:
+        from benchmarks.cli import close_wandb
+
+        close_wandb(outcome.status)
         claim.release(outcome.status)
     return outcome
 

@@ -157,6 +157,9 @@ def installed(
             _STATE.forward.append(forward)
         for signum in previous:
             signal.signal(signum, _handler)
+        # a child started by a launcher inherits these signals blocked (so that it cannot die of them while it
+        # imports torch): from here on they are ours
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(previous))
     try:
         yield _STATE
     finally:

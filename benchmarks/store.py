@@ -54,6 +54,8 @@ from typing import Any
 
 __all__ = [
     "RunStore",
+    "SingleRunStore",
+    "store_of",
     "Claim",
     "ClaimOwner",
     "write_record",
@@ -277,6 +279,10 @@ class ClaimOwner:
     def who(self) -> str:
         return f"{self.host}:{self.pid}"
 
+    def describe(self) -> str:
+        since = time.strftime("%H:%M:%S", time.localtime(self.claimed_at)) if self.claimed_at else "?"
+        return f"claimed by {self.who} since {since}"
+
     def stale_reason(self, timeout: float = CLAIM_TIMEOUT, now: float | None = None) -> str | None:
         """Why this (unreleased) claim is abandoned, or None while its owner lives."""
         now = time.time() if now is None else now
@@ -404,6 +410,28 @@ class RunStore:
             self._reported.add(problem.path)
             print(f"kdbench: {message}", file=sys.stderr, flush=True)
             return message
+
+    def sweep_temporaries(self, run_id: str) -> int:
+        """Remove the temporary files that writers killed mid-write left in the run's folder (``*.tmp`` and
+        ``*.tmp-<pid>...`` of a dead pid); call it holding the run's claim.  Returns how many were removed."""
+        import re
+
+        removed = 0
+        pattern = re.compile(r"\.tmp(?:-(\d+))?(?:-[0-9a-f]+)?$")
+        folder = self.run_dir(run_id)
+        if not folder.is_dir():
+            return 0
+        for path in folder.rglob("*.tmp*"):
+            match = pattern.search(path.name)
+            if match is None or not path.is_file():
+                continue
+            pid = match.group(1)
+            if pid is not None and int(pid) != os.getpid() and process_alive(int(pid)):
+                continue
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+        return removed
 
     def last_checkpoint(self, run_id: str) -> Path | None:
         path = self.run_dir(run_id) / "checkpoints" / "last.ckpt"
@@ -537,3 +565,22 @@ class RunStore:
             with contextlib.suppress(ValueError):
                 entries.append(json.loads(line))
         return entries
+
+
+class SingleRunStore(RunStore):
+    """A run folder outside any store (``python -m benchmarks.execute /somewhere/config.yaml``): its claims and
+    claim log live in the folder itself."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        super().__init__(Path(run_dir))
+        self._folder = Path(run_dir)
+
+    def run_dir(self, run_id: str) -> Path:
+        return self._folder
+
+
+def store_of(run_dir: str | Path) -> RunStore:
+    """The store a run folder belongs to (``<store>/runs/<run id>``), else a :class:`SingleRunStore`."""
+    run_dir = Path(run_dir)
+    return RunStore(run_dir.parent.parent) if run_dir.parent.name == "runs" else SingleRunStore(run_dir)
+

@@ -86,6 +86,8 @@ class KDDataModule(pl.LightningDataModule):
 
     #: Name tables use for the dataset (``dataset: cifar100``).
     dataset_name: str
+    #: Where ``download=True`` fetches the dataset from (None: it cannot be downloaded by kdbench).
+    download_url: str | None = None
     num_classes: int
     train_size: int  # images in the full training split (for cost estimates)
     mean: Sequence[float]

@@ -156,6 +156,8 @@ class CIFAR100(CropFlipDataModule):
         self.download = download
         self.configure_crop_flip(pipeline, padding_mode, crop_padding, flip)
 
+    download_url = CIFAR100_URL
+
     @classmethod
     def is_available(cls, root: str) -> bool:
         return is_full_cifar100(root)
