@@ -364,8 +364,9 @@ def check_config(config: Any, subcommand: str = "fit") -> None:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
                 raise KDBenchError(
                     f"{key} is 0: the run would train no {what} and record no metrics; give a positive value "
-                    "(or -1 / None for no limit)" if key != "trainer.limit_train_batches" else
-                    f"{key} is 0: the run would train nothing; give a positive count or fraction"
+                    "(or -1 / None for no limit)"
+                    if key != "trainer.limit_train_batches"
+                    else f"{key} is 0: the run would train nothing; give a positive count or fraction"
                 )
         max_epochs, max_steps = _get(config, "trainer.max_epochs"), _get(config, "trainer.max_steps")
         if max_epochs == -1 and max_steps in (None, -1):

@@ -212,9 +212,8 @@ def execute_config(
             outcome = RunOutcome(run_id, "interrupted", seconds, f"interrupted by {interrupts.signal_name(signum)}",
                                  resume_from is not None, signum)
         else:
-            from kd_modules.base import TrainingDivergedError
-
             from benchmarks.errors import _find_user_error
+            from kd_modules.base import TrainingDivergedError
 
             kind = "diverged" if _caused_by(error, TrainingDivergedError) else "failed"
             cause = _find_user_error(error) or error

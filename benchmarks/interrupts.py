@@ -181,4 +181,3 @@ def reset_after_fork() -> None:
     _STATE.stop_signals = ()
     _STATE.checkpoint_signals = ()
     _STATE.forward = []
-

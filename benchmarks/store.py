@@ -583,4 +583,3 @@ def store_of(run_dir: str | Path) -> RunStore:
     """The store a run folder belongs to (``<store>/runs/<run id>``), else a :class:`SingleRunStore`."""
     run_dir = Path(run_dir)
     return RunStore(run_dir.parent.parent) if run_dir.parent.name == "runs" else SingleRunStore(run_dir)
-

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 from abc import ABCMeta, abstractmethod
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl

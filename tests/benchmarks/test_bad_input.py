@@ -133,7 +133,7 @@ def test_a_missing_dataset_root_is_an_error_not_a_fallback(base, tmp_path, capsy
     args = [a for a in base if not a.startswith(("--data=", "--data.root"))]
     call = [*args, "--data=FashionMNIST", f"--data.root={missing}", "--model=Vanilla", "--model.student=resnet8"]
     line = _one_line_error(capsys, lambda: cli_main(call), tmp_path)
-    assert f"Fashion-MNIST not found: expected the Fashion-MNIST idx files" in line and str(missing) in line
+    assert "Fashion-MNIST not found: expected the Fashion-MNIST idx files" in line and str(missing) in line
     assert "/usr/share/datasets/fashion-mnist; pass that folder as the root" in line  # a hint, not a fallback
     call = [*args, "--data=CIFAR100", f"--data.root={missing}", "--model=Vanilla", "--model.student=resnet8"]
     line = _one_line_error(capsys, lambda: cli_main(call), tmp_path)

@@ -205,8 +205,13 @@ def test_three_runners_killed_at_random_moments_end_like_a_clean_launch(tmp_path
                 os.kill(runner.pid, signum)
                 killed_at.setdefault(runner.pid, time.time())
                 injected.append(
-                    {"phase": phase, "signal": signal.Signals(signum).name, "at": round(time.time() - started, 2),
-                     "where": where, "pid": runner.pid}
+                    {
+                        "phase": phase,
+                        "signal": signal.Signals(signum).name,
+                        "at": round(time.time() - started, 2),
+                        "where": where,
+                        "pid": runner.pid,
+                    }
                 )
                 if signum == signal.SIGKILL:
                     runner.process.wait()  # type: ignore[union-attr]
@@ -227,8 +232,12 @@ def test_three_runners_killed_at_random_moments_end_like_a_clean_launch(tmp_path
     # The same table, clean: one runner, no injections, another store.
     clean_store, clean_data = tmp_path / "clean", tmp_path / "clean-data"
     clean = subprocess.run(
-        _command(preset, clean_store, clean_data), cwd=REPO_ROOT, env=_environment(chaos=False),
-        capture_output=True, text=True, timeout=600,
+        _command(preset, clean_store, clean_data),
+        cwd=REPO_ROOT,
+        env=_environment(chaos=False),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-3000:]
     run_ids = sorted(p.name for p in (clean_store / "runs").iterdir())
@@ -262,7 +271,10 @@ def test_three_runners_killed_at_random_moments_end_like_a_clean_launch(tmp_path
     # The final metrics, logs and weights equal the clean launch's.
     for run_id in run_ids:
         ours, theirs = store / "runs" / run_id, clean_store / "runs" / run_id
-        record, reference = json.loads((ours / "record.json").read_text()), json.loads((theirs / "record.json").read_text())
+        record, reference = (
+            json.loads((ours / "record.json").read_text()),
+            json.loads((theirs / "record.json").read_text()),
+        )
         assert record["metrics"] == reference["metrics"], run_id
         assert record["steps"] == reference["steps"] == 20
         assert (ours / "csv" / "metrics.csv").read_text() == (theirs / "csv" / "metrics.csv").read_text(), run_id

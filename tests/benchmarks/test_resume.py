@@ -85,7 +85,11 @@ def _same(a: tuple, b: tuple) -> None:
         # checkpoint waits for step 6), three in one run; a kill at step 7 resumes from the end-of-epoch checkpoint.
         ("KD", {}, {"stops": [[4], [5], [2, 8, 12]], "crashes": [[7]]}),
         # evaluated every 3 steps across epochs (the fmnist recipe's way): a stop right before an evaluation (3).
-        ("Vanilla", {"val_check_interval": 3, "check_val_every_n_epoch": None}, {"stops": [[3], [6]], "crashes": [[11]]}),
+        (
+            "Vanilla",
+            {"val_check_interval": 3, "check_val_every_n_epoch": None},
+            {"stops": [[3], [6]], "crashes": [[11]]},
+        ),
     ],
 )
 def test_a_run_stopped_or_killed_anywhere_resumes_exactly(  # type: ignore[no-untyped-def]

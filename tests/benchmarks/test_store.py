@@ -143,7 +143,10 @@ def _record(store: RunStore, text: str | None = None) -> Path:
     ],
 )
 def test_an_unreadable_record_is_reported_moved_aside_and_never_counts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage, reason  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damage,
+    reason,  # type: ignore[no-untyped-def]
 ) -> None:
     store = RunStore(tmp_path)
     path = _record(store)
