@@ -6,6 +6,14 @@ from any launcher land in the same store and the tables render from it alike.  F
 interrupted ones resume from ``last.ckpt``, a run whose dependency failed is skipped, a failed run leaves
 ``failed.json`` and does not stop the others.
 
+Every run is claimed in the store before it is trained (:mod:`benchmarks.store`), by the process that trains it,
+so any number of launchers may share a store; a run another runner holds is waited for (see :class:`Launcher`).
+SIGINT / SIGTERM stop the whole launch: lanes and child processes are told to stop (the signal, and for lanes an
+event), each running run saves a resumable checkpoint after its current step (:mod:`benchmarks.resume`), nothing
+new starts, and the report says how many runs were finished and left (:meth:`LaunchReport.interrupted_line`).
+Lanes and children are started with SIGINT/SIGTERM blocked until they have their own handlers, so a Ctrl-C while
+they import torch cannot kill them half-way.
+
 * :class:`SequentialLauncher` — one run after the other, in this process (the default; ``make demo``).
 * :class:`ParallelLauncher` — every visible GPU runs ``--per-gpu`` runs at a time, each a subprocess
   (``python -m benchmarks.execute <config>``) pinned with ``CUDA_VISIBLE_DEVICES``; a run whose preset asks for
@@ -19,6 +27,8 @@ interrupted ones resume from ``last.ckpt``, a run whose dependency failed is ski
   launcher waits for a level before submitting the next; with ``wait=False`` (``--no-wait``, SLURM only) it
   submits every level at once, chained with ``--dependency=afterany:<previous arrays>``, and returns.
   ``cluster="local"`` runs the same arrays as local processes (how it is tested), ``"debug"`` in this process.
+  Each job is a :class:`SubmititRun` (``submitit.helpers.Checkpointable``): pre-empted, it saves a checkpoint and
+  submitit requeues it; requeued, it resumes.
 """
 
 from __future__ import annotations
@@ -258,7 +268,7 @@ class Launcher(ABC):
                     continue
                 if outcome.status == "interrupted":
                     report.add(outcome)
-                    self.printer(f"[{done}/{total}] " + _describe(spec, outcome, store))
+                    self.printer(_describe(spec, outcome, store))
                     if not stopping:  # a run was stopped by a signal sent to it alone: the launch stops too
                         interrupts.request_stop(outcome.signum or signal.SIGINT)
                     continue
