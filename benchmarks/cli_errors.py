@@ -124,6 +124,16 @@ def _parser_keys(parser: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+def _keys_parser(parser: Any) -> Any:
+    """The parser whose keys a bad key belongs to: the subcommand's (``fit``) when ``parser`` is the main one."""
+    action = getattr(parser, "_subcommands_action", None)
+    choices = getattr(action, "_name_parser_map", None) or {}
+    for arg in _CURRENT_ARGS:
+        if arg in choices:
+            return choices[arg]
+    return parser
+
+
 def _nearest(key: str, candidates: Iterable[str]) -> str | None:
     candidates = list(dict.fromkeys(candidates))
     leaf = key.rsplit(".", 1)[-1]
@@ -160,7 +170,7 @@ def _unknown_key(key: str, parser: Any) -> str:
             near = _nearest(leaf, valid)
             hint = f" (did you mean {group}.init_args.{near}?)" if near else ""
             return f"{cls.__name__} has no argument {leaf!r}{hint}; valid: {_listing(valid)}"
-    top = _parser_keys(parser)
+    top = _parser_keys(_keys_parser(parser))
     pool = list(top)
     selected_model = _class_named("model", _selected("model") or "")
     if selected_model is not None:

@@ -59,7 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("tables", nargs="*", help="table names (see --list), 'all', or 'status'")
     parser.add_argument("--list", action="store_true", help="list the tables and exit")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and a GPU-hour estimate; run nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan, a data check and a GPU-hour estimate; write nothing"
+    )
     parser.add_argument("--verbose", action="store_true", help="with --dry-run: list every run")
     parser.add_argument("--measure", action="store_true", help="with --dry-run: time a few real steps of each run here")
     parser.add_argument(
@@ -249,7 +251,8 @@ def plan_tables(names: list[str], args: argparse.Namespace, quiet: bool = False)
     preset = load_preset(args.preset)
     store = RunStore(Path(args.store or preset.store or "results").resolve())
     plans = []
-    write = not getattr(args, "dry_run", False)
+    # a dry run writes nothing; --measure times real steps, which need the (generated) data
+    write = not getattr(args, "dry_run", False) or bool(getattr(args, "measure", False))
     for name in names:
         table = load_table(name)
         data_root, synthetic = _data_root(table, args.data_root, preset.synthetic_data, write=write)

@@ -66,6 +66,14 @@ def test_unknown_yaml_key_suggests_the_nearest(base, tmp_path, capsys) -> None: 
     assert "kd_weight" in line
 
 
+def test_unknown_top_level_yaml_key_suggests_the_nearest(base, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "trainer.yaml"
+    config.write_text("trainer:\n  max_epoch: 3\n")
+    args = [*base, "--model=Vanilla", "--model.student=resnet8", "--config", str(config)]
+    line = _one_line_error(capsys, lambda: cli_main(args), tmp_path)
+    assert "unknown key 'trainer.max_epoch' (did you mean trainer.max_epochs?)" in line
+
+
 def test_unknown_command_line_key_suggests_the_nearest(base, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     args = [*base, "--model=Vanilla", "--model.student=resnet8", "--trainer.max_epoch=3"]
     line = _one_line_error(capsys, lambda: cli_main(args), tmp_path)
