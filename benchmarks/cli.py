@@ -9,6 +9,14 @@ Method and data are selected in subclass mode (``--model KD``, ``--data CIFAR100
 what is not a hyper-parameter: the output folder, names for W&B (table, pair, method, trial, recipe) and the
 logging mode.  A finished ``fit`` writes ``<run.dir>/record.json`` (the result record the tables read) and
 ``<run.dir>/final.pth`` (the final student, loadable as a teacher).
+
+Stopping and resuming: Ctrl-C (SIGINT) or SIGTERM saves ``<run.dir>/checkpoints/last.ckpt`` after the current
+optimiser step and exits with status 130 / 143; ``--ckpt_path <run.dir>/checkpoints/last.ckpt`` continues the run
+exactly where it stopped (:mod:`benchmarks.resume`), and ``metrics.csv`` / the W&B run continue too.
+
+Bad input (an unknown method or key, a YAML error, lr <= 0, a zero-length run, a missing dataset, an unwritable
+run folder, online W&B without credentials, a truncated checkpoint) is one line naming the value and the valid
+choices, exit status 2, before anything is loaded or written (:mod:`benchmarks.cli_errors`).
 """
 
 from __future__ import annotations
@@ -22,9 +30,13 @@ from typing import Any, Literal
 
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
 
+from benchmarks import interrupts
+from benchmarks.cli_errors import KDBenchArgumentParser, check_config, check_config_files
 from benchmarks.errors import user_errors
+from benchmarks.interrupts import ClaimLost
+from benchmarks.resume import AtomicCheckpointIO, ResumableCSVLogger, ResumableRun
 from benchmarks.store import write_record
 from datamodules import KDDataModule
 from kd_modules import DistillationModule
@@ -54,6 +66,10 @@ class RunInfo:
             anchor points; the table runner sets it on the teacher runs an RCO run reads).
         cells: the table cells the run serves (``table``, ``row``, ``pair``, ``trial``), kept in its record so that
             tables find it again after a default changed its identity.
+        checkpoint_every_n_steps: also write a resumable ``last.ckpt`` every this many optimiser steps (0: only
+            at epoch ends, on a stop request, and every ``checkpoint_every_minutes``).
+        checkpoint_every_minutes: also write a resumable ``last.ckpt`` when this many minutes passed since the
+            last one (0: never), so that a SIGKILL or a node failure loses at most that much training.
     """
 
     dir: str | None = None
@@ -70,6 +86,8 @@ class RunInfo:
     export_final: bool = True
     route: list[float] = field(default_factory=list)
     cells: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint_every_n_steps: int = 0
+    checkpoint_every_minutes: float = 30.0
 
 
 def wandb_mode(setting: str) -> str | None:
@@ -81,8 +99,9 @@ def wandb_mode(setting: str) -> str | None:
     return setting
 
 
-def build_loggers(info: RunInfo, run_dir: Path) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+def build_loggers(info: RunInfo, run_dir: Path, fresh: bool = True) -> list[Logger]:
+    """CSV (continued, not rewritten, when the run resumes: ``fresh=False``) and W&B (the same run id, resumed)."""
+    loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(run_dir), name="csv", version="", fresh=fresh)]
     mode = wandb_mode(info.wandb)
     if mode is not None:
         tags = [t for t in (info.table, info.pair, info.method, info.recipe) if t] + list(info.tags)
@@ -97,6 +116,7 @@ def build_loggers(info: RunInfo, run_dir: Path) -> list[Logger]:
                 save_dir=str(run_dir),
                 offline=mode == "offline",
                 id=info.run_id,
+                resume="allow",  # a resumed run continues its W&B run (online; offline runs sync into one)
                 config={
                     "table": info.table,
                     "pair": info.pair,
@@ -116,8 +136,11 @@ _PARSERS: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
 class KDBenchCLI(LightningCLI):
     """LightningCLI with kdbench's run bookkeeping, loggers, checkpoints and result record."""
 
-    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+    def __init__(self, args: Any = None, run: bool = True, claim: Any = None, **kwargs: Any) -> None:
         self._fit_wall_start: float | None = None
+        self._claim = claim  # the store claim of the run (benchmarks.store.Claim), when the runner started it
+        self._resumable: ResumableRun | None = None
+        check_config_files(args)  # YAML errors name the file and line, before jsonargparse reads them
         with warnings.catch_warnings():
             # Passing `args` from Python while sys.argv holds the runner's own arguments is intended here.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -130,6 +153,7 @@ class KDBenchCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            parser_class=KDBenchArgumentParser,  # errors: one line naming the bad value and the valid choices
             trainer_defaults={"num_sanity_val_steps": 0, "max_epochs": 240, "log_every_n_steps": 50},
             args=args,
             run=run,
@@ -160,6 +184,24 @@ class KDBenchCLI(LightningCLI):
         if add_subcommands:
             self._subcommand_method_arguments, self._subcommand_parsers = cached[1], cached[2]
 
+    def _parse_ckpt_path(self) -> None:
+        """A truncated or corrupt ``--ckpt_path`` is one line saying so (LightningCLI loads it right here)."""
+        from benchmarks.cli_errors import KDBenchError
+        from benchmarks.resume import checkpoint_problem
+
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            problem = checkpoint_problem(ckpt_path)
+            if problem:
+                raise KDBenchError(f"--ckpt_path: {problem}")
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse what would fail later (or silently do nothing) before anything is loaded or written."""
+        if self.subcommand:
+            check_config(self.config[self.subcommand], self.subcommand)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunInfo, "run", help="Bookkeeping of the run (never changes its result)")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -186,9 +228,22 @@ class KDBenchCLI(LightningCLI):
         run_dir = self._run_dir()
         info = self._run_info()
         extra_callbacks: list[Callback] = []
+        config_all = self.config[self.subcommand] if self.subcommand else self.config
+        resuming = bool(config_all.get("ckpt_path"))
+        csv_logger: ResumableCSVLogger | None = None
         if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = build_loggers(info, run_dir)
+            kwargs["logger"] = build_loggers(info, run_dir, fresh=not resuming)
+            csv_logger = next((lg for lg in kwargs["logger"] if isinstance(lg, ResumableCSVLogger)), None)
             extra_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        if trainer_config.get("plugins") is None:
+            plugins: list[Any] = [AtomicCheckpointIO()]
+            from lightning.fabric.plugins.environments import SLURMEnvironment
+
+            if SLURMEnvironment.detect():
+                # submitit owns pre-emption and requeueing (benchmarks.launch.SubmititRun); Lightning's own
+                # SLURM requeue (SIGUSR1 -> scontrol requeue) would requeue a second time.
+                plugins.append(SLURMEnvironment(auto_requeue=False))
+            kwargs["plugins"] = plugins
         if trainer_config.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(run_dir)
         if trainer_config.get("enable_checkpointing", True) is not False:
@@ -199,10 +254,19 @@ class KDBenchCLI(LightningCLI):
                     monitor="val/top1",
                     mode="max",
                     save_top_k=1,
-                    save_last=True,
+                    save_last=False,  # last.ckpt is benchmarks.resume.ResumableRun's (exact resume points only)
                     auto_insert_metric_name=False,
                 )
             )
+        if trainer_config.get("enable_checkpointing", True) is not False:
+            self._resumable = ResumableRun(
+                run_dir / "checkpoints",
+                csv_logger=csv_logger,
+                claim=self._claim,
+                every_n_steps=info.checkpoint_every_n_steps,
+                every_minutes=info.checkpoint_every_minutes,
+            )
+            extra_callbacks.append(self._resumable)
         if info.route:
             from kd_modules.rco import RouteSnapshots
 
@@ -228,6 +292,8 @@ class KDBenchCLI(LightningCLI):
         info = self._run_info()
         run_dir = self._run_dir()
         config = self.config[self.subcommand]
+        if self._claim is not None and not self._claim.check():
+            raise ClaimLost(f"run {info.run_id} was taken over by another runner before its record was written")
         if info.export_final:
             export_network(
                 module.student,
@@ -247,11 +313,48 @@ class KDBenchCLI(LightningCLI):
             fit_seconds=module.fit_seconds(),
             fast_dev_run=bool(trainer.fast_dev_run),
             limited=_is_limited(trainer),
+            resumes=self._resumable.resumes if self._resumable is not None else 0,
+            provenance=self._provenance(config),
         )
         # One W&B run per process run: close it so that the next in-process run starts its own.
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.finish()
+
+    def _provenance(self, config: Any) -> dict[str, Any]:
+        from benchmarks.provenance import code_state, teacher_digest
+
+        teacher = config.get("model", {}).get("init_args", {}).get("teacher") if hasattr(config, "get") else None
+        checkpoint = teacher.get("checkpoint") if teacher is not None and hasattr(teacher, "get") else None
+        describe = getattr(self.datamodule, "data_provenance", None)
+        return {
+            "code": code_state(),
+            "teacher": {"checkpoint": checkpoint, "digest": teacher_digest(checkpoint)} if checkpoint else None,
+            "data": describe() if callable(describe) else None,
+        }
+
+
+def close_wandb(status: str) -> None:
+    """Finish the W&B run a fit left open (interrupted or failed: ``after_fit`` finishes only finished ones).
+
+    Otherwise the next run in this process would log into it: WandbLogger reuses an active run.  An interrupted
+    run is marked as pre-empted first, which is what W&B expects of a run that will be resumed (same id).
+    """
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is None:
+        return
+    if status == "interrupted":
+        try:
+            run.mark_preempting()
+        except Exception:  # noqa: BLE001 - offline runs cannot be marked; resuming them works all the same
+            pass
+    try:
+        run.finish(exit_code=0 if status in ("finished", "interrupted") else 1)
+    except Exception:  # noqa: BLE001 - logging must never turn an outcome into another one
+        pass
 
 
 def _is_limited(trainer: Any) -> bool:
@@ -261,8 +364,19 @@ def _is_limited(trainer: Any) -> bool:
 
 
 def main(args: list[str] | None = None) -> None:
-    with user_errors():
-        KDBenchCLI(args=args)
+    """``python -m benchmarks.cli``: exit 130 / 143 after saving a checkpoint when interrupted."""
+    import sys
+
+    from benchmarks.interrupts import RunInterrupted
+
+    with user_errors(), interrupts.installed():
+        try:
+            KDBenchCLI(args=args)
+        except RunInterrupted as stop:
+            close_wandb("interrupted")
+            where = f"; resume with --ckpt_path {stop.checkpoint}" if stop.checkpoint else ""
+            print(f"interrupted by {interrupts.signal_name(stop.signum)}{where}", file=sys.stderr)
+            sys.exit(interrupts.exit_status(stop.signum))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,13 @@
-"""Running one planned run: write its config, start (or resume) it through the CLI, report how it ended."""
+"""Running one planned run: write its config, claim it, start (or resume) it through the CLI, report how it ended.
+
+How a run can end (:attr:`RunOutcome.status`):
+
+* ``finished`` — trained now, ``record.json`` written; ``skipped`` — it was finished already (by anyone);
+* ``failed`` — an error; ``failed.json`` beside the run holds the message and the traceback; ``diverged`` — the
+  divergence guard stopped it (a non-finite loss), also in ``failed.json``;
+* ``interrupted`` — a stop signal: the run saved a resumable ``last.ckpt`` and is *not* failed;
+* ``busy`` — another runner holds the run's claim (:mod:`benchmarks.store`): it trains it right now.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,7 @@ import json
 import logging
 import os
 import re
+import signal
 import time
 import traceback
 import warnings
@@ -17,10 +27,20 @@ from typing import Any
 
 import yaml
 
+from benchmarks import interrupts
+from benchmarks.interrupts import ClaimLost, RunInterrupted
 from benchmarks.plan import RunSpec
-from benchmarks.store import RECORD, RunStore
+from benchmarks.store import Claim, RunStore, atomic_write_bytes, store_of
 
-__all__ = ["RunOutcome", "execute_run", "execute_config", "quiet_lightning", "write_config", "failure_message"]
+__all__ = [
+    "RunOutcome",
+    "execute_run",
+    "execute_config",
+    "quiet_lightning",
+    "write_config",
+    "failure_message",
+    "failure_kind",
+]
 
 FAILED = "failed.json"
 
@@ -28,10 +48,11 @@ FAILED = "failed.json"
 @dataclass
 class RunOutcome:
     run_id: str
-    status: str  # "finished" | "skipped" (already finished) | "failed" | "blocked"
+    status: str  # finished | skipped (already finished) | failed | diverged | blocked | interrupted | busy
     seconds: float = 0.0
     message: str = ""
     resumed: bool = False
+    signum: int | None = None  # interrupted: the stop signal
 
 
 @contextmanager
@@ -74,10 +95,13 @@ def dump_config(config: dict[str, Any], sort_keys: bool = False) -> str:
 
 
 def write_config(spec: RunSpec, store: RunStore) -> Path:
+    """``<run dir>/config.yaml``, replaced atomically (another runner may be reading it right now)."""
     run_dir = store.run_dir(spec.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
-    path.write_text(dump_config(spec.config))
+    text = dump_config(spec.config).encode()
+    if not path.is_file() or path.read_bytes() != text:
+        atomic_write_bytes(path, text)
     return path
 
 
@@ -88,7 +112,7 @@ def cli_args(config_path: Path, resume_from: Path | None) -> list[str]:
     return args
 
 
-def execute_run(spec: RunSpec, store: RunStore) -> RunOutcome:
+def execute_run(spec: RunSpec, store: RunStore, note: str = "") -> RunOutcome:
     """Run ``spec`` in this process unless its record exists; resume from ``last.ckpt`` when there is one.
 
     A failure is written to ``failed.json`` beside the run (the table shows the cell as failed) and does not
@@ -96,49 +120,149 @@ def execute_run(spec: RunSpec, store: RunStore) -> RunOutcome:
     """
     if store.is_finished(spec.run_id):
         return RunOutcome(spec.run_id, "skipped")
-    return execute_config(write_config(spec, store))
+    return execute_config(write_config(spec, store), note=note)
 
 
-def execute_config(config_path: str | Path) -> RunOutcome:
-    """Run the config written at ``<run dir>/config.yaml`` (how the parallel and SLURM launchers start runs).
+def _write_failure(path: Path, message: str, kind: str, trace: str | None = None) -> None:
+    data: dict[str, Any] = {"error": message, "kind": kind}
+    if trace:
+        data["traceback"] = trace
+    atomic_write_bytes(path, json.dumps(data, indent=2).encode())
 
-    The run's folder is the config's own folder; its run id is ``run.run_id`` in the config.
+
+def _usable_checkpoint(run_dir: Path) -> Path | None:
+    """``last.ckpt`` when it is readable; a truncated or corrupt one is moved aside (reported) and the run restarts."""
+    from benchmarks.resume import checkpoint_problem
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
+    problem = checkpoint_problem(last)
+    if problem is None:
+        return last
+    aside = last.with_name(f"last.ckpt.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    os.replace(last, aside)
+    print(f"kdbench: {problem}: moved to {aside.name}; the run starts over", flush=True)
+    return None
+
+
+def execute_config(
+    config_path: str | Path,
+    note: str = "",
+    stop_signals: tuple[int, ...] | None = None,
+    checkpoint_signals: tuple[int, ...] = (),
+) -> RunOutcome:
+    """Run the config written at ``<run dir>/config.yaml`` (how every launcher starts runs).
+
+    The run's folder is the config's own folder (its store is two levels up); its run id is ``run.run_id`` in the
+    config.  The run is claimed first: when another runner holds the claim the outcome is ``busy`` and nothing is
+    touched.  Stop signals (default SIGINT and SIGTERM) interrupt it at the next optimiser step with a resumable
+    checkpoint (outcome ``interrupted``); ``checkpoint_signals`` only save one.
     """
     from benchmarks.cli import KDBenchCLI
 
     config_path = Path(config_path)
     run_dir = config_path.parent
     run_id = str((yaml.safe_load(config_path.read_text()) or {}).get("run", {}).get("run_id") or run_dir.name)
-    if (run_dir / RECORD).is_file():
+    store = store_of(run_dir)
+    if store.is_finished(run_id):
         return RunOutcome(run_id, "skipped")
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resume_from = last if last.is_file() else None
-    failed_marker = run_dir / FAILED
-    failed_marker.unlink(missing_ok=True)
+    held = store.claim(run_id, note=note or f"pid {os.getpid()}")
+    if not isinstance(held, Claim):
+        return RunOutcome(run_id, "busy", message=held.describe())
+    claim = held.start_heartbeat()
+    outcome = RunOutcome(run_id, "failed", message="did not start")
     started = time.perf_counter()
+    resume_from: Path | None = None
+    failed_marker = run_dir / FAILED
     try:
-        with quiet_lightning():
-            KDBenchCLI(args=cli_args(config_path, resume_from))
-    except KeyboardInterrupt:
-        raise
+        store.sweep_temporaries(run_id)
+        store.heal(run_id)
+        if store.is_finished(run_id):  # finished by the runner whose claim we followed
+            outcome = RunOutcome(run_id, "skipped")
+            return outcome
+        if interrupts.requested() is not None:  # the launch stopped while this run was being handed out
+            signum = interrupts.requested()
+            outcome = RunOutcome(run_id, "interrupted", 0.0, "interrupted before it started", signum=signum)
+            return outcome
+        resume_from = _usable_checkpoint(run_dir)
+        failed_marker.unlink(missing_ok=True)
+        signals = (signal.SIGINT, signal.SIGTERM) if stop_signals is None else stop_signals
+        with interrupts.installed(stop=signals, checkpoint=checkpoint_signals), quiet_lightning():
+            KDBenchCLI(args=cli_args(config_path, resume_from), claim=claim)
+        seconds = time.perf_counter() - started
+        if not store.is_finished(run_id):
+            message = "fit ended without a result record"
+            _write_failure(failed_marker, message, "failed")
+            outcome = RunOutcome(run_id, "failed", seconds, message)
+        else:
+            outcome = RunOutcome(run_id, "finished", seconds, resumed=resume_from is not None)
+    except RunInterrupted as stop:
+        outcome = RunOutcome(
+            run_id, "interrupted", time.perf_counter() - started, str(stop), resume_from is not None, stop.signum
+        )
+    except ClaimLost as lost:
+        outcome = RunOutcome(run_id, "busy", time.perf_counter() - started, str(lost))
     except BaseException as error:  # noqa: BLE001 - one run's failure must not lose the others
-        message = f"{type(error).__name__}: {error}".strip().splitlines()[0]
-        failed_marker.write_text(json.dumps({"error": message, "traceback": traceback.format_exc()}, indent=2))
-        return RunOutcome(run_id, "failed", time.perf_counter() - started, message, resume_from is not None)
-    seconds = time.perf_counter() - started
-    if not (run_dir / RECORD).is_file():
-        message = "fit ended without a result record (interrupted?)"
-        failed_marker.write_text(json.dumps({"error": message}, indent=2))
-        return RunOutcome(run_id, "failed", seconds, message)
-    return RunOutcome(run_id, "finished", seconds, resumed=resume_from is not None)
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        seconds = time.perf_counter() - started
+        if isinstance(error, (SIGTERMException, KeyboardInterrupt)):
+            signum = signal.SIGTERM if isinstance(error, SIGTERMException) else signal.SIGINT
+            outcome = RunOutcome(
+                run_id,
+                "interrupted",
+                seconds,
+                f"interrupted by {interrupts.signal_name(signum)}",
+                resume_from is not None,
+                signum,
+            )
+        else:
+            from benchmarks.errors import _find_user_error
+            from kd_modules.base import TrainingDivergedError
+
+            kind = "diverged" if _caused_by(error, TrainingDivergedError) else "failed"
+            cause = _find_user_error(error) or error
+            message = (f"{type(cause).__name__}: {cause}".strip().splitlines() or [type(cause).__name__])[0]
+            _write_failure(failed_marker, message, kind, traceback.format_exc())
+            outcome = RunOutcome(run_id, kind, seconds, message, resume_from is not None)
+    finally:
+        from benchmarks.cli import close_wandb
+
+        close_wandb(outcome.status)
+        claim.release(outcome.status)
+    return outcome
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def failure_message(store: RunStore, run_id: str) -> str | None:
     path = store.run_dir(run_id) / FAILED
     if not path.is_file():
         return None
-    data: dict[str, Any] = json.loads(path.read_text())
-    return str(data.get("error", "failed"))
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f"failed ({path} is unreadable)"
+    return str(data.get("error", "failed")) if isinstance(data, dict) else "failed"
+
+
+def failure_kind(store: RunStore, run_id: str) -> str:
+    """``diverged`` or ``failed`` (from ``failed.json``)."""
+    try:
+        data = json.loads((store.run_dir(run_id) / FAILED).read_text())
+    except (OSError, ValueError):
+        return "failed"
+    return str(data.get("kind", "failed")) if isinstance(data, dict) else "failed"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     outcome = execute_config(args.config)
     print(json.dumps(vars(outcome)), file=sys.stdout, flush=True)
-    return 0 if outcome.status in ("finished", "skipped") else 1
+    if outcome.status == "interrupted" and outcome.signum:
+        return interrupts.exit_status(outcome.signum)
+    return {"finished": 0, "skipped": 0, "busy": 75}.get(outcome.status, 1)
 
 
 if __name__ == "__main__":

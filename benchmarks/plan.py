@@ -274,9 +274,11 @@ def list_presets() -> list[str]:
 
 
 def load_preset(name: str) -> Preset:
-    path = PRESETS_DIR / f"{name}.yaml"
+    """A preset by name (``configs/presets/<name>.yaml``), or from a YAML file given by its path."""
+    path = Path(name) if str(name).endswith((".yaml", ".yml")) else PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise KDBenchError(f"unknown preset {name!r}; valid: {', '.join(list_presets())}")
+        raise KDBenchError(f"unknown preset {name!r}; valid: {', '.join(list_presets())}, or a preset file's path")
+    name = path.stem if path.parent != PRESETS_DIR else name
     raw = _load_yaml(path)
     unknown = sorted(set(raw) - PRESET_KEYS)
     if unknown:
@@ -588,7 +590,7 @@ class Planner:
         }
         if self.preset.wandb:
             info["wandb"] = self.preset.wandb
-        config["run"] = info
+        config["run"] = {**(config.get("run") or {}), **info}  # a preset's run.* settings (checkpoint intervals) stay
 
     def _base_config(self, recipe_name: str, student: str) -> dict[str, Any]:
         spec = recipe(recipe_name)

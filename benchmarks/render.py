@@ -354,17 +354,18 @@ def plot_table(plan: Plan, frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def write_table(plan: Plan, out_dir: Path) -> tuple[Path, str]:
-    """Write ``<table>.md``, ``<table>.csv`` and ``<table>.png`` (``.smoke.*`` under the smoke preset)."""
+def write_table(plan: Plan, out_dir: Path, stem: str | None = None) -> tuple[Path, str]:
+    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png``; the default stem is ``<table>`` (``<table>.smoke``
+    under the smoke preset).  The runner chooses ``out_dir`` (the store's) and the stem of a filtered table."""
     frame = collect(plan)
     text = render_markdown(plan, frame)
     out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = ".smoke" if plan.preset.is_smoke else ""
-    path = out_dir / f"{plan.table.name}{suffix}.md"
+    stem = stem or plan.table.name + (".smoke" if plan.preset.is_smoke else "")
+    path = out_dir / f"{stem}.md"
     path.write_text(text)
     csv_frame = frame.drop(columns=["values"]).copy()
     csv_frame["run_ids"] = [" ".join(ids) for ids in csv_frame["run_ids"]]
     csv_frame.insert(0, "table", plan.table.name)
-    csv_frame.to_csv(out_dir / f"{plan.table.name}{suffix}.csv", index=False)
-    plot_table(plan, frame, out_dir / f"{plan.table.name}{suffix}.png")
+    csv_frame.to_csv(out_dir / f"{stem}.csv", index=False)
+    plot_table(plan, frame, out_dir / f"{stem}.png")
     return path, text

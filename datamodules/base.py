@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from abc import ABCMeta, abstractmethod
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -42,6 +43,36 @@ def pipeline_settings(
     return settings
 
 
+def files_fingerprint(root: str | Path, files: Sequence[str | Path]) -> dict[str, Any]:
+    """``name+size+mtime`` fingerprint of ``files`` (read under ``root``): SHA-256 over each file's path relative to
+    ``root``, its size and its modification time — not the contents (ImageNet is 150 GB)."""
+    import hashlib
+
+    root = Path(root).resolve()
+    sha = hashlib.sha256()
+    count = total = 0
+    for file in sorted(str(f) for f in files):
+        path = Path(file)
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        try:
+            name = str(path.resolve().relative_to(root))
+        except ValueError:
+            name = str(path.resolve())
+        sha.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        count += 1
+        total += stat.st_size
+    return {
+        "root": str(root),
+        "files": count,
+        "bytes": total,
+        "fingerprint": sha.hexdigest()[:16],
+        "method": "sha256 of relative path, size and mtime of each file read",
+    }
+
+
 class KDDataModule(pl.LightningDataModule):
     """Base of every dataset.
 
@@ -55,6 +86,8 @@ class KDDataModule(pl.LightningDataModule):
 
     #: Name tables use for the dataset (``dataset: cifar100``).
     dataset_name: str
+    #: Where ``download=True`` fetches the dataset from (None: it cannot be downloaded by kdbench).
+    download_url: str | None = None
     num_classes: int
     train_size: int  # images in the full training split (for cost estimates)
     mean: Sequence[float]
@@ -64,6 +97,22 @@ class KDDataModule(pl.LightningDataModule):
     def is_available(cls, root: str) -> bool:
         """Whether the full real dataset is present under ``root``."""
         return False
+
+    @classmethod
+    def check_root(cls, root: str, download: bool = False) -> None:
+        """Raise :class:`DatasetError` (naming what is expected where) when the dataset is not under ``root``.
+
+        Cheap existence checks only, so that a run refuses a wrong root before it loads or writes anything.
+        """
+
+    def source_files(self) -> tuple[Path, list[Path]]:
+        """The folder the data is read from and the files that make it up (for the record's fingerprint)."""
+        return Path(self.root), []
+
+    def data_provenance(self) -> dict[str, Any]:
+        """Where the data was actually read from, and a fingerprint of the files (see benchmarks.provenance)."""
+        folder, files = self.source_files()
+        return {"dataset": self.dataset_name, "configured_root": str(self.root), **files_fingerprint(folder, files)}
 
     def __init__(
         self,

@@ -156,9 +156,26 @@ class CIFAR100(CropFlipDataModule):
         self.download = download
         self.configure_crop_flip(pipeline, padding_mode, crop_padding, flip)
 
+    download_url = CIFAR100_URL
+
     @classmethod
     def is_available(cls, root: str) -> bool:
         return is_full_cifar100(root)
+
+    @classmethod
+    def check_root(cls, root: str, download: bool = False) -> None:
+        if download:
+            return  # prepare_data fetches it
+        folder = Path(root) / CIFAR100_FOLDER
+        missing = [split for split in ("train", "test") if not (folder / split).is_file()]
+        if missing:
+            raise DatasetError(
+                f"CIFAR-100 not found under {root} (no {', '.join(missing)} split): {_expected(Path(root))}"
+            )
+
+    def source_files(self) -> tuple[Path, list[Path]]:
+        folder = Path(self.root) / CIFAR100_FOLDER
+        return folder, [folder / split for split in ("train", "test") if (folder / split).is_file()]
 
     @classmethod
     def download_dataset(cls, root: str) -> Path:

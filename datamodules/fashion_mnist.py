@@ -1,8 +1,10 @@
 """Fashion-MNIST (Xiao et al., 2017) from its idx files: the real, small dataset for offline mini-benchmarks.
 
 The four files ``{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (gzip-compressed ``.gz`` or raw) are looked for in
-the configured root, ``<root>/fashion-mnist``, torchvision's ``<root>/FashionMNIST/raw``, and finally
-``/usr/share/datasets/fashion-mnist``, where Debian's ``dataset-fashion-mnist`` package installs them.
+the configured root, ``<root>/fashion-mnist`` and torchvision's ``<root>/FashionMNIST/raw`` — nowhere else: a root
+without them is an error, never a silent fallback to another copy (the record names the folder actually read).
+Debian's ``dataset-fashion-mnist`` package installs them in ``/usr/share/datasets/fashion-mnist``; the fmnist
+table lists that folder among its ``data_roots``, and ``--data.root /usr/share/datasets/fashion-mnist`` reads it.
 
 idx format (LeCun's MNIST page): a big-endian header ``0x00 0x00 <dtype> <ndim>`` (dtype 0x08 = unsigned byte),
 then ``ndim`` big-endian uint32 sizes, then the row-major data.
@@ -36,9 +38,9 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def candidate_folders(root: str | Path) -> list[Path]:
-    """Where the idx files are looked for, in order."""
+    """Where the idx files are looked for, in order (under ``root`` only)."""
     root = Path(root)
-    return [root, root / "fashion-mnist", root / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
+    return [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
 
 
 def _file_in(folder: Path, name: str) -> Path | None:
@@ -53,7 +55,8 @@ def _expected(root: str | Path) -> str:
     names = ", ".join(f"{n}[.gz]" for pair in FASHION_MNIST_FILES.values() for n in pair)
     return (
         f"expected the Fashion-MNIST idx files ({names}) in one of: {places} "
-        "(Debian/Ubuntu: apt-get install dataset-fashion-mnist)"
+        f"(Debian/Ubuntu: apt-get install dataset-fashion-mnist puts them in {DEBIAN_FASHION_MNIST}; pass that "
+        "folder as the root)"
     )
 
 
@@ -194,6 +197,17 @@ class FashionMNIST(CropFlipDataModule):
     @classmethod
     def is_available(cls, root: str) -> bool:
         return is_full_fashion_mnist(root)
+
+    @classmethod
+    def check_root(cls, root: str, download: bool = False) -> None:
+        if download:
+            return  # prepare_data fetches it
+        find_fashion_mnist(root)
+
+    def source_files(self) -> tuple[Path, list[Path]]:
+        folder = find_fashion_mnist(self.root)
+        files = [_file_in(folder, name) for pair in FASHION_MNIST_FILES.values() for name in pair]
+        return folder, [f for f in files if f is not None]
 
     @classmethod
     def download_dataset(cls, root: str) -> Path:

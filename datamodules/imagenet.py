@@ -299,6 +299,15 @@ class ImageNet(KDDataModule):
         self.contrast_mode = contrast_mode
 
     @classmethod
+    def check_root(cls, root: str, download: bool = False) -> None:
+        find_imagenet(root)
+
+    def source_files(self) -> tuple[Path, list[Path]]:
+        """The train/val class folders (their modification times change when files are added or removed)."""
+        folder = find_imagenet(self.root)
+        return folder, [folder / split / name for split in ("train", "val") for name in _class_folders(folder / split)]
+
+    @classmethod
     def is_available(cls, root: str) -> bool:
         """Whether train and val both hold the 1000 class folders (files are not counted: that takes minutes)."""
         try:

@@ -1,7 +1,10 @@
 """Batches sliced from a split held in memory (host or accelerator) as uint8 tensors.
 
 Per-epoch shuffling and the augmentation parameters come from a generator seeded with ``(seed, epoch)``, so a
-given pair always produces the same batches, whatever the device and however the run was interrupted.
+given pair always produces the same batches, whatever the device and however the run was interrupted.  The
+training loader is *stateful* in Lightning's sense (``state_dict`` / ``load_state_dict``): a checkpoint saved
+after batch ``k`` of an epoch records ``(epoch, k + 1)``, and the resumed run continues that epoch with batch
+``k + 1`` of the same order, the same augmentation parameters and the same per-batch extras.
 """
 
 from __future__ import annotations
@@ -131,6 +134,8 @@ class InMemoryBatches:
         self.augment = augment
         self.sample_extra = sample_extra
         self._own_epoch = 0
+        self._served = (-1, 0)  # (epoch, batches handed out in it) of the current pass
+        self._resume: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         count = self.labels.shape[0]
@@ -143,8 +148,22 @@ class InMemoryBatches:
             self._own_epoch += 1
         return epoch
 
+    def state_dict(self) -> dict[str, int]:
+        """Where the current pass is: its epoch and how many batches it handed out (Lightning saves it)."""
+        return {"epoch": self._served[0], "batches": self._served[1]}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue the pass of ``state["epoch"]`` after its first ``state["batches"]`` batches (next pass only)."""
+        self._resume = (int(state["epoch"]), int(state["batches"]))
+
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         epoch = self._epoch()
+        skip = 0
+        if self._resume is not None:
+            if self._resume[0] == epoch:
+                skip = self._resume[1]
+            self._resume = None
+        self._served = (epoch, skip)
         count = self.labels.shape[0]
         generator = epoch_generator(self.seed, epoch)
         order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
@@ -157,6 +176,11 @@ class InMemoryBatches:
         for b in range(len(self)):
             positions = slice(b * self.batch_size, (b + 1) * self.batch_size)
             index = order_on_device[positions]
+            if b < skip:  # resumed mid-epoch: batches trained before the checkpoint, drawn but not handed out
+                if self.sample_extra is not None:
+                    assert extra_generator is not None
+                    self.sample_extra(index.to(self.labels.device), extra_generator)
+                continue
             batch = {"images": self.images[index], "labels": self.labels[index], "indices": index}
             for key, value in params.items():
                 batch[key] = value[positions]
@@ -164,4 +188,5 @@ class InMemoryBatches:
                 assert extra_generator is not None
                 extra = self.sample_extra(index.to(self.labels.device), extra_generator)
                 batch.update({k: v.to(device) for k, v in extra.items()})
+            self._served = (epoch, b + 1)
             yield batch

@@ -171,7 +171,9 @@ def _index(listing: _Listing, split: str) -> list[tuple[str, int]]:
                 )
             flat, sorted_ = f"val/images/{fields[0]}", f"val/{fields[1]}/images/{fields[0]}"
             # the official flat folder, or the class folders `--data.download true` sorts it into
-            samples.append((flat if flat in listing.files or sorted_ not in listing.files else sorted_, class_of[fields[1]]))
+            samples.append(
+                (flat if flat in listing.files or sorted_ not in listing.files else sorted_, class_of[fields[1]])
+            )
         if not samples:
             raise DatasetError(f"{where}/val/val_annotations.txt lists no images")
     else:  # re-organised val/<wnid>/[images/]*.JPEG, as the repos' ImageFolder reads it
@@ -418,6 +420,20 @@ class TinyImageNet(InMemoryDataModule):
     @classmethod
     def is_available(cls, root: str) -> bool:
         return is_full_tiny_imagenet(root)
+
+    @classmethod
+    def check_root(cls, root: str, download: bool = False) -> None:
+        if download:
+            return  # prepare_data fetches it
+        find_tiny_imagenet(root)
+
+    def source_files(self) -> tuple[Path, list[Path]]:
+        """The zip, or the extracted folder's index files (the images are not listed: 110,000 files)."""
+        source = find_tiny_imagenet(self.root)
+        if source.kind == "zip":
+            return source.path.parent, [source.path]
+        index = [source.path / "wnids.txt", source.path / "val" / "val_annotations.txt"]
+        return source.path, [f for f in index if f.is_file()]
 
     @classmethod
     def download_dataset(cls, root: str) -> Path:

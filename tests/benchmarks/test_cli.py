@@ -119,3 +119,42 @@ def test_reused_parser_keeps_no_state_between_runs(cifar_root: Path, tmp_path: P
     second = KDBenchCLI(args=["--model=Vanilla", *common], run=False)
     assert cli._PARSERS == parsers and second.parser is first.parser  # built once
     assert first.model.optim.lr == 0.3 and second.model.optim.lr != 0.3
+
+
+def test_the_record_says_what_the_run_was_made_from(cifar_root: Path, tmp_path: Path, fit_args, trained_teacher: Path) -> None:  # type: ignore[no-untyped-def]
+    """Provenance: the teacher file's SHA-256, the data folder actually read with a fingerprint of its files, and
+    the code tree (commit, dirty or not, a digest of the changes)."""
+    import hashlib
+    import os
+
+    KDBenchCLI(
+        args=fit_args(
+            cifar_root,
+            tmp_path,
+            "--model=KD",
+            "--model.student=resnet8",
+            "--model.teacher.arch=resnet8",
+            f"--model.teacher.checkpoint={trained_teacher}",
+        )
+    )
+    record = json.loads((tmp_path / "record.json").read_text())
+    provenance = record["provenance"]
+    assert record["resumes"] == 0
+    digest = hashlib.sha256(trained_teacher.read_bytes()).hexdigest()[:16]
+    assert provenance["teacher"] == {"checkpoint": str(trained_teacher), "digest": f"sha256:{digest}"}
+    data = provenance["data"]
+    folder = (cifar_root / "cifar-100-python").resolve()
+    assert data["root"] == str(folder) and data["files"] == 2 and data["dataset"] == "cifar100"
+    assert data["bytes"] == sum((folder / split).stat().st_size for split in ("train", "test"))
+    code = provenance["code"]
+    assert len(code["commit"]) == 40 and isinstance(code["dirty"], bool)
+    assert (code["diff_sha256"] is None) == (not code["dirty"])
+    # the fingerprint follows the files: touching one changes it
+    from datamodules import CIFAR100
+
+    before = CIFAR100(root=str(cifar_root)).data_provenance()["fingerprint"]
+    assert before == data["fingerprint"]
+    stat = (folder / "test").stat()
+    os.utime(folder / "test", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert CIFAR100(root=str(cifar_root)).data_provenance()["fingerprint"] != before
+    os.utime(folder / "test", ns=(stat.st_atime_ns, stat.st_mtime_ns))

@@ -52,11 +52,13 @@ def test_truncated_file_is_named(tmp_path: Path) -> None:
 
 
 def test_missing_files_list_the_places_and_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The root is the only place looked in: no silent fallback to the system copy, which the message names."""
     monkeypatch.setattr(fashion, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
     with pytest.raises(
-        DatasetError, match=r"FashionMNIST/raw.*no-debian-package.*apt-get install dataset-fashion-mnist"
+        DatasetError, match=r"FashionMNIST/raw.*apt-get install dataset-fashion-mnist puts them in .*no-debian-package"
     ):
         read_fashion_mnist_split(tmp_path, "train")
+    assert all(tmp_path in (folder, *folder.parents) for folder in fashion.candidate_folders(tmp_path))
 
 
 def test_datamodule_feeds_cifar_networks(fashion_root: Path) -> None:
@@ -77,9 +79,13 @@ def test_datamodule_feeds_cifar_networks(fashion_root: Path) -> None:
 
 @needs_debian_package
 def test_real_fashion_mnist_from_the_debian_package(tmp_path: Path) -> None:
-    """60,000 / 10,000 real images, 6,000 / 1,000 per class, found without any configured root."""
-    dm = FashionMNIST(root=str(tmp_path), seed=0)
-    assert FashionMNIST.is_available(str(tmp_path))
+    """60,000 / 10,000 real images, 6,000 / 1,000 per class, read from the package's folder (given as the root;
+    another root never falls back to it); the record's provenance names the folder and fingerprints the files."""
+    assert not FashionMNIST.is_available(str(tmp_path))
+    dm = FashionMNIST(root=str(DEBIAN), seed=0)
+    assert FashionMNIST.is_available(str(DEBIAN))
+    provenance = dm.data_provenance()
+    assert provenance["root"] == str(DEBIAN.resolve()) and provenance["files"] == 4
     dm.setup("fit")
     train_images, train_labels = dm.split("train")
     test_images, test_labels = dm.split("test")
