@@ -186,8 +186,7 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
                 f"{type(self).__name__} needs a teacher: pass --model.teacher.arch and --model.teacher.checkpoint"
             )
 
-        # validate_args=False: the argument checks read label values on the host (a sync in every training step).
-        self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False)
+        self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
         self.val_loss = MeanMetric(nan_strategy="disable")  # a NaN must show (and no per-batch NaN check)
