@@ -199,6 +199,7 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
         # group (configure_numerics); the default is the references' eager fp32 with a live teacher.
         self.numerics = Numerics()
         self._teacher_cache: Any = None  # kd_modules.teacher_cache.TeacherOutputCache while a fit uses one
+        self._teacher_cache_for: Any = None  # the data module it was built for
         self._step_batch: Batch | None = None  # the training batch being processed (teacher-cache lookups)
         self._step_teacher: dict[str, Tensor] | None = None
 
@@ -404,11 +405,14 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
     def on_fit_start(self) -> None:
         self._fit_started_at = time.perf_counter()
         self._total_steps = None  # schedule_epoch reads this fit's length
-        self._teacher_cache = None
-        if self.numerics.teacher_cache:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not self.numerics.teacher_cache:
+            self._teacher_cache = None
+        elif self._teacher_cache is None or self._teacher_cache_for is not datamodule:
             from kd_modules.teacher_cache import build_teacher_cache, notice
 
             self._teacher_cache, message = build_teacher_cache(self)
+            self._teacher_cache_for = datamodule  # a later fit on the same data reuses it
             notice(message if self._teacher_cache is not None else f"teacher cache not used: {message}; running the teacher")
 
     def fit_seconds(self) -> float:
