@@ -549,11 +549,13 @@ def calibrate_gpu(results: list[Path], out: Path = GPU_CALIBRATION) -> list[dict
             args = argparse.Namespace(
                 table=result["table"], method=result["method"], pair=result["pair"], preset=result["preset"], data_root="data"
             )
-            config, _ = planned_config(args, Path(tmp) / "store")
-            config["data"]["init_args"]["batch_size"] = result["batch_size"]
-            for arm, entry in result["arms"].items():
+            for key, entry in result["arms"].items():
+                arm = entry.get("arm", key)
                 if arm == "reference" or "median_ms" not in entry:
                     continue
+                method = entry.get("method", result["method"])
+                config, _ = planned_config(args, Path(tmp) / "store", None if method == "Vanilla" else method)
+                config["data"]["init_args"]["batch_size"] = result["batch_size"]
                 arm_config = _arm_config(config, arm)
                 modelled = step_model(arm_config, dataset_classes(arm_config))
                 if modelled is None:
@@ -561,7 +563,7 @@ def calibrate_gpu(results: list[Path], out: Path = GPU_CALIBRATION) -> list[dict
                 entries.append(
                     {
                         "table": result["table"],
-                        "method": result["method"] if arm != "ce" else "Vanilla",
+                        "method": method,
                         "pair": result["pair"],
                         "arm": arm,
                         "numerics": numerics_label(arm_config),
@@ -586,18 +588,19 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("calibrate-ops", help=f"count every method's operators per step here (-> {OP_COUNTS.name})")
     gpu = commands.add_parser("calibrate-gpu", help=f"GPU step times of benchmarks.speed train results (-> {GPU_CALIBRATION.name})")
     gpu.add_argument("results", nargs="+", type=Path, help="JSON files written by benchmarks.speed train --out on a GPU")
+    gpu.add_argument("--out", type=Path, default=GPU_CALIBRATION, help=f"where to write (default {GPU_CALIBRATION})")
     args = parser.parse_args(argv)
     with user_errors("benchmarks.cost"):
         if args.command == "calibrate-ops":
             calibrate_ops()
             print(f"written to {OP_COUNTS}")
         else:
-            for entry in calibrate_gpu(args.results):
+            for entry in calibrate_gpu(args.results, args.out):
                 print(
                     f"  {entry['method']} {entry['pair']} ({entry['numerics']}): measured {entry['measured_step_s'] * 1000:.2f} "
                     f"ms/step, modelled {entry['model_step_s'] * 1000:.2f}"
                 )
-            print(f"written to {GPU_CALIBRATION}")
+            print(f"written to {args.out}")
     return 0
 
 

@@ -120,23 +120,24 @@ def _device(args: argparse.Namespace) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- the run
-def planned_config(args: argparse.Namespace, store: Path) -> tuple[dict[str, Any], Any]:
+def planned_config(args: argparse.Namespace, store: Path, method: str | None = None) -> tuple[dict[str, Any], Any]:
     """The complete config of the planned student run (method row x pair of the table, under the preset)."""
     from benchmarks.errors import KDBenchError
     from benchmarks.plan import build_plan, load_preset
     from benchmarks.store import RunStore
     from benchmarks.tables import Pair, load_table
 
+    method = method or str(args.method).split(",")[0].strip()
     table = load_table(args.table)
     pair = Pair.parse(args.pair)
     if pair.label not in [p.label for p in table.pairs]:
         table = dataclasses.replace(table, pairs=[pair])  # any pair: the table's recipe and row configs
     plan = build_plan(
-        table, load_preset(args.preset), RunStore(store), data_root=args.data_root, trials=1, methods=[args.method]
+        table, load_preset(args.preset), RunStore(store), data_root=args.data_root, trials=1, methods=[method]
     )
     specs = [s for s in plan.ordered() if s.kind == "student" and s.pair is not None and s.pair.label == pair.label]
     if not specs:
-        raise KDBenchError(f"table {table.name} has no {args.method} run for {pair.label}")
+        raise KDBenchError(f"table {table.name} has no {method} run for {pair.label}")
     spec = specs[0]
     if spec.blocked:
         raise KDBenchError(f"{spec.label} cannot run: {spec.blocked}")
@@ -497,15 +498,20 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     os.environ["KDBENCH_CACHE"] = str(folder / "cache")  # never mix benchmark artefacts into the real cache
     if args.cache_fill == "stand-in":
         _stand_in_cache()
-    config, table = planned_config(args, folder / "store")
-    if args.batch_size is not None:
-        config["data"]["init_args"]["batch_size"] = args.batch_size
-    _stand_in_for_earlier_runs(config, folder, dataset_classes(config))
+    methods = [m.strip() for m in str(args.method).split(",") if m.strip()]
+    configs = {}
+    for method in methods:
+        config, table = planned_config(args, folder / "store", method)
+        if args.batch_size is not None:
+            config["data"]["init_args"]["batch_size"] = args.batch_size
+        _stand_in_for_earlier_runs(config, folder, dataset_classes(config))
+        configs[method] = config
+    config = configs[methods[0]]
     data = _dataset(config, table, args, folder)
     batch = int(config["data"]["init_args"].get("batch_size", 64))
     result: dict[str, Any] = {
         "table": table.name,
-        "method": args.method,
+        "method": ",".join(methods),
         "pair": args.pair,
         "preset": args.preset,
         "dataset": table.dataset,
@@ -522,21 +528,27 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "arms": {},
     }
     arms: dict[str, Any] = {}
-    for name in args.arms:
-        arm_config = _arm_config(config, name)
-        started = time.perf_counter()
-        if name == "reference":
-            arms[name] = ReferenceArm(arm_config, data, device, folder, args.workers)
-        else:
-            arms[name] = LightningArm(name, arm_config, data, device, folder)
-        result["arms"][name] = {
-            "what": ARM_WHAT[name],
-            "numerics": numerics_label(arm_config),
-            "build_s": time.perf_counter() - started,
-            "seconds_per_step": [],
-        }
+    for method in methods:
+        for name in args.arms:
+            if name == "ce" and method != methods[0]:
+                continue  # one CE arm: the same student whatever the method
+            key = name if len(methods) == 1 else (name if name == "ce" else f"{method} {name}")
+            arm_config = _arm_config(configs[method], name)
+            started = time.perf_counter()
+            if name == "reference":
+                arms[key] = ReferenceArm(arm_config, data, device, folder, args.workers)
+            else:
+                arms[key] = LightningArm(key.replace(" ", "_"), arm_config, data, device, folder)
+            result["arms"][key] = {
+                "method": "Vanilla" if name == "ce" else method,
+                "arm": name,
+                "what": ARM_WHAT[name] if len(methods) == 1 or name == "ce" else f"{method}: {ARM_WHAT[name]}",
+                "numerics": numerics_label(arm_config),
+                "build_s": time.perf_counter() - started,
+                "seconds_per_step": [],
+            }
     if args.epochs:
-        arm = arms[args.arms[0]]
+        arm = next(iter(arms.values()))
         if not isinstance(arm, LightningArm):
             raise SystemExit("--epochs times a Lightning arm (kdbench, cached or ce): put it first in --arms")
         timing = arm.run_epochs(args.epochs)
@@ -551,7 +563,8 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 barrier = None  # only the first measurement starts together
                 result["arms"][name]["seconds_per_step"].append(per_step)
     if args.profile:
-        result["profile"] = _profile(arms.get("kdbench") or next(iter(arms.values())), args, device)
+        first = next((a for k, a in arms.items() if k.endswith("kdbench")), next(iter(arms.values())))
+        result["profile"] = _profile(first, args, device)
     result["load_after"] = load_average()
     for entry in result["arms"].values():
         values = entry["seconds_per_step"]
@@ -589,8 +602,14 @@ def _profile(arm: Any, args: argparse.Namespace, device: str) -> dict[str, Any]:
 
 def _markdown(result: dict[str, Any]) -> str:
     arms = result["arms"]
-    reference = arms.get("reference", {}).get("median_ms")
     ce = arms.get("ce", {}).get("median_ms")
+
+    def reference_of(entry: dict[str, Any]) -> float | None:
+        for key, other in arms.items():
+            if other.get("arm") == "reference" and other.get("method") == entry.get("method"):
+                return other.get("median_ms")
+        return arms.get("reference", {}).get("median_ms")
+
     lines = [
         f"# {result['method']} {result['pair']} ({result['table']}, preset {result['preset']}): training-step speed",
         "",
@@ -612,8 +631,9 @@ def _markdown(result: dict[str, Any]) -> str:
         if "median_ms" not in entry:
             continue
         values = [v * 1000 for v in entry["seconds_per_step"]]
-        vs_ref = f"{reference / entry['median_ms']:.2f}x" if reference and name != "reference" else ""
-        vs_ce = f"{entry['median_ms'] / ce:.3f}" if ce and name != "ce" else ""
+        reference = reference_of(entry)
+        vs_ref = f"{reference / entry['median_ms']:.2f}x" if reference and entry.get("arm") != "reference" else ""
+        vs_ce = f"{entry['median_ms'] / ce:.3f}" if ce and entry.get("arm") != "ce" else ""
         lines.append(
             f"| {entry['what']} | {entry['numerics']} | {entry['median_ms']:.1f} | {min(values):.1f}-{max(values):.1f} "
             f"| {entry['images_per_s']:,.0f} | {vs_ref} | {vs_ce} |"
