@@ -11,11 +11,13 @@ larger of its arithmetic and its host-side dispatch (an asynchronous GPU overlap
   counted by dispatching them on the meta device; everything else a method's step runs (losses, its own modules,
   the optimiser, Lightning's logging, the augmentation) counted in real CPU steps of every method
   (``python -m benchmarks.cost calibrate-ops`` -> ``benchmarks/results/op_counts.json``).  Operator counts do not
-  depend on the device, which is why a CPU can measure them;
+  depend on the device, which is why a CPU can measure them; one exception is corrected: the CPU's SGD loops over
+  the tensors while a GPU's uses a few multi-tensor (``foreach``) kernels, both counted;
 * *assumptions* (:data:`GPU_ASSUMPTIONS`, until GPU measurements exist): the effective arithmetic rate of an
   H100-class GPU (100 TFLOP/s in fp32/TF32, 200 in bf16-mixed) and the host cost per operator (8 us eager;
   4 us compiled without CUDA graphs; 1.25 us with CUDA graphs: 2.5 us per kernel, half the kernels after fusion).
-  Only the networks are compiled (``numerics.compile``): the other operators keep the eager cost;
+  Only the networks are compiled (``numerics.compile``): the other operators keep the eager cost; plus 0.3 ms of
+  Lightning's own Python per step (spec §6.7's bound);
 * evaluation: each evaluation's batches cost the student's forward the same way;
 * GPU calibration: ``benchmarks/results/gpu_calibration.json`` (written by ``python -m benchmarks.cost
   calibrate-gpu`` from ``benchmarks.speed train`` results measured on a GPU) holds measured / modelled step-time
@@ -66,8 +68,15 @@ STEP_OVERHEAD_S = 3e-3  # the former flat per-step overhead, kept for callers; t
 #: Assumed H100-class figures (spec performance.md §1.4), replaced in effect by a GPU calibration when one exists.
 GPU_ASSUMPTIONS: dict[str, Any] = {
     "flops": {"32-true": 100e12, "bf16-mixed": 200e12, "16-mixed": 200e12},
-    "seconds_per_op": {"none": 8e-6, "default": 4e-6, "max-autotune-no-cudagraphs": 4e-6, "reduce-overhead": 1.25e-6, "max-autotune": 1.25e-6},
+    "seconds_per_op": {
+        "none": 8e-6,
+        "default": 4e-6,
+        "max-autotune-no-cudagraphs": 4e-6,
+        "reduce-overhead": 1.25e-6,
+        "max-autotune": 1.25e-6,
+    },
     "eager_seconds_per_op": 8e-6,
+    "step_overhead_s": 3e-4,  # Lightning's own Python per step (hooks, logging), spec §6.7
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 OP_COUNTS = RESULTS_DIR / "op_counts.json"
@@ -216,15 +225,20 @@ def step_model(config: dict[str, Any], num_classes: int) -> dict[str, float] | N
         macs += teacher_macs
         net_ops += teacher_ops
     counts = op_counts()
-    extras = counts.get("other_ops", {})
     method = _method_of(config)
+    # On a GPU, SGD steps all tensors with a few multi-tensor (foreach) kernels; the CPU counts loop per tensor.
+    extras = {
+        name: value - counts["optimizer_ops"][name]["per_tensor"] + counts["optimizer_ops"][name]["foreach"]
+        for name, value in counts.get("other_ops", {}).items()
+        if name in counts.get("optimizer_ops", {})
+    }
     default_extra = statistics.median(extras.values()) if extras else 60.0
     other_ops = float(extras.get(method, default_extra)) + float(counts.get("data_ops", 8))
     numerics = numerics_of(config)
     rate = GPU_ASSUMPTIONS["flops"].get(numerics["precision"], EFFECTIVE_FLOPS)
     net_cost = GPU_ASSUMPTIONS["seconds_per_op"].get(numerics["compile"], GPU_ASSUMPTIONS["eager_seconds_per_op"])
     compute = batch * 2.0 * macs / rate
-    host = net_ops * net_cost + other_ops * GPU_ASSUMPTIONS["eager_seconds_per_op"]
+    host = net_ops * net_cost + other_ops * GPU_ASSUMPTIONS["eager_seconds_per_op"] + GPU_ASSUMPTIONS["step_overhead_s"]
     return {"flops": batch * 2.0 * macs, "network_ops": net_ops, "other_ops": other_ops, "seconds": max(compute, host)}
 
 
@@ -245,7 +259,9 @@ def estimate_gpu_seconds(config: dict[str, Any], train_size: int, num_classes: i
     net_cost = GPU_ASSUMPTIONS["seconds_per_op"].get(numerics["compile"], GPU_ASSUMPTIONS["eager_seconds_per_op"])
     forward_ops = network_ops(student, num_classes, False) or 0
     batches = -(-eval_size // eval_batch)
-    evaluation = max(eval_size * 2.0 * (macs_per_image(student, num_classes) or 0.0) / rate, batches * forward_ops * net_cost)
+    evaluation = max(
+        eval_size * 2.0 * (macs_per_image(student, num_classes) or 0.0) / rate, batches * forward_ops * net_cost
+    )
     seconds = steps * step["seconds"] + _evaluations(config, steps, epochs) * evaluation
     return seconds * gpu_calibration().get(numerics_label(config), 1.0)
 
@@ -291,8 +307,9 @@ def model_description() -> str:
         else "no GPU step time measured yet: every GPU figure is an estimate"
     )
     return (
-        f"model in benchmarks/cost.py; calibrated by {measured}; assumed: 100/200 TFLOP/s (fp32/bf16) and "
-        f"8 / 4 / 1.25 us per operator (eager / compiled / CUDA graphs) on an H100-class GPU; {gpu}"
+        f"model in benchmarks/cost.py; calibrated by {measured}; assumed: 100/200 TFLOP/s (fp32/bf16), "
+        f"8 / 4 / 1.25 us per operator (eager / compiled / CUDA graphs) and 0.3 ms of Lightning per step on an "
+        f"H100-class GPU; {gpu}"
     )
 
 
@@ -456,6 +473,36 @@ def dataset_classes(config: dict[str, Any]) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ calibration
+def _optimizer_ops(module: Any) -> tuple[int, int]:
+    """Operators of one SGD step over the module's trainable tensors: per-tensor loop (the CPU default) and
+    ``foreach`` (the CUDA default), counted on copies of the weights."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+            self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    params = [p for m in module.trainable_modules() for p in m.parameters() if p.requires_grad]
+    counts = []
+    for foreach in (False, True):
+        copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        for copy in copies:
+            copy.grad = torch.ones_like(copy)
+        optim = module.optim
+        sgd = torch.optim.SGD(
+            copies, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, foreach=foreach
+        )
+        sgd.step()  # the first step creates the momentum buffers
+        counter = _Count()
+        with counter:
+            sgd.step()
+        counts.append(counter.count)
+    return counts[0], counts[1]
+
+
 def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
     """Count the operators of a steady-state training step of every method on the CPU and write ``out``.
 
@@ -478,6 +525,7 @@ def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
     teacher_ops = network_ops(teacher, 100, False) or 0
     step_ops: dict[str, int] = {}
     other_ops: dict[str, int] = {}
+    optimizer_ops: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="kdbench-ops-") as tmp:
         previous = os.environ.get("KDBENCH_CACHE")
         os.environ["KDBENCH_CACHE"] = str(Path(tmp) / "cache")
@@ -491,7 +539,12 @@ def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
                 step_ops[method] = counter.counts[2]
                 uses_teacher = bool(method_class(method).requires_teacher)
                 other_ops[method] = step_ops[method] - student_ops - (teacher_ops if uses_teacher else 0)
-                print(f"  {method:<22} {step_ops[method]:>6} operators per step, {other_ops[method]:>6} beyond the networks")
+                loop, foreach = _optimizer_ops(module)
+                optimizer_ops[method] = {"per_tensor": loop, "foreach": foreach}
+                print(
+                    f"  {method:<22} {step_ops[method]:>6} operators per step, {other_ops[method]:>6} beyond the networks"
+                    f" (SGD: {loop} per tensor on the CPU, {foreach} with foreach as on a GPU)"
+                )
             datamodule = CIFAR100(root=str(setting["data"]), batch_size=8, seed=0)
             datamodule.setup("fit")
             batch = next(iter(datamodule.train_dataloader()))
@@ -500,7 +553,9 @@ def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
             class _Count(TorchDispatchMode):
                 count = 0
 
-                def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+                def __torch_dispatch__(
+                    self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+                ) -> Any:
                     self.count += 1
                     return func(*args, **(kwargs or {}))
 
@@ -522,6 +577,7 @@ def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
         "data_ops": counter_mode.count,
         "step_ops": step_ops,
         "other_ops": other_ops,
+        "optimizer_ops": optimizer_ops,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
@@ -545,9 +601,15 @@ def calibrate_gpu(results: list[Path], out: Path = GPU_CALIBRATION) -> list[dict
         for path in results:
             result = json.loads(Path(path).read_text())
             if result.get("device") != "cuda":
-                raise KDBenchError(f"{path} was measured on {result.get('device')}, not a GPU: it cannot calibrate GPU estimates")
+                raise KDBenchError(
+                    f"{path} was measured on {result.get('device')}, not a GPU: it cannot calibrate GPU estimates"
+                )
             args = argparse.Namespace(
-                table=result["table"], method=result["method"], pair=result["pair"], preset=result["preset"], data_root="data"
+                table=result["table"],
+                method=result["method"],
+                pair=result["pair"],
+                preset=result["preset"],
+                data_root="data",
             )
             for key, entry in result["arms"].items():
                 arm = entry.get("arm", key)
@@ -586,8 +648,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cost", description="Calibrate the GPU-hour model.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("calibrate-ops", help=f"count every method's operators per step here (-> {OP_COUNTS.name})")
-    gpu = commands.add_parser("calibrate-gpu", help=f"GPU step times of benchmarks.speed train results (-> {GPU_CALIBRATION.name})")
-    gpu.add_argument("results", nargs="+", type=Path, help="JSON files written by benchmarks.speed train --out on a GPU")
+    gpu = commands.add_parser(
+        "calibrate-gpu", help=f"GPU step times of benchmarks.speed train results (-> {GPU_CALIBRATION.name})"
+    )
+    gpu.add_argument(
+        "results", nargs="+", type=Path, help="JSON files written by benchmarks.speed train --out on a GPU"
+    )
     gpu.add_argument("--out", type=Path, default=GPU_CALIBRATION, help=f"where to write (default {GPU_CALIBRATION})")
     args = parser.parse_args(argv)
     with user_errors("benchmarks.cost"):

@@ -91,7 +91,14 @@ def probe_module(method: str, setting: dict[str, Any]) -> tuple[Any, dict[str, A
     return module, data_args
 
 
-def probe_fit(module: Any, data_args: dict[str, Any], setting: dict[str, Any], steps: int, callbacks: list[Any], device: str = "cpu") -> Any:
+def probe_fit(
+    module: Any,
+    data_args: dict[str, Any],
+    setting: dict[str, Any],
+    steps: int,
+    callbacks: list[Any],
+    device: str = "cpu",
+) -> Any:
     """``steps`` optimisation steps of ``module`` on the fixture (batch 8); returns the Trainer."""
     import lightning.pytorch as pl
 

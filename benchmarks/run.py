@@ -274,7 +274,11 @@ def print_plan(
         + (f" ({unknown} without an estimate)" if unknown else "")
         + " under numerics "
         + "; ".join(f"{label} ({n} runs)" for label, n in labels.most_common())
-        + (f", including {len(builds)} teacher-cache build(s), {sum(builds.values()) / 3600:.1f} GPU-h" if builds else "")
+        + (
+            f", including {len(builds)} teacher-cache build(s), {sum(builds.values()) / 3600:.1f} GPU-h"
+            if builds
+            else ""
+        )
     )
     print(f"  ({model_description()})")
     if plan.blocked_cells:

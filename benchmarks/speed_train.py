@@ -282,7 +282,9 @@ class LightningArm:
             **limits,
         )
 
-    def run(self, warmup: int, steps: int, barrier: Callable[[], None] | None = None, extra: list[Any] | None = None) -> float:
+    def run(
+        self, warmup: int, steps: int, barrier: Callable[[], None] | None = None, extra: list[Any] | None = None
+    ) -> float:
         from benchmarks.execute import quiet_lightning
 
         clock = _Clock(warmup, steps, self.device, barrier)
@@ -457,7 +459,9 @@ def _stand_in_cache() -> None:
     """Make the teacher cache hold random values of the right shape (timing only; see ``--cache-fill``)."""
     import kd_modules.teacher_cache as teacher_cache
 
-    def random_outputs(teacher, images, render, views, fields, dtype, batch_size, channels_last=False, show_progress=True):  # type: ignore[no-untyped-def]
+    def random_outputs(
+        teacher, images, render, views, fields, dtype, batch_size, channels_last=False, show_progress=True
+    ):  # type: ignore[no-untyped-def]
         widths = {name: teacher_cache.FIELDS[name](teacher) for name in fields}
         return {n: torch.randn(images.shape[0], views, w, device=images.device).to(dtype) for n, w in widths.items()}
 
@@ -554,7 +558,11 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         timing = arm.run_epochs(args.epochs)
         epochs = int(config.get("trainer", {}).get("max_epochs") or 240)
         median = statistics.median(timing["epoch_s"])
-        result["epochs"] = {**timing, "recipe_epochs": epochs, "extrapolated_run_s": median * epochs + timing["warmup_epoch_s"]}
+        result["epochs"] = {
+            **timing,
+            "recipe_epochs": epochs,
+            "extrapolated_run_s": median * epochs + timing["warmup_epoch_s"],
+        }
     else:
         barrier = _barrier(args.barrier, int(os.environ.get("KDBENCH_BARRIER_COUNT", "1")))
         for _ in range(args.repeats):
@@ -605,7 +613,7 @@ def _markdown(result: dict[str, Any]) -> str:
     ce = arms.get("ce", {}).get("median_ms")
 
     def reference_of(entry: dict[str, Any]) -> float | None:
-        for key, other in arms.items():
+        for other in arms.values():
             if other.get("arm") == "reference" and other.get("method") == entry.get("method"):
                 return other.get("median_ms")
         return arms.get("reference", {}).get("median_ms")
@@ -627,7 +635,7 @@ def _markdown(result: dict[str, Any]) -> str:
         "| arm | numerics | ms/step (median) | range (ms) | images/s | speed-up vs reference | step / CE step |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, entry in arms.items():
+    for entry in arms.values():
         if "median_ms" not in entry:
             continue
         values = [v * 1000 for v in entry["seconds_per_step"]]
@@ -687,9 +695,21 @@ def run_concurrent(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             processes = [
                 subprocess.Popen(
-                    [sys.executable, "-m", "benchmarks.speed", "train", *passed, "--barrier", f"{tmp}/barrier",
-                     "--json", str(out)],
-                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.speed",
+                        "train",
+                        *passed,
+                        "--barrier",
+                        f"{tmp}/barrier",
+                        "--json",
+                        str(out),
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
                 )  # fmt: skip
                 for out in outputs
             ]

@@ -160,7 +160,9 @@ class _Settings:
 
     @classmethod
     def of(cls, datamodule: Any) -> _Settings:
-        return cls(int(datamodule.crop_size), int(datamodule.resize_size), str(datamodule.train_crop), bool(datamodule.flip))
+        return cls(
+            int(datamodule.crop_size), int(datamodule.resize_size), str(datamodule.train_crop), bool(datamodule.flip)
+        )
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:

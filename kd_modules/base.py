@@ -413,7 +413,11 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
 
             self._teacher_cache, message = build_teacher_cache(self)
             self._teacher_cache_for = datamodule  # a later fit on the same data reuses it
-            notice(message if self._teacher_cache is not None else f"teacher cache not used: {message}; running the teacher")
+            notice(
+                message
+                if self._teacher_cache is not None
+                else f"teacher cache not used: {message}; running the teacher"
+            )
 
     def fit_seconds(self) -> float:
         running = 0.0 if self._fit_started_at is None else time.perf_counter() - self._fit_started_at

@@ -54,7 +54,9 @@ __all__ = [
 FIELDS: dict[str, Callable[[Any], int]] = {
     "logits": lambda teacher: int(teacher.num_classes),
     "embedding": lambda teacher: int(teacher.embedding_dim),
-    "final_map": lambda teacher: int(teacher.final_shape.channels * teacher.final_shape.height * teacher.final_shape.width),
+    "final_map": lambda teacher: int(
+        teacher.final_shape.channels * teacher.final_shape.height * teacher.final_shape.width
+    ),
 }
 
 #: Methods whose training step reads nothing of the teacher but these outputs of the batch's own images.

@@ -78,7 +78,13 @@ def test_batches_with_contrast_indices_and_workers(imagenet_root: Path) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert batch["contrast_indices"].shape == (4, 4)
     assert torch.equal(batch["contrast_indices"][:, 0], batch["indices"])
-    same = next(iter(ImageNet(root=str(imagenet_root), batch_size=4, seed=5, num_workers=0, backend="gpu_decode").train_dataloader()))
+    same = next(
+        iter(
+            ImageNet(
+                root=str(imagenet_root), batch_size=4, seed=5, num_workers=0, backend="gpu_decode"
+            ).train_dataloader()
+        )
+    )
     assert torch.equal(batch["images"], same["images"])  # workers do not change the batches
     normalised = dm.on_after_batch_transfer(batch, 0)
     assert normalised["images"].dtype == torch.float32
