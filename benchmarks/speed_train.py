@@ -235,20 +235,21 @@ class _Clock:
                     _synchronize(device)
                     if barrier is not None:
                         barrier()
-                    clock.start = time.perf_counter()
+                    clock.start, clock.cpu_start = time.perf_counter(), time.process_time()
                 elif done == warmup + steps:
                     _synchronize(device)
-                    clock.end = time.perf_counter()
+                    clock.end, clock.cpu_end = time.perf_counter(), time.process_time()
 
         self.callback = _Hook()
-        self.start = self.end = 0.0
+        self.start = self.end = self.cpu_start = self.cpu_end = 0.0
         self.steps = steps
         if warmup == 0:
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
     @property
-    def per_step(self) -> float:
-        return (self.end - self.start) / self.steps
+    def per_step(self) -> tuple[float, float]:
+        """(wall, CPU) seconds per step; CPU: every thread of this process."""
+        return (self.end - self.start) / self.steps, (self.cpu_end - self.cpu_start) / self.steps
 
 
 class LightningArm:
@@ -422,22 +423,26 @@ class ReferenceArm:
         batch = int(config.get("data", {}).get("init_args", {}).get("batch_size", 64))
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers)
 
-    def run(self, warmup: int, steps: int, barrier: Callable[[], None] | None = None) -> float:
+    def run(self, warmup: int, steps: int, barrier: Callable[[], None] | None = None) -> tuple[float, float]:
+        """(wall, CPU) seconds per step; CPU counts this process and its DataLoader workers."""
+        from benchmarks.errors import KDBenchError
+
+        if len(self.loader) < warmup + steps:
+            raise KDBenchError(
+                f"the reference arm needs {warmup + steps} batches in one epoch, the data has {len(self.loader)}: "
+                "give more --images"
+            )
         module = self.arm.module
         module.train()
         device = torch.device(self.device)
-        batches = iter(self.loader)
+        batches = iter(self.loader)  # a new epoch: the references restart the loader (and its workers)
         meters = {"loss": 0.0, "top1": 0.0, "top5": 0.0}
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time() + _workers_cpu(batches)
         for step in range(warmup + steps):
             if step == warmup:
                 _synchronize(self.device)
-                start = time.perf_counter()
-            try:
-                item = next(batches)
-            except StopIteration:  # a new epoch: the references restart the loader (and its workers)
-                batches = iter(self.loader)
-                item = next(batches)
+                start, cpu_start = time.perf_counter(), time.process_time() + _workers_cpu(batches)
+            item = next(batches)
             images, target, index = item[0].float().to(device), item[1].to(device), item[2].to(device)
             batch = {"images": images, "labels": target, "indices": index}
             if len(item) > 3:
@@ -452,7 +457,21 @@ class ReferenceArm:
             loss.backward()
             self.optimizer.step()
         _synchronize(self.device)
-        return (time.perf_counter() - start) / steps
+        wall, cpu = time.perf_counter() - start, time.process_time() + _workers_cpu(batches) - cpu_start
+        return wall / steps, cpu / steps
+
+
+def _workers_cpu(iterator: Any) -> float:
+    """CPU seconds (user + system) used so far by a DataLoader iterator's worker processes (Linux /proc)."""
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for worker in getattr(iterator, "_workers", []) or []:
+        try:
+            fields = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def _stand_in_cache() -> None:
@@ -550,6 +569,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 "numerics": numerics_label(arm_config),
                 "build_s": time.perf_counter() - started,
                 "seconds_per_step": [],
+                "cpu_seconds_per_step": [],
             }
     if args.epochs:
         arm = next(iter(arms.values()))
@@ -567,9 +587,10 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         barrier = _barrier(args.barrier, int(os.environ.get("KDBENCH_BARRIER_COUNT", "1")))
         for _ in range(args.repeats):
             for name, arm in arms.items():
-                per_step = arm.run(args.warmup, args.steps, barrier=barrier)
+                wall, cpu = arm.run(args.warmup, args.steps, barrier=barrier)
                 barrier = None  # only the first measurement starts together
-                result["arms"][name]["seconds_per_step"].append(per_step)
+                result["arms"][name]["seconds_per_step"].append(wall)
+                result["arms"][name]["cpu_seconds_per_step"].append(cpu)
     if args.profile:
         first = next((a for k, a in arms.items() if k.endswith("kdbench")), next(iter(arms.values())))
         result["profile"] = _profile(first, args, device)
@@ -579,6 +600,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         if values:
             entry["median_ms"] = statistics.median(values) * 1000
             entry["images_per_s"] = batch / statistics.median(values)
+            entry["median_cpu_ms"] = statistics.median(entry["cpu_seconds_per_step"]) * 1000
     return result
 
 
@@ -593,7 +615,7 @@ def _profile(arm: Any, args: argparse.Namespace, device: str) -> dict[str, Any]:
     if not isinstance(arm, LightningArm):
         return {"note": "profiling needs a Lightning arm"}
     check = StepSyncCheck(skip=args.warmup, cuda_debug=False)
-    arm.run(args.warmup, args.steps, extra=[check])
+    arm.run(args.warmup, args.steps, extra=[check])  # (wall, CPU) not needed here
     syncs = [str(s) for found in check.found.values() for s in found]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     ready: dict[str, Any] = {}
@@ -637,7 +659,9 @@ def _markdown(result: dict[str, Any]) -> str:
         f"- device: {result['machine']}; torch {result['torch']}",
         f"- data: {result['data']}, batch {result['batch_size']}",
         f"- measured side by side in one process: {result['warmup']} warm-up + {result['steps']} timed steps per "
-        f"repetition, {result['repeats']} repetitions, arms interleaved; medians",
+        f"repetition, {result['repeats']} repetitions, arms interleaved; medians. CPU time: every thread of the "
+        "process (the reference's: plus its DataLoader workers); with one torch thread it is what a step costs "
+        "whatever else runs on the cores",
         f"- load average before: {result['load_before']}; after: {result['load_after']}",
     ]
     if "cached" in arms:
@@ -645,9 +669,11 @@ def _markdown(result: dict[str, Any]) -> str:
         lines.append(f"- teacher cache filled with {fill}")
     lines += [
         "",
-        "| arm | numerics | ms/step (median) | range (ms) | images/s | speed-up vs reference | step / CE step |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | numerics | wall ms/step (median) | range (ms) | images/s | speed-up vs reference | step / CE step "
+        "| CPU ms/step (median) | CPU: step / CE step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    ce_cpu = arms.get("ce", {}).get("median_cpu_ms")
     for entry in arms.values():
         if "median_ms" not in entry:
             continue
@@ -655,9 +681,11 @@ def _markdown(result: dict[str, Any]) -> str:
         reference = reference_of(entry)
         vs_ref = f"{reference / entry['median_ms']:.2f}x" if reference and entry.get("arm") != "reference" else ""
         vs_ce = f"{entry['median_ms'] / ce:.3f}" if ce and entry.get("arm") != "ce" else ""
+        cpu = entry.get("median_cpu_ms")
+        cpu_ce = f"{cpu / ce_cpu:.3f}" if cpu and ce_cpu and entry.get("arm") not in ("ce", "reference") else ""
         lines.append(
             f"| {entry['what']} | {entry['numerics']} | {entry['median_ms']:.1f} | {min(values):.1f}-{max(values):.1f} "
-            f"| {entry['images_per_s']:,.0f} | {vs_ref} | {vs_ce} |"
+            f"| {entry['images_per_s']:,.0f} | {vs_ref} | {vs_ce} | {cpu:.1f} | {cpu_ce} |"
         )
     if "epochs" in result:
         e = result["epochs"]
