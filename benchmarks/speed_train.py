@@ -38,7 +38,8 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -474,8 +475,10 @@ def _workers_cpu(iterator: Any) -> float:
     return total
 
 
-def _stand_in_cache() -> None:
-    """Make the teacher cache hold random values of the right shape (timing only; see ``--cache-fill``)."""
+@contextmanager
+def stand_in_teacher_cache(folder: Path) -> Iterator[None]:
+    """Timing only: teacher caches built meanwhile hold random values of the right shape (a lookup costs the same
+    whatever it returns), in the throw-away cache folder ``folder``; both are undone on exit."""
     import kd_modules.teacher_cache as teacher_cache
 
     def random_outputs(
@@ -484,7 +487,17 @@ def _stand_in_cache() -> None:
         widths = {name: teacher_cache.FIELDS[name](teacher) for name in fields}
         return {n: torch.randn(images.shape[0], views, w, device=images.device).to(dtype) for n, w in widths.items()}
 
+    original, previous = teacher_cache.compute_teacher_outputs, os.environ.get("KDBENCH_CACHE")
     teacher_cache.compute_teacher_outputs = random_outputs  # type: ignore[assignment]
+    os.environ["KDBENCH_CACHE"] = str(folder)
+    try:
+        yield
+    finally:
+        teacher_cache.compute_teacher_outputs = original  # type: ignore[assignment]
+        if previous is None:
+            os.environ.pop("KDBENCH_CACHE", None)
+        else:
+            os.environ["KDBENCH_CACHE"] = previous
 
 
 def _barrier(path: str | None, count: int) -> Callable[[], None] | None:
@@ -520,7 +533,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     os.environ["KDBENCH_CACHE"] = str(folder / "cache")  # never mix benchmark artefacts into the real cache
     if args.cache_fill == "stand-in":
-        _stand_in_cache()
+        stand_in_teacher_cache(folder / "cache").__enter__()  # for the whole (throw-away) process
     methods = [m.strip() for m in str(args.method).split(",") if m.strip()]
     configs = {}
     for method in methods:
