@@ -30,6 +30,7 @@ operators) and every host synchronisation in it (:mod:`benchmarks.host_sync`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -525,15 +526,18 @@ def _machine(device: str, threads: int) -> str:
 
 # -------------------------------------------------------------------------------------------------- train
 def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    device = _device(args)
+    torch.set_num_threads(args.threads)
+    os.environ["KDBENCH_CACHE"] = str(folder / "cache")  # never mix benchmark artefacts into the real cache
+    with stand_in_teacher_cache(folder / "cache") if args.cache_fill == "stand-in" else contextlib.nullcontext():
+        return _measure_arms(args, folder, device)
+
+
+def _measure_arms(args: argparse.Namespace, folder: Path, device: str) -> dict[str, Any]:
     from benchmarks.cost import _stand_in_for_earlier_runs, dataset_classes
     from benchmarks.numerics import numerics_label
     from benchmarks.speed import load_average
 
-    device = _device(args)
-    torch.set_num_threads(args.threads)
-    os.environ["KDBENCH_CACHE"] = str(folder / "cache")  # never mix benchmark artefacts into the real cache
-    if args.cache_fill == "stand-in":
-        stand_in_teacher_cache(folder / "cache").__enter__()  # for the whole (throw-away) process
     methods = [m.strip() for m in str(args.method).split(",") if m.strip()]
     configs = {}
     for method in methods:
