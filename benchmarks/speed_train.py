@@ -784,7 +784,7 @@ def run_concurrent(args: argparse.Namespace) -> int:
     lines = [
         f"# {args.method} {args.pair} (preset {args.preset}): K runs sharing one device",
         "",
-        f"- device: {_machine(_device(args), args.threads)}; {args.steps} timed steps per run after {args.warmup} "
+        f"- device: {_machine(_device(args), max(1, args.threads // max(args.k)))} per run; {args.steps} timed steps per run after {args.warmup} "
         "warm-up steps, all K runs timed over the same window (they start measuring together)",
         "",
         f"| K | images/s, all runs | per run | vs K={rows[0]['k']} | wall incl. start-up (s) |",
