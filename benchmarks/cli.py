@@ -40,6 +40,7 @@ from benchmarks.resume import AtomicCheckpointIO, ResumableCSVLogger, ResumableR
 from benchmarks.store import write_record
 from datamodules import KDDataModule
 from kd_modules import DistillationModule
+from kd_modules.numerics import Numerics
 from models.checkpoints import export_network
 
 __all__ = ["RunInfo", "KDBenchCLI", "main"]
@@ -204,7 +205,23 @@ class KDBenchCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunInfo, "run", help="Bookkeeping of the run (never changes its result)")
+        parser.add_class_arguments(
+            Numerics, "numerics", help="Layout, compilation and teacher-output cache (bf16: --trainer.precision)"
+        )
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        numerics = self._numerics()
+        if not numerics.is_reference:
+            self.model.configure_numerics(numerics)
+
+    def _numerics(self) -> Numerics:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        value = config.get("numerics")
+        if isinstance(value, Numerics):
+            return value
+        return Numerics(**(value.as_dict() if hasattr(value, "as_dict") else dict(value or {})))
 
     # ------------------------------------------------------------------------------------------ run folder
     def _run_info(self) -> RunInfo:

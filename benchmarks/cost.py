@@ -1,10 +1,27 @@
-"""Rough time estimates for planned runs (``--dry-run``), and measured ones (``--dry-run --measure``).
+"""Time estimates for planned runs (``--dry-run``), and measured ones (``--dry-run --measure``).
 
-**Model** (spec performance.md §1.3-1.4): a distillation step costs a teacher forward plus a student forward and
-backward, ``2 * (MACs_teacher + 3 * MACs_student)`` FLOPs per image, executed at an *effective* 100 TFLOP/s,
-plus a fixed per-step overhead of 3 ms (kernel launches of an eager small-batch step on an H100).  For CIFAR
-pairs this lands within the 5-30 min/run range the performance spec estimates for eager H100 runs; it is a
-planning number, not a measurement.  Networks not in the zoo yet have no estimate.
+**GPU model** (:func:`estimate_gpu_seconds`, spec performance.md §1.3-1.4).  A training step is bounded by the
+larger of its arithmetic and its host-side dispatch (an asynchronous GPU overlaps the two)::
+
+    step = max(FLOPs / rate(precision),  network ops x cost(compile) + other ops x cost(eager))
+
+* FLOPs: ``2 * (MACs_teacher + 3 * MACs_student)`` per image (conv + linear, ``models.profile.count_macs``); the
+  teacher's part is gone when a teacher cache serves the run;
+* operators per step (*measured*): the networks' forward (teacher, eval) and training forward + backward (student)
+  counted by dispatching them on the meta device; everything else a method's step runs (losses, its own modules,
+  the optimiser, Lightning's logging, the augmentation) counted in real CPU steps of every method
+  (``python -m benchmarks.cost calibrate-ops`` -> ``benchmarks/results/op_counts.json``).  Operator counts do not
+  depend on the device, which is why a CPU can measure them; one exception is corrected: the CPU's SGD loops over
+  the tensors while a GPU's uses a few multi-tensor (``foreach``) kernels, both counted;
+* *assumptions* (:data:`GPU_ASSUMPTIONS`, until GPU measurements exist): the effective arithmetic rate of an
+  H100-class GPU (100 TFLOP/s in fp32/TF32, 200 in bf16-mixed) and the host cost per operator (8 us eager;
+  4 us compiled without CUDA graphs; 1.25 us with CUDA graphs: 2.5 us per kernel, half the kernels after fusion).
+  Only the networks are compiled (``numerics.compile``): the other operators keep the eager cost; plus 0.3 ms of
+  Lightning's own Python per step (spec §6.7's bound);
+* evaluation: each evaluation's batches cost the student's forward the same way;
+* GPU calibration: ``benchmarks/results/gpu_calibration.json`` (written by ``python -m benchmarks.cost
+  calibrate-gpu`` from ``benchmarks.speed train`` results measured on a GPU) holds measured / modelled step-time
+  ratios per numerics; where present, estimates of that numerics are scaled by their median.
 
 **Measurement** (:func:`measure_run`): a few real optimisation steps and evaluation batches of a planned run on
 this machine (random teacher weights stand in for an untrained teacher), timed by :class:`StepTimer` in wall and
@@ -14,8 +31,10 @@ is how the CPU time of the ``fmnist`` table is estimated before it is run (``--d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
+import sys
 import tempfile
 import time
 from functools import cache
@@ -30,7 +49,12 @@ from models.profile import count_macs, meta_model
 
 __all__ = [
     "macs_per_image",
+    "network_ops",
+    "step_model",
     "estimate_gpu_seconds",
+    "teacher_cache_build_seconds",
+    "model_description",
+    "GPU_ASSUMPTIONS",
     "run_steps",
     "EFFECTIVE_FLOPS",
     "STEP_OVERHEAD_S",
@@ -40,8 +64,24 @@ __all__ = [
     "NotMeasurable",
 ]
 
-EFFECTIVE_FLOPS = 100e12
-STEP_OVERHEAD_S = 3e-3
+EFFECTIVE_FLOPS = 100e12  # fp32 (TF32 convolutions): the reference numerics
+STEP_OVERHEAD_S = 3e-3  # the former flat per-step overhead, kept for callers; the model now counts operators
+#: Assumed H100-class figures (spec performance.md §1.4), replaced in effect by a GPU calibration when one exists.
+GPU_ASSUMPTIONS: dict[str, Any] = {
+    "flops": {"32-true": 100e12, "bf16-mixed": 200e12, "16-mixed": 200e12},
+    "seconds_per_op": {
+        "none": 8e-6,
+        "default": 4e-6,
+        "max-autotune-no-cudagraphs": 4e-6,
+        "reduce-overhead": 1.25e-6,
+        "max-autotune": 1.25e-6,
+    },
+    "eager_seconds_per_op": 8e-6,
+    "step_overhead_s": 3e-4,  # Lightning's own Python per step (hooks, logging), spec §6.7
+}
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+OP_COUNTS = RESULTS_DIR / "op_counts.json"
+GPU_CALIBRATION = RESULTS_DIR / "gpu_calibration.json"
 #: (train images, evaluation images, classes) per table dataset, for datasets whose datamodule has not landed.
 DATASET_SIZES = {
     "cifar100": (50_000, 10_000, 100),
@@ -98,23 +138,180 @@ def run_steps(config: dict[str, Any], train_size: int) -> tuple[int, int]:
     return steps, -(-steps // steps_per_epoch)
 
 
-def estimate_gpu_seconds(config: dict[str, Any], train_size: int, num_classes: int) -> float | None:
+@cache
+def network_ops(arch: str, num_classes: int, train: bool) -> int | None:
+    """aten operators of one forward (eval, ``train=False``) or one training forward + cross-entropy + backward of
+    ``arch``, dispatched on the meta device (the count does not depend on the batch or the device)."""
+    import torch.nn.functional as F
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+            self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    try:
+        model = meta_model(arch, num_classes)
+    except UnknownModelError:
+        return None
+    channels = int(getattr(model, "input_channels", 3))
+    images = torch.zeros(2, channels, model.input_size, model.input_size, device="meta")
+    counter = _Count()
+    if train:
+        model.train()
+        with counter:
+            F.cross_entropy(model(images), torch.zeros(2, dtype=torch.long, device="meta")).backward()
+    else:
+        with counter, torch.inference_mode():
+            model(images)
+    return counter.count
+
+
+@cache
+def op_counts() -> dict[str, Any]:
+    """The measured operator counts (``benchmarks/results/op_counts.json``), or {} before the first calibration."""
+    if not OP_COUNTS.is_file():
+        return {}
+    return json.loads(OP_COUNTS.read_text())
+
+
+@cache
+def gpu_calibration() -> dict[str, float]:
+    """numerics label -> median measured / modelled step time on a GPU ({} when nothing was measured)."""
+    if not GPU_CALIBRATION.is_file():
+        return {}
+    entries = json.loads(GPU_CALIBRATION.read_text()).get("measurements", [])
+    ratios: dict[str, list[float]] = {}
+    for entry in entries:
+        ratios.setdefault(entry["numerics"], []).append(entry["measured_step_s"] / entry["model_step_s"])
+    return {label: statistics.median(values) for label, values in ratios.items()}
+
+
+def _method_of(config: dict[str, Any]) -> str:
+    return str(config.get("model", {}).get("class_path", "")).rsplit(".", 1)[-1]
+
+
+def _uses_teacher(config: dict[str, Any]) -> bool:
+    from kd_modules import UnknownMethodError, method_class
+
+    try:
+        return bool(method_class(_method_of(config)).requires_teacher)
+    except UnknownMethodError:
+        return bool((config.get("model", {}).get("init_args", {}) or {}).get("teacher"))
+
+
+def _teacher_cached(config: dict[str, Any]) -> bool:
+    return bool((config.get("numerics") or {}).get("teacher_cache"))
+
+
+def step_model(config: dict[str, Any], num_classes: int) -> dict[str, float] | None:
+    """The modelled GPU step of a run: FLOPs, operators (network / other) and seconds (None: a network unknown)."""
+    from benchmarks.numerics import numerics_of
+
     model_args = config.get("model", {}).get("init_args", {})
     student = model_args.get("student")
-    teacher = (model_args.get("teacher") or {}).get("arch")
+    teacher = (model_args.get("teacher") or {}).get("arch") if _uses_teacher(config) else None
     batch = int(config.get("data", {}).get("init_args", {}).get("batch_size", 64))
-    steps, _ = run_steps(config, train_size)
-    images = steps * batch
     student_macs = macs_per_image(student, num_classes) if student else None
-    if student_macs is None:
+    student_ops = network_ops(student, num_classes, True) if student else None
+    if student_macs is None or student_ops is None:
         return None
-    macs = 3.0 * student_macs
-    if teacher and config["model"].get("class_path") != "kd_modules.Vanilla":
-        teacher_macs = macs_per_image(teacher, num_classes)
-        if teacher_macs is None:
+    macs, net_ops = 3.0 * student_macs, float(student_ops)
+    if teacher and not _teacher_cached(config):
+        teacher_macs, teacher_ops = macs_per_image(teacher, num_classes), network_ops(teacher, num_classes, False)
+        if teacher_macs is None or teacher_ops is None:
             return None
         macs += teacher_macs
-    return images * 2.0 * macs / EFFECTIVE_FLOPS + steps * STEP_OVERHEAD_S
+        net_ops += teacher_ops
+    counts = op_counts()
+    method = _method_of(config)
+    # On a GPU, SGD steps all tensors with a few multi-tensor (foreach) kernels; the CPU counts loop per tensor.
+    extras = {
+        name: value - counts["optimizer_ops"][name]["per_tensor"] + counts["optimizer_ops"][name]["foreach"]
+        for name, value in counts.get("other_ops", {}).items()
+        if name in counts.get("optimizer_ops", {})
+    }
+    default_extra = statistics.median(extras.values()) if extras else 60.0
+    other_ops = float(extras.get(method, default_extra)) + float(counts.get("data_ops", 8))
+    numerics = numerics_of(config)
+    rate = GPU_ASSUMPTIONS["flops"].get(numerics["precision"], EFFECTIVE_FLOPS)
+    net_cost = GPU_ASSUMPTIONS["seconds_per_op"].get(numerics["compile"], GPU_ASSUMPTIONS["eager_seconds_per_op"])
+    compute = batch * 2.0 * macs / rate
+    host = net_ops * net_cost + other_ops * GPU_ASSUMPTIONS["eager_seconds_per_op"] + GPU_ASSUMPTIONS["step_overhead_s"]
+    return {"flops": batch * 2.0 * macs, "network_ops": net_ops, "other_ops": other_ops, "seconds": max(compute, host)}
+
+
+def estimate_gpu_seconds(config: dict[str, Any], train_size: int, num_classes: int) -> float | None:
+    """Modelled GPU seconds of a whole run (training steps and evaluations), scaled by a GPU calibration of its
+    numerics when one exists; None when a network is not in the zoo."""
+    from benchmarks.numerics import numerics_label, numerics_of
+
+    step = step_model(config, num_classes)
+    if step is None:
+        return None
+    steps, epochs = run_steps(config, train_size)
+    student = config["model"]["init_args"]["student"]
+    eval_size = dataset_eval_size(config)
+    eval_batch = int(config.get("data", {}).get("init_args", {}).get("eval_batch_size", 500))
+    numerics = numerics_of(config)
+    rate = GPU_ASSUMPTIONS["flops"].get(numerics["precision"], EFFECTIVE_FLOPS)
+    net_cost = GPU_ASSUMPTIONS["seconds_per_op"].get(numerics["compile"], GPU_ASSUMPTIONS["eager_seconds_per_op"])
+    forward_ops = network_ops(student, num_classes, False) or 0
+    batches = -(-eval_size // eval_batch)
+    evaluation = max(
+        eval_size * 2.0 * (macs_per_image(student, num_classes) or 0.0) / rate, batches * forward_ops * net_cost
+    )
+    seconds = steps * step["seconds"] + _evaluations(config, steps, epochs) * evaluation
+    return seconds * gpu_calibration().get(numerics_label(config), 1.0)
+
+
+def teacher_cache_build_seconds(config: dict[str, Any], train_size: int, num_classes: int) -> float:
+    """Modelled GPU seconds to build a run's teacher cache once: N x views teacher forwards (0 without a cache)."""
+    if not _teacher_cached(config):
+        return 0.0
+    teacher = (config.get("model", {}).get("init_args", {}).get("teacher") or {}).get("arch")
+    macs = macs_per_image(teacher, num_classes) if teacher else None
+    if not macs:
+        return 0.0
+    data = config.get("data", {}).get("init_args", {})
+    span = 2 * int(data.get("crop_padding") or 4) + 1
+    views = span * span * 2
+    return train_size * views * 2.0 * macs / GPU_ASSUMPTIONS["flops"]["32-true"]  # computed in float32
+
+
+def dataset_eval_size(config: dict[str, Any]) -> int:
+    class_path = str(config.get("data", {}).get("class_path", "datamodules.CIFAR100"))
+    name = class_path.rsplit(".", 1)[-1]
+    from datamodules import DATASETS
+
+    for dataset, cls in DATASETS.items():
+        if cls.__name__ == name:
+            return dataset_sizes(dataset)[1]
+    return 10_000
+
+
+def model_description() -> str:
+    """What the GPU estimate is calibrated by, and what is assumed."""
+    counts = op_counts()
+    calibration = gpu_calibration()
+    measured = (
+        f"operators per step counted in real CPU steps of {len(counts.get('other_ops', {}))} methods "
+        f"({OP_COUNTS.relative_to(RESULTS_DIR.parent.parent)}) and on the meta device per network"
+        if counts
+        else "operators per network counted on the meta device (no per-method counts yet: run calibrate-ops)"
+    )
+    gpu = (
+        "GPU step times measured for " + ", ".join(f"{label} (x{ratio:.2f})" for label, ratio in calibration.items())
+        if calibration
+        else "no GPU step time measured yet: every GPU figure is an estimate"
+    )
+    return (
+        f"model in benchmarks/cost.py; calibrated by {measured}; assumed: 100/200 TFLOP/s (fp32/bf16), "
+        f"8 / 4 / 1.25 us per operator (eager / compiled / CUDA graphs) and 0.3 ms of Lightning per step on an "
+        f"H100-class GPU; {gpu}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- measurement
@@ -209,6 +406,7 @@ def measure_run(config: dict[str, Any], train_size: int, eval_size: int, steps: 
     from benchmarks.cli import KDBenchCLI
     from benchmarks.configs import deep_merge
     from benchmarks.execute import dump_config, quiet_lightning
+    from benchmarks.speed_train import stand_in_teacher_cache
 
     full_steps, epochs = run_steps(config, train_size)
     eval_batch = int(config.get("data", {}).get("init_args", {}).get("eval_batch_size", 500))
@@ -237,7 +435,11 @@ def measure_run(config: dict[str, Any], train_size: int, eval_size: int, steps: 
             },
         )
         (folder / "config.yaml").write_text(dump_config(trial, sort_keys=True))
-        with quiet_lightning():
+        cached = bool((trial.get("numerics") or {}).get("teacher_cache"))
+        # A teacher cache is timed by its lookups: built from stand-in values here (its one-time build, N x views
+        # teacher forwards, is teacher_cache_build_seconds' business), never written to the real cache.
+        stand_in = stand_in_teacher_cache(folder / "cache") if cached else contextlib.nullcontext()
+        with quiet_lightning(), stand_in:
             KDBenchCLI(args=["fit", "--config", str(folder / "config.yaml")])
         measured = json.loads(timings.read_text())
 
@@ -274,3 +476,205 @@ def dataset_classes(config: dict[str, Any]) -> int:
     class_path = str(config.get("data", {}).get("class_path", "datamodules.CIFAR100"))
     module, _, name = class_path.rpartition(".")
     return int(getattr(getattr(importlib.import_module(module), name), "num_classes", 100))
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+def _optimizer_ops(module: Any) -> tuple[int, int]:
+    """Operators of one SGD step over the module's trainable tensors: per-tensor loop (the CPU default) and
+    ``foreach`` (the CUDA default), counted on copies of the weights."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+            self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    params = [p for m in module.trainable_modules() for p in m.parameters() if p.requires_grad]
+    counts = []
+    for foreach in (False, True):
+        copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        for copy in copies:
+            copy.grad = torch.ones_like(copy)
+        optim = module.optim
+        sgd = torch.optim.SGD(
+            copies, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, foreach=foreach
+        )
+        sgd.step()  # the first step creates the momentum buffers
+        counter = _Count()
+        with counter:
+            sgd.step()
+        counts.append(counter.count)
+    return counts[0], counts[1]
+
+
+def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
+    """Count the operators of a steady-state training step of every method on the CPU and write ``out``.
+
+    ``step_ops``: every aten operator dispatched from a batch's start to its end (step 2 of a fit, resnet20 ->
+    resnet8, batch 8: the probe of :mod:`benchmarks.probe`); ``other_ops``: what remains after the networks' own
+    operators (the student's training forward + backward, the teacher's forward for methods with a teacher),
+    i.e. the method's losses and modules, the optimiser and Lightning's bookkeeping; ``data_ops``: the batched
+    augmentation and normalisation of one training batch.
+    """
+    import os
+    import platform
+
+    from benchmarks.execute import quiet_lightning
+    from benchmarks.probe import PAIR, CountOps, probe_fit, probe_module, probe_setting
+    from datamodules import CIFAR100
+    from kd_modules import method_class, method_names
+
+    teacher, student = PAIR
+    student_ops = network_ops(student, 100, True) or 0
+    teacher_ops = network_ops(teacher, 100, False) or 0
+    step_ops: dict[str, int] = {}
+    other_ops: dict[str, int] = {}
+    optimizer_ops: dict[str, dict[str, int]] = {}
+    with tempfile.TemporaryDirectory(prefix="kdbench-ops-") as tmp:
+        previous = os.environ.get("KDBENCH_CACHE")
+        os.environ["KDBENCH_CACHE"] = str(Path(tmp) / "cache")
+        try:
+            setting = probe_setting(Path(tmp))
+            for method in method_names():
+                module, data_args = probe_module(method, setting)
+                counter = CountOps(skip=1)
+                with quiet_lightning():
+                    probe_fit(module, data_args, setting, 2, [counter.callback])
+                step_ops[method] = counter.counts[2]
+                uses_teacher = bool(method_class(method).requires_teacher)
+                other_ops[method] = step_ops[method] - student_ops - (teacher_ops if uses_teacher else 0)
+                loop, foreach = _optimizer_ops(module)
+                optimizer_ops[method] = {"per_tensor": loop, "foreach": foreach}
+                print(
+                    f"  {method:<22} {step_ops[method]:>6} operators per step, {other_ops[method]:>6} beyond the networks"
+                    f" (SGD: {loop} per tensor on the CPU, {foreach} with foreach as on a GPU)"
+                )
+            datamodule = CIFAR100(root=str(setting["data"]), batch_size=8, seed=0)
+            datamodule.setup("fit")
+            batch = next(iter(datamodule.train_dataloader()))
+            from torch.utils._python_dispatch import TorchDispatchMode
+
+            class _Count(TorchDispatchMode):
+                count = 0
+
+                def __torch_dispatch__(
+                    self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+                ) -> Any:
+                    self.count += 1
+                    return func(*args, **(kwargs or {}))
+
+            counter_mode = _Count()
+            with counter_mode:
+                datamodule.on_after_batch_transfer(batch, 0)
+        finally:
+            if previous is None:
+                os.environ.pop("KDBENCH_CACHE", None)
+            else:
+                os.environ["KDBENCH_CACHE"] = previous
+    result = {
+        "what": "aten operators per steady-state training step (step 2), counted with a TorchDispatchMode on the CPU",
+        "pair": f"{teacher}->{student}",
+        "batch": 8,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "network_ops": {f"{student} train": student_ops, f"{teacher} forward": teacher_ops},
+        "data_ops": counter_mode.count,
+        "step_ops": step_ops,
+        "other_ops": other_ops,
+        "optimizer_ops": optimizer_ops,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    op_counts.cache_clear()
+    return result
+
+
+def calibrate_gpu(results: list[Path], out: Path = GPU_CALIBRATION) -> list[dict[str, Any]]:
+    """Measured / modelled step times from ``benchmarks.speed train`` results measured on a GPU, written to ``out``.
+
+    CPU results are refused: a CPU's step time says nothing about a GPU's.
+    """
+    import argparse
+
+    from benchmarks.errors import KDBenchError
+    from benchmarks.numerics import numerics_label
+    from benchmarks.speed_train import _arm_config, planned_config
+
+    entries = []
+    with tempfile.TemporaryDirectory(prefix="kdbench-calibrate-") as tmp:
+        for path in results:
+            result = json.loads(Path(path).read_text())
+            if result.get("device") != "cuda":
+                raise KDBenchError(
+                    f"{path} was measured on {result.get('device')}, not a GPU: it cannot calibrate GPU estimates"
+                )
+            args = argparse.Namespace(
+                table=result["table"],
+                method=result["method"],
+                pair=result["pair"],
+                preset=result["preset"],
+                data_root="data",
+            )
+            for key, entry in result["arms"].items():
+                arm = entry.get("arm", key)
+                if arm == "reference" or "median_ms" not in entry:
+                    continue
+                method = entry.get("method", result["method"])
+                config, _ = planned_config(args, Path(tmp) / "store", None if method == "Vanilla" else method)
+                config["data"]["init_args"]["batch_size"] = result["batch_size"]
+                arm_config = _arm_config(config, arm)
+                modelled = step_model(arm_config, dataset_classes(arm_config))
+                if modelled is None:
+                    continue
+                entries.append(
+                    {
+                        "table": result["table"],
+                        "method": method,
+                        "pair": result["pair"],
+                        "arm": arm,
+                        "numerics": numerics_label(arm_config),
+                        "machine": result.get("machine"),
+                        "measured_step_s": entry["median_ms"] / 1000,
+                        "model_step_s": modelled["seconds"],
+                    }
+                )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"measurements": entries}, indent=1) + "\n")
+    gpu_calibration.cache_clear()
+    return entries
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from benchmarks.errors import user_errors
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cost", description="Calibrate the GPU-hour model.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("calibrate-ops", help=f"count every method's operators per step here (-> {OP_COUNTS.name})")
+    gpu = commands.add_parser(
+        "calibrate-gpu", help=f"GPU step times of benchmarks.speed train results (-> {GPU_CALIBRATION.name})"
+    )
+    gpu.add_argument(
+        "results", nargs="+", type=Path, help="JSON files written by benchmarks.speed train --out on a GPU"
+    )
+    gpu.add_argument("--out", type=Path, default=GPU_CALIBRATION, help=f"where to write (default {GPU_CALIBRATION})")
+    args = parser.parse_args(argv)
+    with user_errors("benchmarks.cost"):
+        if args.command == "calibrate-ops":
+            calibrate_ops()
+            print(f"written to {OP_COUNTS}")
+        else:
+            for entry in calibrate_gpu(args.results, args.out):
+                print(
+                    f"  {entry['method']} {entry['pair']} ({entry['numerics']}): measured {entry['measured_step_s'] * 1000:.2f} "
+                    f"ms/step, modelled {entry['model_step_s'] * 1000:.2f}"
+                )
+            print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

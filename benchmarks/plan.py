@@ -85,6 +85,7 @@ from benchmarks.configs import (
     set_dotted,
 )
 from benchmarks.errors import KDBenchError
+from benchmarks.numerics import normalize_numerics
 from benchmarks.store import RunStore
 from benchmarks.tables import REPO_ROOT, TEACHER_CHOICES, Pair, ReleasedTeacher, Row, Table
 
@@ -531,6 +532,7 @@ def _optional_classmethod(cls: type | None, name: str, init_args: dict[str, Any]
 # -------------------------------------------------------------------------------------------------- planner
 def _finish(config: dict[str, Any], preset: Preset, seed: int) -> dict[str, Any]:
     merge_into(config, preset.config)
+    normalize_numerics(config)  # only non-default numerics count (benchmarks.numerics)
     config["seed_everything"] = seed
     set_dotted(config, "data.init_args.seed", seed)
     devices = get_dotted(config, "trainer.devices")

@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from benchmarks.execute import failure_message
+from benchmarks.numerics import REFERENCE_LABEL, numerics_label
 from benchmarks.plan import Plan, identity_view
 from benchmarks.store import RunStore
 from benchmarks.tables import Column, PaperRef, Row, cell_metric, lookup_paper
@@ -65,6 +66,30 @@ class CellResult:
     @property
     def delta(self) -> float | None:
         return None if self.mean is None or self.paper is None else self.mean - self.paper
+
+
+def row_numerics(plan: Plan) -> dict[str, str]:
+    """Row label -> the numerics its runs use (runs of one cell never differ: numerics are part of the identity)."""
+    labels: dict[str, str] = {}
+    for (row_label, _), run_ids in plan.cells.items():
+        for run_id in run_ids:
+            spec = plan.runs.get(run_id)
+            if spec is not None and row_label not in labels:
+                labels[row_label] = numerics_label(spec.config)
+    return labels
+
+
+def numerics_line(plan: Plan) -> str:
+    """``Numerics: ...`` of the table's cells: one label, or which rows use which."""
+    by_label: dict[str, list[str]] = {}
+    for row, label in row_numerics(plan).items():
+        by_label.setdefault(label, []).append(row)
+    if not by_label:
+        return f"Numerics: {REFERENCE_LABEL}."
+    if len(by_label) == 1:
+        return f"Numerics: {next(iter(by_label))} (every cell)."
+    parts = [f"{label} ({', '.join(rows)})" for label, rows in by_label.items()]
+    return "Numerics: " + "; ".join(parts) + "."
 
 
 def _columns(plan: Plan) -> list[Column]:
@@ -306,6 +331,7 @@ def render_markdown(plan: Plan, frame: pd.DataFrame) -> str:
         f"Dataset `{table.dataset}`, recipe `{table.recipe}`, {protocol} (`{table.metric}`), top-1 %"
         + (" and top-5 %" if "top5" in table.metrics else "")
         + f", up to {trials} trial(s) per cell.",
+        numerics_line(plan),
         "Each cell: **ours mean ± std (n) / paper / Δ (ours − paper)**; the best of ours and the best published "
         "number per column (teachers excluded) are in bold.",
         "",
@@ -354,13 +380,22 @@ def plot_table(plan: Plan, frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def default_stem(plan: Plan) -> str:
+    """``<table>``, ``<table>.smoke`` under the smoke preset, ``<table>.<preset>`` when some row runs under
+    fast numerics (those tables never overwrite the fp32 ones)."""
+    suffix = ".smoke" if plan.preset.is_smoke else ""
+    if not suffix and any(label != REFERENCE_LABEL for label in row_numerics(plan).values()):
+        suffix = f".{plan.preset.name}"
+    return plan.table.name + suffix
+
+
 def write_table(plan: Plan, out_dir: Path, stem: str | None = None) -> tuple[Path, str]:
     """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png``; the default stem is ``<table>`` (``<table>.smoke``
     under the smoke preset).  The runner chooses ``out_dir`` (the store's) and the stem of a filtered table."""
     frame = collect(plan)
     text = render_markdown(plan, frame)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = stem or plan.table.name + (".smoke" if plan.preset.is_smoke else "")
+    stem = stem or default_stem(plan)
     path = out_dir / f"{stem}.md"
     path.write_text(text)
     csv_frame = frame.drop(columns=["values"]).copy()

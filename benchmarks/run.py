@@ -421,11 +421,30 @@ def print_plan(
         f"{len(runs)} runs ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}): {len(runnable)} runnable, "
         f"{len(runs) - len(runnable)} blocked, {sum(1 for s in runs if statuses[s.run_id] == 'finished')} finished"
     )
+    from benchmarks.cost import dataset_sizes, model_description, teacher_cache_build_seconds
+    from benchmarks.numerics import numerics_label
+
+    labels = Counter(numerics_label(s.config) for s in todo)
+    train_size, _, num_classes = dataset_sizes(table.dataset)
+    builds: dict[str, float] = {}
+    for spec in todo:  # a teacher cache is built once per teacher and shared by every run that reads it
+        teacher = (spec.config.get("model", {}).get("init_args", {}).get("teacher") or {}).get("checkpoint")
+        seconds = teacher_cache_build_seconds(spec.config, train_size, num_classes)
+        if seconds and teacher:
+            builds[str(teacher)] = seconds
+    total += sum(builds.values())
     print(
         f"estimated {total / 3600:.1f} GPU-hours for the {len(todo)} runnable runs not finished"
         + (f" ({unknown} without an estimate)" if unknown else "")
-        + " (rough: see benchmarks/cost.py for the model)"
+        + " under numerics "
+        + "; ".join(f"{label} ({n} runs)" for label, n in labels.most_common())
+        + (
+            f", including {len(builds)} teacher-cache build(s), {sum(builds.values()) / 3600:.1f} GPU-h"
+            if builds
+            else ""
+        )
     )
+    print(f"  ({model_description()})")
     if plan.blocked_cells:
         reasons = sorted(set(plan.blocked_cells.values()))
         print(f"cells that cannot run yet ({len(plan.blocked_cells)} of {len(plan.cells)}):")
@@ -579,11 +598,13 @@ def results_dir(plan: Plan, args: argparse.Namespace) -> Path:
 
 
 def table_stem(plan: Plan, args: argparse.Namespace) -> str:
-    """``<table>[.smoke]``, or ``<table>[.smoke].only-<methods>-<pairs>`` for a filtered launch."""
+    """``render.default_stem``, or ``<stem>.only-<methods>-<pairs>`` for a filtered launch."""
     import hashlib
     import re
 
-    stem = plan.table.name + (".smoke" if plan.preset.is_smoke else "")
+    from benchmarks.render import default_stem
+
+    stem = default_stem(plan)
     chosen = [*(_split(args.methods) or []), *(_split(args.pairs) or [])]
     if not chosen:
         return stem

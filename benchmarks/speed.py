@@ -8,6 +8,11 @@ the standard torchvision PIL pipeline (a Dataset returning PIL images through ``
 every epoch as in mdistiller's and RepDistiller's loaders).  Ours runs in the main process with ``--threads``
 torch threads (default 1, so it uses at most the resources the reference uses, usually half).  The two are timed interleaved (A, B, A, B,
 ...) and the medians compared, so a co-tenant's load hits both alike.
+
+``python -m benchmarks.speed train``: ms/step and images/s of one planned run's training step (any table, method,
+pair; ``--preset`` picks its numerics) against the references' training loop, side by side in one process (see
+:mod:`benchmarks.speed_train`).  ``python -m benchmarks.speed concurrent``: aggregate throughput of K such runs
+sharing one device.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["main", "measure_ours", "measure_torchvision"]
+__all__ = ["main", "measure_ours", "measure_torchvision", "load_average"]
 
 
-def _load_average() -> str:
+def load_average() -> str:
     try:
         one, five, fifteen = os.getloadavg()
     except OSError:
@@ -114,7 +119,7 @@ def run_data(args: argparse.Namespace) -> int:
         f"data pipeline speed: {args.dataset}, {source}, {images.shape[0]} images x {args.epochs} epoch(s), "
         f"batch {args.batch_size}; ours: {args.threads} torch threads; torchvision: {args.workers} DataLoader workers"
     )
-    print(f"load average before: {_load_average()}")
+    print(f"load average before: {load_average()}")
     ours: list[float] = []
     reference: list[float] = []
     for repeat in range(args.repeats):
@@ -123,7 +128,7 @@ def run_data(args: argparse.Namespace) -> int:
         print(f"  repeat {repeat + 1}: ours {ours[-1]:>10,.0f} img/s   torchvision PIL {reference[-1]:>9,.0f} img/s")
     ours_median, reference_median = statistics.median(ours), statistics.median(reference)
     ratio = ours_median / reference_median
-    print(f"load average after:  {_load_average()}")
+    print(f"load average after:  {load_average()}")
     print(f"median ours:            {ours_median:>10,.0f} img/s")
     print(f"median torchvision PIL: {reference_median:>10,.0f} img/s")
     print(f"ratio ours / torchvision: {ratio:.1f}x")
@@ -154,7 +159,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data.add_argument("--data-root", help="use the real training split from this root when it is there")
     data.add_argument("--min-ratio", type=float, default=0.0, help="exit 1 when ours/torchvision is below this")
     data.set_defaults(handler=run_data)
+    from benchmarks import speed_train
+
+    speed_train.add_commands(commands)
     args = parser.parse_args(argv)
+    if args.command != "data":
+        speed_train.check_args(parser, args)
+        return args
     for name in ("batch_size", "epochs", "repeats", "images", "threads"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -164,8 +175,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.errors import user_errors
+
     args = parse_args(argv)
-    return int(args.handler(args))
+    with user_errors("benchmarks.speed"):
+        return int(args.handler(args))
 
 
 if __name__ == "__main__":

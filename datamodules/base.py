@@ -25,7 +25,7 @@ from datamodules.contrast import ContrastSampler
 from datamodules.errors import DatasetError
 from datamodules.loaders import BatchAugmentation, CropFlip, InMemoryBatches
 
-__all__ = ["KDDataModule", "InMemoryDataModule", "CropFlipDataModule", "pipeline_settings"]
+__all__ = ["KDDataModule", "InMemoryDataModule", "CropFlipDataModule", "TrainViews", "pipeline_settings"]
 
 
 def pipeline_settings(
@@ -166,6 +166,7 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
         self.contrast_k = contrast_k
         self.contrast_mode = contrast_mode
         self._splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self._carry_views = False  # training batches carry "views" (set by train_views: the teacher cache)
 
     # ------------------------------------------------------------------------------------------ to implement
     @abstractmethod
@@ -267,15 +268,75 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
 
     # ---------------------------------------------------------------------------------------- augmentation
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
-        """Augment (training batches carry their parameters), normalise, and shape for the network."""
+        """Augment (training batches carry their parameters), normalise, and shape for the network.
+
+        After :meth:`train_views` was called, augmented batches also carry ``views`` (B,) int64: which of the
+        augmentation's enumerable views each sample is (with ``indices``, the key of the teacher-output cache).
+        """
         images = batch["images"]
         if images.dtype != torch.uint8:  # not from our loaders' uint8 splits: already network input
             return batch
         augment = self.train_augmentation()
         if augment is not None and augment.param_keys[0] in batch:
+            if self._carry_views and getattr(augment, "view_count", None) is not None:
+                batch["views"] = augment.view_ids(batch)  # type: ignore[attr-defined]
             images = augment.apply(images, batch)
-        batch["images"] = self.to_network_input(normalize(images, self.mean, self.std))
+        elif self._carry_views and augment is None and "indices" in batch:
+            batch["views"] = torch.zeros_like(batch["indices"])
+        batch["images"] = self.network_input(images)
         return batch
+
+    def network_input(self, pixels: Tensor) -> Tensor:
+        """Augmented pixel values (0..255, uint8 or float) -> what the networks take: normalised, shaped."""
+        return self.to_network_input(normalize(pixels, self.mean, self.std))
+
+    def train_views(self) -> TrainViews | None:
+        """The training augmentation's views as an enumerable set (None: not enumerable, e.g. rotation angles).
+
+        From this call on, augmented training batches carry ``views``.
+        """
+        augment = self.train_augmentation()
+        count = 1 if augment is None else getattr(augment, "view_count", None)
+        if count is None:
+            return None
+        self._carry_views = True
+        return TrainViews(self, augment, int(count))
+
+
+class TrainViews:
+    """Every view a training image can take under an enumerable augmentation (CIFAR's crop + flip: 162).
+
+    ``render(images, view_ids)`` produces exactly the network input that a training batch with those views holds:
+    the same augmentation function, normalisation and input mapping as :meth:`InMemoryDataModule.on_after_batch_transfer`.
+    """
+
+    def __init__(self, datamodule: InMemoryDataModule, augment: BatchAugmentation | None, count: int) -> None:
+        self.datamodule = datamodule
+        self.augment = augment
+        self.count = count
+
+    def split(self) -> tuple[Tensor, Tensor]:
+        """The training split's uint8 images and labels (on the accelerator when the data module keeps it there)."""
+        return self.datamodule.split("train")
+
+    def describe(self) -> dict[str, Any]:
+        """What the rendered views depend on, for cache keys."""
+        dm = self.datamodule
+        return {
+            "datamodule": f"{type(dm).__module__}.{type(dm).__qualname__}",
+            "augmentation": repr(self.augment),
+            "views": self.count,
+            "mean": list(dm.mean),
+            "std": list(dm.std),
+        }
+
+    def render(self, images: Tensor, view_ids: Tensor) -> Tensor:
+        """Network input of ``images`` (uint8, B x C x H x W) seen as ``view_ids`` (B,)."""
+        pixels = images
+        if self.augment is not None:
+            params = self.augment.view_params(view_ids.to(images.device))  # type: ignore[attr-defined]
+            pixels = self.augment.apply(images, params)
+        return self.datamodule.network_input(pixels)
 
 
 class CropFlipDataModule(InMemoryDataModule):

@@ -18,7 +18,8 @@ augmentation from a seed of ``(seed, epoch, index)``, so a (seed, epoch) pair gi
 number of workers.
 
 Loaders are built by a *backend* (``BACKENDS``): ``torchvision`` (PIL decode + torchvision transforms in worker
-processes) is the one provided; a DALI or FFCV backend only needs to yield the same batch dicts.
+processes, the default) or ``gpu_decode`` (workers read the files' bytes; nvJPEG decodes them on the GPU, crops and
+resizes run there: :mod:`datamodules.gpu_decode`); a DALI or FFCV backend only needs to yield the same batch dicts.
 """
 
 from __future__ import annotations
@@ -233,7 +234,8 @@ class TorchvisionBackend:
         )
 
 
-#: Loader backends by name (``--data.backend``).
+#: Loader backends by name (``--data.backend``): ``torchvision`` (PIL, the default) and ``gpu_decode`` (JPEGs
+#: decoded on the GPU with nvJPEG, crops drawn as the PIL backend draws them: :mod:`datamodules.gpu_decode`).
 BACKENDS: dict[str, type[ImageNetBackend]] = {"torchvision": TorchvisionBackend}
 
 
@@ -355,3 +357,8 @@ class ImageNet(KDDataModule):
         if batch["images"].dtype == torch.uint8:
             batch["images"] = normalize(batch["images"], self.mean, self.std)
         return batch
+
+
+from datamodules.gpu_decode import GPUDecodeBackend  # noqa: E402  (it reads this module's helpers)
+
+BACKENDS["gpu_decode"] = GPUDecodeBackend

@@ -44,6 +44,12 @@ class BatchAugmentation(Protocol):
 
     def apply(self, images: Tensor, batch: dict[str, Tensor]) -> Tensor: ...
 
+    # Enumerable views (optional, for the exact teacher-output cache, ``kd_modules.teacher_cache``): an augmentation
+    # with finitely many outcomes per image numbers them ``0 .. view_count - 1``.
+    #   view_count: int | None         -- how many (None: a continuous or too large space, e.g. rotation angles)
+    #   view_ids(batch) -> Tensor      -- (B,) int64 view of each sample, from the batch's parameters (not popped)
+    #   view_params(view_ids) -> dict  -- the parameters that ``apply`` turns into exactly those views
+
 
 def _draw_flips(count: int, flip: bool, generator: torch.Generator) -> Tensor:
     """``RandomHorizontalFlip(0.5)``: True with probability 1/2 (all False when flips are off)."""
@@ -75,6 +81,28 @@ class CropFlip:
         offsets, flips = batch.pop("crop_offsets"), batch.pop("flips")
         return random_crop_flip(images, offsets, flips, self.padding, self.mode)  # type: ignore[arg-type]
 
+    # ------------------------------------------------------------------------- enumerable views (teacher cache)
+    @property
+    def view_count(self) -> int:
+        """``(2p+1)^2`` crop offsets, times 2 with flips: CIFAR's 162 = 9 x 9 x 2 views of each image."""
+        span = 2 * self.padding + 1
+        return span * span * (2 if self.flip else 1)
+
+    def view_ids(self, batch: dict[str, Tensor]) -> Tensor:
+        """``(top * (2p+1) + left) * 2 + flip`` (flips on) or ``top * (2p+1) + left`` (off), int64, on the batch's
+        device; computed with tensor ops only (no host sync)."""
+        offsets = batch["crop_offsets"].long()
+        view = offsets[:, 0] * (2 * self.padding + 1) + offsets[:, 1]
+        return view * 2 + batch["flips"].long() if self.flip else view
+
+    def view_params(self, view_ids: Tensor) -> dict[str, Tensor]:
+        span = 2 * self.padding + 1
+        ids = view_ids.long()
+        flips = (ids % 2).bool() if self.flip else torch.zeros_like(ids, dtype=torch.bool)
+        crop = ids // 2 if self.flip else ids
+        offsets = torch.stack([crop // span, crop % span], dim=1).to(torch.int16)
+        return {"crop_offsets": offsets, "flips": flips}
+
 
 @dataclass(frozen=True)
 class RotateFlip:
@@ -99,6 +127,23 @@ class RotateFlip:
     def apply(self, images: Tensor, batch: dict[str, Tensor]) -> Tensor:
         angles, flips = batch.pop("rotation_angles"), batch.pop("flips")
         return rotate_flip(images, angles, flips if self.flip else None)
+
+    # ------------------------------------------------------------------------- enumerable views (teacher cache)
+    @property
+    def view_count(self) -> int | None:
+        """None while angles are drawn (a continuous range: not enumerable); else 2 (flips) or 1."""
+        if self.degrees > 0:
+            return None
+        return 2 if self.flip else 1
+
+    def view_ids(self, batch: dict[str, Tensor]) -> Tensor:
+        flips = batch["flips"].long()
+        return flips if self.flip else torch.zeros_like(flips)
+
+    def view_params(self, view_ids: Tensor) -> dict[str, Tensor]:
+        ids = view_ids.long()
+        flips = ids.bool() if self.flip else torch.zeros_like(ids, dtype=torch.bool)
+        return {"rotation_angles": torch.zeros(ids.shape[0], dtype=torch.float32, device=ids.device), "flips": flips}
 
 
 class InMemoryBatches:

@@ -31,6 +31,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from kd_modules.errors import MethodConfigError
+from kd_modules.numerics import Numerics, compile_network, uses_cuda_graphs
 from models import FeatureOutput, KDNet, create_model
 from models.checkpoints import CheckpointError, load_network
 
@@ -196,6 +197,44 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
         self._fit_seconds_before_resume = 0.0
         self._fit_started_at: float | None = None
         self._total_steps: int | None = None
+        # How the run computes (layout, compilation, teacher cache): set by the CLI from the config's numerics
+        # group (configure_numerics); the default is the references' eager fp32 with a live teacher.
+        self.numerics = Numerics()
+        self._teacher_cache: Any = None  # kd_modules.teacher_cache.TeacherOutputCache while a fit uses one
+        self._teacher_cache_for: Any = None  # the data module it was built for
+        self._step_batch: Batch | None = None  # the training batch being processed (teacher-cache lookups)
+        self._step_teacher: dict[str, Tensor] | None = None
+
+    # ---------------------------------------------------------------------------------------------- numerics
+    def configure_numerics(self, numerics: Numerics) -> None:
+        """Apply a run's numerics: channels_last weights, compiled network forwards; the teacher cache is built
+        when the fit starts (it needs the data)."""
+        self.numerics = numerics
+        if numerics.channels_last:
+            self.to(memory_format=torch.channels_last)
+        for network in (self.student, self.teacher):
+            if network is not None:
+                compile_network(network, numerics.compile)
+
+    def _input_layout(self, images: Tensor) -> Tensor:
+        if self.numerics.channels_last and images.dim() == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _cached_teacher(self, images: Tensor) -> dict[str, Tensor] | None:
+        """The cached teacher outputs of the current training batch, when a cache serves this call."""
+        batch = self._step_batch
+        if self._teacher_cache is None or batch is None:
+            return None
+        if images is not batch["images"]:
+            raise MethodConfigError(
+                f"{type(self).__name__} ran its teacher on other images than the training batch's, which the teacher "
+                "cache cannot serve: remove it from kd_modules.teacher_cache.CACHEABLE (or run without "
+                "numerics.teacher_cache)"
+            )
+        if self._step_teacher is None:
+            self._step_teacher = self._teacher_cache.lookup(batch["indices"], batch["views"])
+        return self._step_teacher
 
     # ----------------------------------------------------------------------------------------- teacher handling
     def train(self, mode: bool = True) -> DistillationModule:
@@ -220,18 +259,26 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
         return min(length - 1, self.global_step * length // self._total_steps)
 
     def teacher_features(self, images: Tensor) -> FeatureOutput:
-        """One teacher forward under inference mode.
+        """One teacher forward under inference mode (or, with a teacher cache, its cached outputs).
 
         Inference-mode tensors cannot be saved for backward, so the outputs are cloned into ordinary tensors —
         a few device copies, far cheaper than the forward itself.
         """
         assert self.teacher is not None
+        cached = self._cached_teacher(images)
+        if cached is not None:
+            from kd_modules.teacher_cache import CachedTeacherFeatures
+
+            return CachedTeacherFeatures(cached, type(self).__name__)  # type: ignore[return-value]
         with torch.inference_mode():
             out = self.teacher.forward_features(images)
         return out.map_tensors(torch.clone)
 
     def teacher_logits(self, images: Tensor) -> Tensor:
         assert self.teacher is not None
+        cached = self._cached_teacher(images)
+        if cached is not None:
+            return cached["logits"]
         with torch.inference_mode():
             logits = self.teacher(images)
         return logits.clone()
@@ -269,7 +316,14 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
 
     # ---------------------------------------------------------------------------------------------- training
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        logits, losses = self.training_losses(batch)
+        batch["images"] = self._input_layout(batch["images"])
+        if uses_cuda_graphs(self.numerics.compile) and batch["images"].is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier graph outputs may be reused
+        self._step_batch, self._step_teacher = batch, None
+        try:
+            logits, losses = self.training_losses(batch)
+        finally:
+            self._step_batch, self._step_teacher = None, None
         total = torch.stack(list(losses.values())).sum()
         batch_size = batch["labels"].shape[0]
         # Epoch aggregates only: Lightning accumulates these on the device, so there is no host sync per step.
@@ -285,7 +339,7 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
 
     # -------------------------------------------------------------------------------------------- evaluation
     def _evaluate(self, batch: Batch) -> None:
-        logits = self.predict_logits(batch["images"])
+        logits = self.predict_logits(self._input_layout(batch["images"]))
         labels = batch["labels"]
         self.val_top1.update(logits, labels)
         self.val_top5.update(logits, labels)
@@ -358,6 +412,19 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
     def on_fit_start(self) -> None:
         self._fit_started_at = time.perf_counter()
         self._total_steps = None  # schedule_epoch reads this fit's length
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not self.numerics.teacher_cache:
+            self._teacher_cache = None
+        elif self._teacher_cache is None or self._teacher_cache_for is not datamodule:
+            from kd_modules.teacher_cache import build_teacher_cache, notice
+
+            self._teacher_cache, message = build_teacher_cache(self)
+            self._teacher_cache_for = datamodule  # a later fit on the same data reuses it
+            notice(
+                message
+                if self._teacher_cache is not None
+                else f"teacher cache not used: {message}; running the teacher"
+            )
 
     def fit_seconds(self) -> float:
         running = 0.0 if self._fit_started_at is None else time.perf_counter() - self._fit_started_at
