@@ -32,6 +32,8 @@ need is trained once.
       receives the path of the stage's output file;
     * ``method`` (str): the ``kd_modules`` class the stage trains the pair's student with, e.g. ``"Vanilla"``;
     * ``init_args`` (dict, optional): the stage method's arguments (student and teacher are filled in);
+    * ``config`` (str, optional): a method config file the stage reads first, as a table row's ``config`` (so a
+      stage with a row's method, config and arguments *is* that row's run, e.g. the network a diagnostic measures);
     * ``overrides`` (dict, optional): dotted config overrides of the stage run (e.g. ``trainer.max_epochs: 30``);
     * ``output`` (str, optional): the file in the stage run's folder that is passed on (default ``final.pth``;
       a stage may write other files into its ``run.dir``);
@@ -379,19 +381,23 @@ class Prerequisite:
     method: str = "Vanilla"
     init_args: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+    config: str | None = None  # a method config file, read as a table row's ``config``
     output: str = "final.pth"
     description: str = ""
     network: str = "student"  # "student": a run on the pair's student; "teacher": the pair's teacher run
     seed: int | None = None  # default: the dependent run's seed (student) or 0 (teacher)
     route: tuple[float, ...] = ()  # fractions of its steps at which the stage run saves its network (run.route)
 
-    KEYS = ("name", "pass_as", "method", "init_args", "overrides", "output", "description", "network", "seed", "route")
+    KEYS = (
+        "name", "pass_as", "method", "init_args", "overrides", "config", "output", "description", "network", "seed",
+        "route",
+    )  # fmt: skip
 
     @classmethod
     def parse(cls, raw: Any, owner: str) -> Prerequisite:
         usage = (
             f"{owner}.prerequisites() returned {raw!r}: each prerequisite is a dict with keys name, pass_as, "
-            f"method (for the student network) and optionally init_args, overrides, output, description, network "
+            f"method (for the student network) and optionally init_args, overrides, config, output, description, network "
             f"(student | teacher), seed, route"
         )
         if not isinstance(raw, dict) or not {"name", "pass_as"} <= set(raw) or set(raw) - set(cls.KEYS):
@@ -400,7 +406,10 @@ class Prerequisite:
         if network not in ("student", "teacher") or (network == "student" and "method" not in raw):
             raise KDBenchError(usage)
         if network == "teacher" and (
-            raw.get("init_args") or raw.get("overrides") or raw.get("method", "Vanilla") != "Vanilla"
+            raw.get("init_args")
+            or raw.get("overrides")
+            or raw.get("config")
+            or raw.get("method", "Vanilla") != "Vanilla"
         ):
             raise KDBenchError(
                 f"{usage}; a teacher-network prerequisite is the pair's teacher run itself (Vanilla, no arguments)"
@@ -411,6 +420,7 @@ class Prerequisite:
             method=str(raw.get("method", "Vanilla")),
             init_args=dict(raw.get("init_args") or {}),
             overrides=dict(raw.get("overrides") or {}),
+            config=None if raw.get("config") is None else str(raw["config"]),
             output=str(raw.get("output", "final.pth")),
             description=str(raw.get("description", "")),
             network=network,
@@ -758,6 +768,7 @@ class Planner:
                         overrides=prerequisite.overrides,
                         trial=trial if prerequisite.seed is None else prerequisite.seed,
                         row_label=f"{row_label}: {prerequisite.name}",
+                        config_file=prerequisite.config,
                         teacher_seed=teacher_seed,
                         depth=depth + 1,
                     )

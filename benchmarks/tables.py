@@ -16,7 +16,8 @@ reported, and which published number each cell is compared with::
                                     # --teachers overrides it (released: models.releases' public teachers)
     trials: 5                       # the paper's count (trials_note says where it comes from)
     metric: best_top1               # best_top1 (best evaluation epoch) | last_top1 (last epoch): the paper's protocol
-    metrics: [top1, top5]           # which accuracies the paper prints per pair (default [top1])
+    metrics: [top1, top5]           # which accuracies the paper prints per pair (default [top1]), or analysis
+                                    # metrics its diagnostic rows record (ANALYSIS_METRICS: kl_div, lda_top1 ...)
     pairs: [resnet56->resnet20, resnet32x4->resnet8x4]
     paper_pairs: {resnet50->mobilenetv1: resnet50->mobilenetv2}   # a column printed under other names in the CSV
     quoted_columns:                 # columns of the paper kdbench does not run (e.g. ViT students): numbers only
@@ -61,6 +62,12 @@ row label carries the printed column header.  Tables whose columns are pairs *an
 top-1 and top-5 per pair) list ``metrics``; each pair then renders as one column per metric, all from the same
 runs (``best_top5`` is the top-5 at the best top-1 epoch, ``last_top5`` at the last epoch).
 
+**Analysis tables.**  A table whose cells are not accuracies (KCD T10's channel overlaps, T11's KL divergence and
+L2 distance, letKD supp. T4's LDA-probe top-1) lists those metrics under ``metrics``: names of
+:data:`ANALYSIS_METRICS`, which diagnostic rows (``kd_modules.diagnostics``) write into their records under the same
+name.  The record key of such a column is the metric itself (the protocol, best or last epoch, is an accuracy
+notion and does not apply), and the paper's CSV rows carry the same metric name.
+
 **Names.**  Networks are kdbench registry names (``models.create_model``); methods are ``kd_modules`` class
 names; variants are ``init_args`` of their method.  A row may name a method or argument that has not landed
 yet: the planner then shows the cell as blocked with the reason (the method is missing, or it does not accept
@@ -94,6 +101,7 @@ __all__ = [
     "Table",
     "PaperNumber",
     "METRICS",
+    "ANALYSIS_METRICS",
     "PROTOCOLS",
     "load_table",
     "list_tables",
@@ -101,6 +109,7 @@ __all__ = [
     "paper_name",
     "lookup_paper",
     "cell_metric",
+    "higher_is_better",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +119,13 @@ PAPER_NAMES = TABLES_DIR / "paper_names.yaml"
 
 #: Accuracies a paper prints per pair.
 METRICS = ("top1", "top5")
+#: Record metrics of diagnostic rows that analysis tables print (name -> what it is, and whether higher is better).
+ANALYSIS_METRICS: dict[str, tuple[str, bool]] = {
+    **{f"overlap_top{k}": (f"shared top-{k} channels, % (KCD T10)", True) for k in (10, 20, 50, 100)},
+    "kl_div": ("KL divergence between the teacher's and the student's features (KCD T11)", False),
+    "l2_dist": ("L2 distance between the teacher's and the student's feature maps (KCD T11)", False),
+    "lda_top1": ("top-1 % of an LDA classifier on pooled student features (letKD supp. T4)", True),
+}
 #: Where a table's teachers come from, for tables that offer the choice (``teachers:`` / ``--teachers``).
 TEACHER_CHOICES = ("released", "trained")
 #: Which evaluation epoch a table reports: the best one (NORM, letKD, ND, mdistiller) or the last one (CRD).
@@ -138,9 +154,10 @@ class Pair:
 
 
 def _csv_pair(text: str) -> tuple[str, str]:
-    """A CSV column's (teacher, student); either side may be empty (``->resnet50_1_4``: unnamed teacher)."""
+    """A CSV column's (teacher, student); either side may be empty (``->resnet50_1_4``: unnamed teacher; ``->``:
+    neither named, as KCD T11's analysis rows)."""
     parts = [p.strip() for p in str(text).replace("→", "->").split("->")]
-    if len(parts) != 2 or not any(parts):
+    if len(parts) != 2:
         raise KDBenchError(f"paper pair {text!r} is not of the form 'teacher->student' (CSV names)")
     return parts[0], parts[1]
 
@@ -322,8 +339,16 @@ class Table:
 
 
 def cell_metric(protocol: str, metric: str) -> str:
-    """The record key of our value for a column: ``best_top1`` + ``top5`` -> ``best_top5``."""
+    """The record key of our value for a column: ``best_top1`` + ``top5`` -> ``best_top5``; an analysis metric is
+    its own key (``kl_div``)."""
+    if metric in ANALYSIS_METRICS:
+        return metric
     return f"{protocol.split('_', 1)[0]}_{metric}"
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of a column's metric is the better one (accuracies, overlaps: yes; distances: no)."""
+    return ANALYSIS_METRICS[metric][1] if metric in ANALYSIS_METRICS else True
 
 
 def list_tables() -> list[str]:
@@ -433,9 +458,10 @@ def _validate(table: Table) -> None:
         raise KDBenchError(f"{where}: teachers {table.teachers!r} is not one of {', '.join(TEACHER_CHOICES)}")
     if table.metric not in PROTOCOLS:
         raise KDBenchError(f"{where}: metric {table.metric!r} is not one of {', '.join(PROTOCOLS)}")
-    bad_metrics = [m for m in table.metrics if m not in METRICS]
+    valid_metrics = (*METRICS, *ANALYSIS_METRICS)
+    bad_metrics = [m for m in table.metrics if m not in valid_metrics]
     if bad_metrics or not table.metrics:
-        raise KDBenchError(f"{where}: metrics {table.metrics!r} must be a non-empty list of {', '.join(METRICS)}")
+        raise KDBenchError(f"{where}: metrics {table.metrics!r} must be a non-empty list of {', '.join(valid_metrics)}")
     if table.trials < 1:
         raise KDBenchError(f"{where}: trials must be at least 1, got {table.trials}")
     labels = [r.label for r in table.rows]
