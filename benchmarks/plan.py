@@ -131,7 +131,25 @@ BASE_ARGS = {"student", "num_classes", "teacher", "optim"}
 #: that value an argument is left out of the identity, so adding an argument keeps every identity (the runs made
 #: before it existed are the runs it describes at that value); at any other value it counts.  Add a line here with
 #: every new argument that a completed config would otherwise carry into old runs' identities.
-ADDED_ARGUMENTS: dict[tuple[str, ...], Any] = {}
+ADDED_ARGUMENTS: dict[tuple[str, ...], Any] = {
+    # The ViT recipes' optimiser and regularisation (kd_modules.base.OptimConfig): SGD, no label smoothing ...
+    **{
+        ("model", "init_args", "optim", name): value
+        for name, value in {
+            "optimizer": "sgd",
+            "betas": [0.9, 0.999],
+            "decay_norm_and_bias": True,
+            "min_lr": 0.0,
+            "per_step": False,
+            "label_smoothing": 0.0,
+            "mixup_alpha": 0.0,
+            "cutmix_alpha": 0.0,
+            "mix_switch_prob": 0.5,
+            "drop_path": 0.0,
+            "dropout": 0.0,
+        }.items()
+    },
+}
 
 
 def _strip(config: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -885,6 +903,8 @@ def build_plan(
         for row in chosen_rows:
             if row.quoted_only and _method_class(row.method) is None:
                 continue  # published numbers only, until kdbench has the method
+            if not row.has_cell(pair):
+                continue  # the row has no cell in this column
             key = (row.label, pair.label)
             if row.is_teacher:
                 released, problem = planner.teacher_source(pair.teacher)

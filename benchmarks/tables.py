@@ -20,7 +20,9 @@ reported, and which published number each cell is compared with::
                                     # metrics its diagnostic rows record (ANALYSIS_METRICS: kl_div, lda_top1 ...)
     pairs: [resnet56->resnet20, resnet32x4->resnet8x4]
     paper_pairs: {resnet50->mobilenetv1: resnet50->mobilenetv2}   # a column printed under other names in the CSV
-    quoted_columns:                 # columns of the paper kdbench does not run (e.g. ViT students): numbers only
+    column_notes:                   # a column's CSV rows by note (two columns of one CSV pair, e.g. ND T6's ViT-B†)
+      resnet152->vit_b@mae: {note: †}   # (a pair label may carry a variant: the same networks, another column)
+    quoted_columns:                 # columns of the paper kdbench does not run: numbers only
       - {label: R152→ViT-S, paper_pair: resnet152->vit_s}
     rows:
       - label: Teacher
@@ -35,6 +37,7 @@ reported, and which published number each cell is compared with::
         recipe: crd_cifar100        # this row's own recipe (e.g. baselines a paper quotes from CRD)
         metric: last_top1           # this row's own protocol (e.g. CRD's last-epoch numbers)
         teacher_seed: 1             # distil from a teacher trained with another seed (KCD T3b)
+        pairs: [resnet56->resnet20] # only these columns have cells of this row (default: every pair)
         paper: [{source: norm.T1, method: kd}]
       - label: DistPro
         method: DistPro
@@ -134,23 +137,28 @@ PROTOCOLS = ("best_top1", "last_top1")
 
 @dataclass(frozen=True)
 class Pair:
+    """A teacher->student column; ``variant`` names a second column of the same networks (``resnet152->vit_b@mae``:
+    ND Table 6's ViT-B under MAE's recipe beside ViT-B under the plain one), set apart by ``pair_recipes`` etc."""
+
     teacher: str
     student: str
+    variant: str = ""
 
     @classmethod
     def parse(cls, text: str) -> Pair:
-        parts = [p.strip() for p in str(text).replace("→", "->").split("->")]
-        if len(parts) != 2 or not all(parts):
-            raise KDBenchError(f"pair {text!r} is not of the form 'teacher->student'")
-        return cls(parts[0], parts[1])
+        text, _, variant = str(text).partition("@")
+        parts = [p.strip() for p in text.replace("→", "->").split("->")]
+        if len(parts) != 2 or not all(parts) or (_ and not variant.strip()):
+            raise KDBenchError(f"pair {text!r} is not of the form 'teacher->student' (or 'teacher->student@variant')")
+        return cls(parts[0], parts[1], variant.strip())
 
     @property
     def label(self) -> str:
-        return f"{self.teacher}->{self.student}"
+        return f"{self.teacher}->{self.student}" + (f"@{self.variant}" if self.variant else "")
 
     @property
     def display(self) -> str:
-        return f"{self.teacher}→{self.student}"
+        return f"{self.teacher}→{self.student}" + (f" ({self.variant})" if self.variant else "")
 
 
 def _csv_pair(text: str) -> tuple[str, str]:
@@ -242,6 +250,10 @@ class Row:
     paper: list[PaperRef] = field(default_factory=list)
     quoted_only: bool = False
     note: str | None = None
+    pairs: list[str] = field(default_factory=list)  # the columns the row has cells in (empty: every pair)
+
+    def has_cell(self, pair: Pair) -> bool:
+        return not self.pairs or pair.label in self.pairs
 
     @property
     def is_teacher(self) -> bool:
@@ -277,6 +289,7 @@ class Table:
     data_roots: list[str] = field(default_factory=list)
     preset: str | None = None  # the run preset when the command names none (fmnist: cpu)
     teachers: str | None = None  # "released" | "trained": the paper's choice where both are possible, else None
+    column_notes: dict[str, dict[str, str]] = field(default_factory=dict)  # pair label -> {note | not_note: text}
 
     def teacher_mode(self, override: str | None = None) -> str:
         """``released`` or ``trained``: ``override`` (``--teachers``) where the table offers the choice, else its own.
@@ -326,9 +339,12 @@ class Table:
         columns = []
         for pair in self.pairs if pairs is None else pairs:
             teacher, student = self.paper_pairs.get(pair.label) or (paper_name(pair.teacher), paper_name(pair.student))
+            notes = self.column_notes.get(pair.label, {})
             for metric in self.metrics:
                 label = pair.display + (f" {metric}" if len(self.metrics) > 1 else "")
-                columns.append(Column(pair.label, label, pair, metric, teacher, student))
+                columns.append(
+                    Column(pair.label, label, pair, metric, teacher, student, notes.get("note"), notes.get("not_note"))
+                )
         for quoted in self.quoted_columns:
             for metric in self.metrics:
                 label = quoted.label + (f" {metric}" if len(self.metrics) > 1 else "")
@@ -383,6 +399,7 @@ TABLE_KEYS = {
     "data_roots",
     "preset",
     "teachers",
+    "column_notes",
 }
 ROW_KEYS = {
     "label",
@@ -398,6 +415,7 @@ ROW_KEYS = {
     "paper",
     "quoted_only",
     "note",
+    "pairs",
 }
 REF_KEYS = {"source", "method", "note", "not_note", "label", "absent", "pairs"}
 QUOTED_KEYS = {"label", "paper_pair", "note", "not_note"}
@@ -446,6 +464,7 @@ def _row(raw: Any, where: str) -> Row:
         paper=[_ref(ref, f"{where} paper reference") for ref in _as_list(raw.get("paper"))],
         quoted_only=bool(raw.get("quoted_only", False)),
         note=raw.get("note"),
+        pairs=[Pair.parse(p).label for p in _as_list(raw.get("pairs"))],
     )
 
 
@@ -472,14 +491,18 @@ def _validate(table: Table) -> None:
     if len(set(keys)) != len(keys):
         raise KDBenchError(f"{where}: a pair or quoted column is listed twice")
     pair_labels = {p.label for p in table.pairs}
-    for mapping, what in ((table.pair_recipes, "pair_recipes"), (table.paper_pairs, "paper_pairs")):
+    for mapping, what in (
+        (table.pair_recipes, "pair_recipes"),
+        (table.paper_pairs, "paper_pairs"),
+        (table.column_notes, "column_notes"),
+    ):
         for key in mapping:
             if key not in pair_labels:
                 raise KDBenchError(f"{where}: {what} names pair {key!r}; valid: {', '.join(sorted(pair_labels))}")
     for row in table.rows:
         if row.metric is not None and row.metric not in PROTOCOLS:
             raise KDBenchError(f"{where} row {row.label}: metric {row.metric!r} is not one of {', '.join(PROTOCOLS)}")
-        for key in list(row.pair_init_args) + list(row.pair_overrides):
+        for key in list(row.pair_init_args) + list(row.pair_overrides) + row.pairs:
             if key not in pair_labels:
                 raise KDBenchError(
                     f"{where} row {row.label}: per-pair settings name pair {key!r}; valid: {', '.join(sorted(pair_labels))}"
@@ -535,6 +558,10 @@ def load_table(name: str) -> Table:
             data_roots=[str(r) for r in _as_list(raw.get("data_roots"))],
             preset=raw.get("preset"),
             teachers=raw.get("teachers"),
+            column_notes={
+                Pair.parse(k).label: dict(_check_keys(v, {"note", "not_note"}, f"column_notes.{k}"))
+                for k, v in (raw.get("column_notes") or {}).items()
+            },
             path=path,
         )
     except (KeyError, TypeError) as error:

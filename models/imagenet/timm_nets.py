@@ -26,8 +26,9 @@ bottlenecks).  The neck is the final LayerNorm; the pooled embedding is the clas
 CNN with timm's stem and stages s1-s4; ``pre`` is each stage's last residual sum before its final ReLU and
 ``post = relu(pre)``, as for the torchvision ResNets.
 
-**Stochastic depth** (the ViT recipes' ``drop_path``): :meth:`TimmViT.set_drop_path` sets timm's linearly increasing
-drop-path rates on the blocks (timm's ``drop_path_rate``); the base module applies the recipe's rate to a student.
+**Regularisation of the ViT recipes**: :meth:`TimmViT.set_drop_path` sets timm's linearly increasing stochastic-depth
+rates on the blocks (timm's ``drop_path_rate``: DeiT, MAE), :meth:`TimmViT.set_dropout` the ViT paper's dropout
+(timm's ``pos_drop_rate`` and ``proj_drop_rate``); the base module applies the recipe's rates to a student.
 """
 
 from __future__ import annotations
@@ -164,6 +165,13 @@ class TimmViT(KDNet):
             for name in ("drop_path1", "drop_path2"):
                 setattr(block, name, DropPath(p) if p > 0 else nn.Identity())
         self.drop_path_rate = rate
+
+    def set_dropout(self, rate: float) -> None:
+        """The ViT paper's dropout: after the position embedding and after every dense layer but the qkv projection
+        (timm's ``pos_drop_rate`` and ``proj_drop_rate``: ``pos_drop``, ``attn.proj_drop``, ``mlp.drop1/2``)."""
+        self.pos_drop.p = rate
+        for block in self.blocks:
+            block.attn.proj_drop.p = block.mlp.drop1.p = block.mlp.drop2.p = rate
 
 
 class _PreActivation(nn.Module):

@@ -376,9 +376,9 @@ def test_an_argument_added_later_counts_only_away_from_its_old_behaviour(monkeyp
     from benchmarks import plan as plan_module
 
     before = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1}}}}
-    added = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1, "optimizer": "sgd"}}}}
-    other = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1, "optimizer": "adamw"}}}}
+    added = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1, "sampler": "plain"}}}}
+    other = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1, "sampler": "fancy"}}}}
     assert run_identity(before) != run_identity(added)  # not declared: the new key counts
-    monkeypatch.setitem(plan_module.ADDED_ARGUMENTS, ("model", "init_args", "optim", "optimizer"), "sgd")
+    monkeypatch.setitem(plan_module.ADDED_ARGUMENTS, ("model", "init_args", "optim", "sampler"), "plain")
     assert run_identity(before) == run_identity(added)
     assert run_identity(other) not in (run_identity(before), run_identity(added))

@@ -53,3 +53,15 @@ def test_drop_path_schedule_and_train_mode() -> None:
         assert not torch.equal(vit(x), vit(x))
     with pytest.raises(Exception, match="stochastic depth"):
         create_model("resnet18", 10).set_drop_path(0.1)
+
+
+def test_dropout_is_the_vit_papers() -> None:
+    import timm
+
+    vit = create_model("vit_s", 10)
+    vit.set_dropout(0.1)
+    reference = timm.create_model("vit_small_patch16_224", num_classes=10, proj_drop_rate=0.1, pos_drop_rate=0.1)
+    rates = {n: m.p for n, m in vit.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {n: m.p for n, m in reference.named_modules() if isinstance(m, torch.nn.Dropout)}
+    with pytest.raises(Exception, match="dropout"):
+        create_model("resnet18", 10).set_dropout(0.1)
