@@ -193,7 +193,9 @@ class ImageNetBackend(Protocol):
 
     def __init__(self, datamodule: ImageNet) -> None: ...
 
-    def loader(self, split: str, *, train: bool, shuffle: bool, batch_size: int, drop_last: bool) -> Any: ...
+    def loader(
+        self, split: str, *, train: bool, shuffle: bool, batch_size: int, drop_last: bool, seed: int | None = None
+    ) -> Any: ...
 
     def num_samples(self, split: str) -> int: ...
 
@@ -230,7 +232,11 @@ class TorchvisionBackend:
             steps.append(T.RandomHorizontalFlip())
         return T.Compose(steps)
 
-    def loader(self, split: str, *, train: bool, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
+    def loader(
+        self, split: str, *, train: bool, shuffle: bool, batch_size: int, drop_last: bool, seed: int | None = None
+    ) -> DataLoader:
+        """``seed`` (a one-off pass, e.g. the class means of an augmented view): augmentation seeds from it, epoch 0,
+        instead of the datamodule's seed and the current epoch."""
         dm = self.datamodule
         samples = self.samples(split)
         contrast = None
@@ -238,12 +244,14 @@ class TorchvisionBackend:
             labels = torch.tensor([label for _, label in samples])
             contrast = ContrastSampler(labels, dm.contrast_k, dm.contrast_mode, replacement=True)
         erase = train and dm.random_erasing > 0
-        dataset = ImageFolderSamples(samples, self.transform(train), dm.seed, contrast, erase_seed=erase)
+        dataset = ImageFolderSamples(samples, self.transform(train), dm.seed if seed is None else seed, contrast,
+                                     erase_seed=erase)  # fmt: skip
         workers = dm.num_workers
+        epochs = EpochKeys(len(samples), shuffle, dm.seed, dm._current_epoch if seed is None else lambda: 0)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochKeys(len(samples), shuffle, dm.seed, dm._current_epoch),
+            sampler=epochs,
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             drop_last=drop_last,
@@ -396,6 +404,26 @@ class ImageNet(KDDataModule):
 
     def test_dataloader(self) -> Any:
         return self.val_dataloader()
+
+    def class_mean_dataloader(self, seed: int) -> Any:
+        """One augmented view of every training image, in split order, augmentation seeds drawn from ``seed``
+        (the teacher class means of ND's "++" methods, as their official scripts compute them)."""
+        return self.backend.loader(
+            "train", train=True, shuffle=False, batch_size=self.eval_batch_size, drop_last=False, seed=seed
+        )
+
+    def split_fingerprint(self, split: str) -> str:
+        """A digest of a split's sample list (relative paths, labels) and file sizes: the offline stages' data key
+        (cheap next to hashing 150 GB of JPEGs; changes when files are added, removed, relabelled or rewritten)."""
+        import hashlib
+
+        cached = getattr(self.backend, "samples", None)
+        samples = cached(split) if cached is not None else imagenet_samples(self.root, split)[0]
+        base = find_imagenet(self.root)
+        sha = hashlib.sha256()
+        for path, label in samples:
+            sha.update(f"{Path(path).relative_to(base).as_posix()}\t{label}\t{os.path.getsize(path)}\n".encode())
+        return sha.hexdigest()[:16]
 
     def train_eval_dataloader(self) -> Any:
         """A deterministic pass over the training split with the evaluation transform (offline stages use it)."""

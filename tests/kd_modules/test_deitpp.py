@@ -88,3 +88,50 @@ def test_deitpp_needs_a_vision_transformer(trained_teacher: Path) -> None:
         DeiTPlusPlus("resnet8", TeacherConfig("resnet8", str(trained_teacher)), num_classes=100)
     assert DeiTPlusPlus.pair_problem("resnet18", "regnety_16gf", {}) is not None
     assert DeiTPlusPlus.pair_problem("deit_b_distilled", "regnety_16gf", {}) is None
+
+
+def test_deitpp_trains_through_the_cli_on_imagenet_with_the_vit_recipe(  # type: ignore[no-untyped-def]
+    tiny_deit: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Setup computes the teacher's class means on the ImageNet datamodule, the step mixes, the recipe's AdamW and
+    per-step cosine run, evaluation reads the student's averaged heads, a record is written."""
+    import json
+
+    from benchmarks.cli import KDBenchCLI
+    from datamodules.synthetic import write_imagenet
+
+    from datamodules import ImageNet
+
+    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ImageNet, "num_classes", 4)  # a 4-class ImageFolder tree: every class has its mean
+    write_imagenet(tmp_path / "data", classes=4, train_per_class=3, val_per_class=1)
+    torch.manual_seed(0)
+    teacher = export_network(create_model("resnet18", 4), "resnet18", tmp_path / "teacher.pth")
+    run_dir = tmp_path / "run"
+    KDBenchCLI(
+        args=[
+            "fit",
+            "--config=configs/recipes/nd_imagenet_vit.yaml",
+            "--model=DeiTPlusPlus",
+            f"--model.student={tiny_deit}",
+            "--model.teacher.arch=resnet18",
+            f"--model.teacher.checkpoint={teacher}",
+            f"--data.root={tmp_path / 'data'}",
+            "--data.batch_size=4",
+            "--data.eval_batch_size=4",
+            "--data.num_workers=0",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--run.wandb=disabled",
+            f"--run.dir={run_dir}",
+        ]
+    )
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["steps"] == 2 and "best_top1" in record["metrics"]
+    logged = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/ce", "train/kd", "train/nd"} <= set(logged)
+    assert list((tmp_path / "cache" / "nd_class_means").glob("*/artefact.pt"))
