@@ -72,6 +72,16 @@ def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = copy.deepcopy(value)
 
 
+def merge_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_dotted``, except that a group of settings (a dict without ``class_path``) written over a group merges
+    into it: a row's ``layers: {alpha_inter: 0.2}`` changes that one setting of the method config's ``layers``."""
+    current = get_dotted(config, dotted)
+    if isinstance(value, dict) and isinstance(current, dict) and "class_path" not in value:
+        merge_into(current, value)
+    else:
+        set_dotted(config, dotted, value)
+
+
 def get_dotted(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
     node: Any = config
     for part in dotted.split("."):

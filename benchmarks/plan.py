@@ -32,6 +32,8 @@ need is trained once.
       receives the path of the stage's output file;
     * ``method`` (str): the ``kd_modules`` class the stage trains the pair's student with, e.g. ``"Vanilla"``;
     * ``init_args`` (dict, optional): the stage method's arguments (student and teacher are filled in);
+    * ``config`` (str, optional): a method config file the stage reads first, as a table row's ``config`` (so a
+      stage with a row's method, config and arguments *is* that row's run, e.g. the network a diagnostic measures);
     * ``overrides`` (dict, optional): dotted config overrides of the stage run (e.g. ``trainer.max_epochs: 30``);
     * ``output`` (str, optional): the file in the stage run's folder that is passed on (default ``final.pth``;
       a stage may write other files into its ``run.dir``);
@@ -80,6 +82,7 @@ from benchmarks.configs import (
     complete_arguments,
     get_dotted,
     load_yaml,
+    merge_dotted,
     merge_into,
     resolve_class,
     set_dotted,
@@ -130,7 +133,25 @@ BASE_ARGS = {"student", "num_classes", "teacher", "optim"}
 #: that value an argument is left out of the identity, so adding an argument keeps every identity (the runs made
 #: before it existed are the runs it describes at that value); at any other value it counts.  Add a line here with
 #: every new argument that a completed config would otherwise carry into old runs' identities.
-ADDED_ARGUMENTS: dict[tuple[str, ...], Any] = {}
+ADDED_ARGUMENTS: dict[tuple[str, ...], Any] = {
+    # The ViT recipes' optimiser and regularisation (kd_modules.base.OptimConfig): SGD, no label smoothing ...
+    **{
+        ("model", "init_args", "optim", name): value
+        for name, value in {
+            "optimizer": "sgd",
+            "betas": [0.9, 0.999],
+            "decay_norm_and_bias": True,
+            "min_lr": 0.0,
+            "per_step": False,
+            "label_smoothing": 0.0,
+            "mixup_alpha": 0.0,
+            "cutmix_alpha": 0.0,
+            "mix_switch_prob": 0.5,
+            "drop_path": 0.0,
+            "dropout": 0.0,
+        }.items()
+    },
+}
 
 
 def _strip(config: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -382,19 +403,23 @@ class Prerequisite:
     method: str = "Vanilla"
     init_args: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+    config: str | None = None  # a method config file, read as a table row's ``config``
     output: str = "final.pth"
     description: str = ""
     network: str = "student"  # "student": a run on the pair's student; "teacher": the pair's teacher run
     seed: int | None = None  # default: the dependent run's seed (student) or 0 (teacher)
     route: tuple[float, ...] = ()  # fractions of its steps at which the stage run saves its network (run.route)
 
-    KEYS = ("name", "pass_as", "method", "init_args", "overrides", "output", "description", "network", "seed", "route")
+    KEYS = (
+        "name", "pass_as", "method", "init_args", "overrides", "config", "output", "description", "network", "seed",
+        "route",
+    )  # fmt: skip
 
     @classmethod
     def parse(cls, raw: Any, owner: str) -> Prerequisite:
         usage = (
             f"{owner}.prerequisites() returned {raw!r}: each prerequisite is a dict with keys name, pass_as, "
-            f"method (for the student network) and optionally init_args, overrides, output, description, network "
+            f"method (for the student network) and optionally init_args, overrides, config, output, description, network "
             f"(student | teacher), seed, route"
         )
         if not isinstance(raw, dict) or not {"name", "pass_as"} <= set(raw) or set(raw) - set(cls.KEYS):
@@ -403,7 +428,10 @@ class Prerequisite:
         if network not in ("student", "teacher") or (network == "student" and "method" not in raw):
             raise KDBenchError(usage)
         if network == "teacher" and (
-            raw.get("init_args") or raw.get("overrides") or raw.get("method", "Vanilla") != "Vanilla"
+            raw.get("init_args")
+            or raw.get("overrides")
+            or raw.get("config")
+            or raw.get("method", "Vanilla") != "Vanilla"
         ):
             raise KDBenchError(
                 f"{usage}; a teacher-network prerequisite is the pair's teacher run itself (Vanilla, no arguments)"
@@ -414,6 +442,7 @@ class Prerequisite:
             method=str(raw.get("method", "Vanilla")),
             init_args=dict(raw.get("init_args") or {}),
             overrides=dict(raw.get("overrides") or {}),
+            config=None if raw.get("config") is None else str(raw["config"]),
             output=str(raw.get("output", "final.pth")),
             description=str(raw.get("description", "")),
             network=network,
@@ -698,10 +727,10 @@ class Planner:
         set_dotted(config, "model.class_path", f"kd_modules.{method}")
         set_dotted(config, "model.init_args.student", pair.student)
         for key, value in init_args.items():
-            set_dotted(config, f"model.init_args.{key}", value)
+            merge_dotted(config, f"model.init_args.{key}", value)
         # A preset may shrink one method's settings (e.g. small letKD codebooks in smoke runs), after the row's own.
         for key, value in self.preset.method_init_args.get(method, {}).items():
-            set_dotted(config, f"model.init_args.{key}", value)
+            merge_dotted(config, f"model.init_args.{key}", value)
         for dotted, value in overrides.items():
             set_dotted(config, dotted, value)
 
@@ -765,6 +794,7 @@ class Planner:
                         overrides=prerequisite.overrides,
                         trial=trial if prerequisite.seed is None else prerequisite.seed,
                         row_label=f"{row_label}: {prerequisite.name}",
+                        config_file=prerequisite.config,
                         teacher_seed=teacher_seed,
                         depth=depth + 1,
                     )
@@ -881,6 +911,8 @@ def build_plan(
         for row in chosen_rows:
             if row.quoted_only and _method_class(row.method) is None:
                 continue  # published numbers only, until kdbench has the method
+            if not row.has_cell(pair):
+                continue  # the row has no cell in this column
             key = (row.label, pair.label)
             if row.is_teacher:
                 released, problem = planner.teacher_source(pair.teacher)

@@ -25,7 +25,7 @@ from benchmarks.execute import failure_message
 from benchmarks.numerics import REFERENCE_LABEL, numerics_label
 from benchmarks.plan import Plan, identity_view
 from benchmarks.store import RunStore
-from benchmarks.tables import Column, PaperRef, Row, cell_metric, lookup_paper
+from benchmarks.tables import ANALYSIS_METRICS, Column, PaperRef, Row, cell_metric, higher_is_better, lookup_paper
 
 __all__ = ["CellResult", "collect", "render_markdown", "write_table", "plot_table", "MATCH_TOLERANCE"]
 
@@ -235,20 +235,22 @@ def collect(plan: Plan) -> pd.DataFrame:
 
 
 def _best(frame: pd.DataFrame, plan: Plan) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
-    """(row, column, metric) of the best of ours and the best published number per column (teachers excluded)."""
+    """(row, column, metric) of the best of ours and the best published number per column (teachers excluded); the
+    best is the smallest for a metric where lower is better (distances)."""
     best_ours: set[tuple[str, str, str]] = set()
     best_paper: set[tuple[str, str, str]] = set()
     if not len(frame):
         return best_ours, best_paper
     students = frame[[not plan.table.row(r).is_teacher for r in frame["row"]]]
     for (pair, metric), group in students.groupby(["pair", "metric"]):
+        pick = max if higher_is_better(str(metric)) else min
         ours = group.dropna(subset=["mean"])
         if len(ours) > 1:
-            top = ours["mean"].max()
+            top = pick(ours["mean"])
             best_ours |= {(r, pair, metric) for r in ours[ours["mean"] == top]["row"]}
         paper = group.dropna(subset=["paper"])
         if len(paper) > 1:
-            top = paper["paper"].max()
+            top = pick(paper["paper"])
             best_paper |= {(r, pair, metric) for r in paper[paper["paper"] == top]["row"]}
     return best_ours, best_paper
 
@@ -327,9 +329,14 @@ def render_markdown(plan: Plan, frame: pd.DataFrame) -> str:
         ]
     trials = max((len(ids) for ids in plan.cells.values()), default=0)
     protocol = "best epoch" if table.metric == "best_top1" else "last epoch"
+    accuracies = [m for m in table.metrics if m not in ANALYSIS_METRICS]
+    shown = (
+        [f"{protocol} (`{table.metric}`), " + " and ".join(f"top-{m[3:]} %" for m in accuracies)] if accuracies else []
+    )
+    shown += [f"`{m}`: {ANALYSIS_METRICS[m][0]}" for m in table.metrics if m in ANALYSIS_METRICS]
     out += [
-        f"Dataset `{table.dataset}`, recipe `{table.recipe}`, {protocol} (`{table.metric}`), top-1 %"
-        + (" and top-5 %" if "top5" in table.metrics else "")
+        f"Dataset `{table.dataset}`, recipe `{table.recipe}`, "
+        + "; ".join(shown)
         + f", up to {trials} trial(s) per cell.",
         numerics_line(plan),
         "Each cell: **ours mean ± std (n) / paper / Δ (ours − paper)**; the best of ours and the best published "

@@ -16,10 +16,13 @@ reported, and which published number each cell is compared with::
                                     # --teachers overrides it (released: models.releases' public teachers)
     trials: 5                       # the paper's count (trials_note says where it comes from)
     metric: best_top1               # best_top1 (best evaluation epoch) | last_top1 (last epoch): the paper's protocol
-    metrics: [top1, top5]           # which accuracies the paper prints per pair (default [top1])
+    metrics: [top1, top5]           # which accuracies the paper prints per pair (default [top1]), or analysis
+                                    # metrics its diagnostic rows record (ANALYSIS_METRICS: kl_div, lda_top1 ...)
     pairs: [resnet56->resnet20, resnet32x4->resnet8x4]
     paper_pairs: {resnet50->mobilenetv1: resnet50->mobilenetv2}   # a column printed under other names in the CSV
-    quoted_columns:                 # columns of the paper kdbench does not run (e.g. ViT students): numbers only
+    column_notes:                   # a column's CSV rows by note (two columns of one CSV pair, e.g. ND T6's ViT-B†)
+      resnet152->vit_b@mae: {note: †}   # (a pair label may carry a variant: the same networks, another column)
+    quoted_columns:                 # columns of the paper kdbench does not run: numbers only
       - {label: R152→ViT-S, paper_pair: resnet152->vit_s}
     rows:
       - label: Teacher
@@ -34,6 +37,7 @@ reported, and which published number each cell is compared with::
         recipe: crd_cifar100        # this row's own recipe (e.g. baselines a paper quotes from CRD)
         metric: last_top1           # this row's own protocol (e.g. CRD's last-epoch numbers)
         teacher_seed: 1             # distil from a teacher trained with another seed (KCD T3b)
+        pairs: [resnet56->resnet20] # only these columns have cells of this row (default: every pair)
         paper: [{source: norm.T1, method: kd}]
       - label: DistPro
         method: DistPro
@@ -60,6 +64,12 @@ parts) are written with their settings as *rows*, one variant each, and the sing
 row label carries the printed column header.  Tables whose columns are pairs *and* metrics (ND T2, letKD T2:
 top-1 and top-5 per pair) list ``metrics``; each pair then renders as one column per metric, all from the same
 runs (``best_top5`` is the top-5 at the best top-1 epoch, ``last_top5`` at the last epoch).
+
+**Analysis tables.**  A table whose cells are not accuracies (KCD T10's channel overlaps, T11's KL divergence and
+L2 distance, letKD supp. T4's LDA-probe top-1) lists those metrics under ``metrics``: names of
+:data:`ANALYSIS_METRICS`, which diagnostic rows (``kd_modules.diagnostics``) write into their records under the same
+name.  The record key of such a column is the metric itself (the protocol, best or last epoch, is an accuracy
+notion and does not apply), and the paper's CSV rows carry the same metric name.
 
 **Names.**  Networks are kdbench registry names (``models.create_model``); methods are ``kd_modules`` class
 names; variants are ``init_args`` of their method.  A row may name a method or argument that has not landed
@@ -94,6 +104,7 @@ __all__ = [
     "Table",
     "PaperNumber",
     "METRICS",
+    "ANALYSIS_METRICS",
     "PROTOCOLS",
     "load_table",
     "list_tables",
@@ -101,6 +112,7 @@ __all__ = [
     "paper_name",
     "lookup_paper",
     "cell_metric",
+    "higher_is_better",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +122,13 @@ PAPER_NAMES = TABLES_DIR / "paper_names.yaml"
 
 #: Accuracies a paper prints per pair.
 METRICS = ("top1", "top5")
+#: Record metrics of diagnostic rows that analysis tables print (name -> what it is, and whether higher is better).
+ANALYSIS_METRICS: dict[str, tuple[str, bool]] = {
+    **{f"overlap_top{k}": (f"shared top-{k} channels, % (KCD T10)", True) for k in (10, 20, 50, 100)},
+    "kl_div": ("KL divergence between the teacher's and the student's features (KCD T11)", False),
+    "l2_dist": ("L2 distance between the teacher's and the student's feature maps (KCD T11)", False),
+    "lda_top1": ("top-1 % of an LDA classifier on pooled student features (letKD supp. T4)", True),
+}
 #: Where a table's teachers come from, for tables that offer the choice (``teachers:`` / ``--teachers``).
 TEACHER_CHOICES = ("released", "trained")
 #: Which evaluation epoch a table reports: the best one (NORM, letKD, ND, mdistiller) or the last one (CRD).
@@ -118,29 +137,35 @@ PROTOCOLS = ("best_top1", "last_top1")
 
 @dataclass(frozen=True)
 class Pair:
+    """A teacher->student column; ``variant`` names a second column of the same networks (``resnet152->vit_b@mae``:
+    ND Table 6's ViT-B under MAE's recipe beside ViT-B under the plain one), set apart by ``pair_recipes`` etc."""
+
     teacher: str
     student: str
+    variant: str = ""
 
     @classmethod
     def parse(cls, text: str) -> Pair:
-        parts = [p.strip() for p in str(text).replace("→", "->").split("->")]
-        if len(parts) != 2 or not all(parts):
-            raise KDBenchError(f"pair {text!r} is not of the form 'teacher->student'")
-        return cls(parts[0], parts[1])
+        text, _, variant = str(text).partition("@")
+        parts = [p.strip() for p in text.replace("→", "->").split("->")]
+        if len(parts) != 2 or not all(parts) or (_ and not variant.strip()):
+            raise KDBenchError(f"pair {text!r} is not of the form 'teacher->student' (or 'teacher->student@variant')")
+        return cls(parts[0], parts[1], variant.strip())
 
     @property
     def label(self) -> str:
-        return f"{self.teacher}->{self.student}"
+        return f"{self.teacher}->{self.student}" + (f"@{self.variant}" if self.variant else "")
 
     @property
     def display(self) -> str:
-        return f"{self.teacher}→{self.student}"
+        return f"{self.teacher}→{self.student}" + (f" ({self.variant})" if self.variant else "")
 
 
 def _csv_pair(text: str) -> tuple[str, str]:
-    """A CSV column's (teacher, student); either side may be empty (``->resnet50_1_4``: unnamed teacher)."""
+    """A CSV column's (teacher, student); either side may be empty (``->resnet50_1_4``: unnamed teacher; ``->``:
+    neither named, as KCD T11's analysis rows)."""
     parts = [p.strip() for p in str(text).replace("→", "->").split("->")]
-    if len(parts) != 2 or not any(parts):
+    if len(parts) != 2:
         raise KDBenchError(f"paper pair {text!r} is not of the form 'teacher->student' (CSV names)")
     return parts[0], parts[1]
 
@@ -225,6 +250,10 @@ class Row:
     paper: list[PaperRef] = field(default_factory=list)
     quoted_only: bool = False
     note: str | None = None
+    pairs: list[str] = field(default_factory=list)  # the columns the row has cells in (empty: every pair)
+
+    def has_cell(self, pair: Pair) -> bool:
+        return not self.pairs or pair.label in self.pairs
 
     @property
     def is_teacher(self) -> bool:
@@ -260,6 +289,7 @@ class Table:
     data_roots: list[str] = field(default_factory=list)
     preset: str | None = None  # the run preset when the command names none (fmnist: cpu)
     teachers: str | None = None  # "released" | "trained": the paper's choice where both are possible, else None
+    column_notes: dict[str, dict[str, str]] = field(default_factory=dict)  # pair label -> {note | not_note: text}
 
     def teacher_mode(self, override: str | None = None) -> str:
         """``released`` or ``trained``: ``override`` (``--teachers``) where the table offers the choice, else its own.
@@ -309,9 +339,12 @@ class Table:
         columns = []
         for pair in self.pairs if pairs is None else pairs:
             teacher, student = self.paper_pairs.get(pair.label) or (paper_name(pair.teacher), paper_name(pair.student))
+            notes = self.column_notes.get(pair.label, {})
             for metric in self.metrics:
                 label = pair.display + (f" {metric}" if len(self.metrics) > 1 else "")
-                columns.append(Column(pair.label, label, pair, metric, teacher, student))
+                columns.append(
+                    Column(pair.label, label, pair, metric, teacher, student, notes.get("note"), notes.get("not_note"))
+                )
         for quoted in self.quoted_columns:
             for metric in self.metrics:
                 label = quoted.label + (f" {metric}" if len(self.metrics) > 1 else "")
@@ -322,8 +355,16 @@ class Table:
 
 
 def cell_metric(protocol: str, metric: str) -> str:
-    """The record key of our value for a column: ``best_top1`` + ``top5`` -> ``best_top5``."""
+    """The record key of our value for a column: ``best_top1`` + ``top5`` -> ``best_top5``; an analysis metric is
+    its own key (``kl_div``)."""
+    if metric in ANALYSIS_METRICS:
+        return metric
     return f"{protocol.split('_', 1)[0]}_{metric}"
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of a column's metric is the better one (accuracies, overlaps: yes; distances: no)."""
+    return ANALYSIS_METRICS[metric][1] if metric in ANALYSIS_METRICS else True
 
 
 def list_tables() -> list[str]:
@@ -358,6 +399,7 @@ TABLE_KEYS = {
     "data_roots",
     "preset",
     "teachers",
+    "column_notes",
 }
 ROW_KEYS = {
     "label",
@@ -373,6 +415,7 @@ ROW_KEYS = {
     "paper",
     "quoted_only",
     "note",
+    "pairs",
 }
 REF_KEYS = {"source", "method", "note", "not_note", "label", "absent", "pairs"}
 QUOTED_KEYS = {"label", "paper_pair", "note", "not_note"}
@@ -421,6 +464,7 @@ def _row(raw: Any, where: str) -> Row:
         paper=[_ref(ref, f"{where} paper reference") for ref in _as_list(raw.get("paper"))],
         quoted_only=bool(raw.get("quoted_only", False)),
         note=raw.get("note"),
+        pairs=[Pair.parse(p).label for p in _as_list(raw.get("pairs"))],
     )
 
 
@@ -433,9 +477,10 @@ def _validate(table: Table) -> None:
         raise KDBenchError(f"{where}: teachers {table.teachers!r} is not one of {', '.join(TEACHER_CHOICES)}")
     if table.metric not in PROTOCOLS:
         raise KDBenchError(f"{where}: metric {table.metric!r} is not one of {', '.join(PROTOCOLS)}")
-    bad_metrics = [m for m in table.metrics if m not in METRICS]
+    valid_metrics = (*METRICS, *ANALYSIS_METRICS)
+    bad_metrics = [m for m in table.metrics if m not in valid_metrics]
     if bad_metrics or not table.metrics:
-        raise KDBenchError(f"{where}: metrics {table.metrics!r} must be a non-empty list of {', '.join(METRICS)}")
+        raise KDBenchError(f"{where}: metrics {table.metrics!r} must be a non-empty list of {', '.join(valid_metrics)}")
     if table.trials < 1:
         raise KDBenchError(f"{where}: trials must be at least 1, got {table.trials}")
     labels = [r.label for r in table.rows]
@@ -446,14 +491,18 @@ def _validate(table: Table) -> None:
     if len(set(keys)) != len(keys):
         raise KDBenchError(f"{where}: a pair or quoted column is listed twice")
     pair_labels = {p.label for p in table.pairs}
-    for mapping, what in ((table.pair_recipes, "pair_recipes"), (table.paper_pairs, "paper_pairs")):
+    for mapping, what in (
+        (table.pair_recipes, "pair_recipes"),
+        (table.paper_pairs, "paper_pairs"),
+        (table.column_notes, "column_notes"),
+    ):
         for key in mapping:
             if key not in pair_labels:
                 raise KDBenchError(f"{where}: {what} names pair {key!r}; valid: {', '.join(sorted(pair_labels))}")
     for row in table.rows:
         if row.metric is not None and row.metric not in PROTOCOLS:
             raise KDBenchError(f"{where} row {row.label}: metric {row.metric!r} is not one of {', '.join(PROTOCOLS)}")
-        for key in list(row.pair_init_args) + list(row.pair_overrides):
+        for key in list(row.pair_init_args) + list(row.pair_overrides) + row.pairs:
             if key not in pair_labels:
                 raise KDBenchError(
                     f"{where} row {row.label}: per-pair settings name pair {key!r}; valid: {', '.join(sorted(pair_labels))}"
@@ -509,6 +558,10 @@ def load_table(name: str) -> Table:
             data_roots=[str(r) for r in _as_list(raw.get("data_roots"))],
             preset=raw.get("preset"),
             teachers=raw.get("teachers"),
+            column_notes={
+                Pair.parse(k).label: dict(_check_keys(v, {"note", "not_note"}, f"column_notes.{k}"))
+                for k, v in (raw.get("column_notes") or {}).items()
+            },
             path=path,
         )
     except (KeyError, TypeError) as error:

@@ -9,7 +9,10 @@ Class indices are the sorted wnid folder names (``ImageFolder.find_classes``), s
 
 Pipelines (spec architectures-and-recipes.md §D.3): training ``RandomResizedCrop(224)`` + ``RandomHorizontalFlip``
 in every repository's code; NORM's paper text describes Resize(256) + RandomCrop(224) + flip instead
-(``pipeline='norm_paper'``).  Evaluation ``Resize(256)`` + ``CenterCrop(224)``.  Workers return uint8 tensors (a
+(``pipeline='norm_paper'``).  ``pipeline='deit'`` is the ViT recipes' (DeiT, MAE, ND's DeiT++ through timm's
+``create_transform``): bicubic ``RandomResizedCrop(224)`` + flip + RandAugment ``rand-m9-mstd0.5-inc1`` in the
+workers, random erasing (p 0.25, per-pixel normal noise, one box) on the device after normalisation, and a bicubic
+evaluation resize.  Evaluation ``Resize(256)`` + ``CenterCrop(224)``.  Workers return uint8 tensors (a
 quarter of the bytes of float32 through the pinned-memory copy); normalisation with the ImageNet mean/std runs on
 the device in ``on_after_batch_transfer``.
 
@@ -25,6 +28,7 @@ resizes run there: :mod:`datamodules.gpu_decode`); a DALI or FFCV backend only n
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -147,7 +151,9 @@ class ImageFolderSamples(Dataset):
         transform: Callable[[Any], Any] | None,
         seed: int,
         contrast: ContrastSampler | None = None,
+        erase_seed: bool = False,
     ) -> None:
+        self.erase_seed = erase_seed  # training samples that the device erases: carry the sample's seed
         self.paths = np.array([path for path, _ in samples])  # one numpy array: no per-item refcount copy-on-write
         self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
         self.transform = transform
@@ -164,8 +170,18 @@ class ImageFolderSamples(Dataset):
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):  # the transforms draw from the global generator
                 torch.manual_seed(seed)
-                image = self.transform(image)
+                # timm's crops and RandAugment draw from Python's and numpy's global generators too.
+                state, np_state = random.getstate(), np.random.get_state()
+                random.seed(seed)
+                np.random.seed(seed & 0xFFFFFFFF)
+                try:
+                    image = self.transform(image)
+                finally:
+                    random.setstate(state)
+                    np.random.set_state(np_state)
         item = {"images": pil_to_tensor(image), "labels": self.labels[index], "indices": torch.tensor(index)}
+        if self.erase_seed:
+            item["erase_seed"] = torch.tensor(seed & 0x7FFFFFFF)
         if self.contrast is not None:
             generator = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)
             item["contrast_indices"] = self.contrast(torch.tensor([index]), generator)["contrast_indices"][0]
@@ -178,7 +194,9 @@ class ImageNetBackend(Protocol):
 
     def __init__(self, datamodule: ImageNet) -> None: ...
 
-    def loader(self, split: str, *, train: bool, shuffle: bool, batch_size: int, drop_last: bool) -> Any: ...
+    def loader(
+        self, split: str, *, train: bool, shuffle: bool, batch_size: int, drop_last: bool, seed: int | None = None
+    ) -> Any: ...
 
     def num_samples(self, split: str) -> int: ...
 
@@ -202,6 +220,8 @@ class TorchvisionBackend:
         from torchvision import transforms as T
 
         dm = self.datamodule
+        if dm.pipeline == "deit":
+            return deit_transform(train, dm.crop_size, dm.resize_size, dm.flip)
         if not train:
             return T.Compose([T.Resize(dm.resize_size), T.CenterCrop(dm.crop_size)])
         steps: list[Any] = []
@@ -213,25 +233,72 @@ class TorchvisionBackend:
             steps.append(T.RandomHorizontalFlip())
         return T.Compose(steps)
 
-    def loader(self, split: str, *, train: bool, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
+    def loader(
+        self, split: str, *, train: bool, shuffle: bool, batch_size: int, drop_last: bool, seed: int | None = None
+    ) -> DataLoader:
+        """``seed`` (a one-off pass, e.g. the class means of an augmented view): augmentation seeds from it, epoch 0,
+        instead of the datamodule's seed and the current epoch."""
         dm = self.datamodule
         samples = self.samples(split)
         contrast = None
         if train and dm.contrast_k > 0:
             labels = torch.tensor([label for _, label in samples])
             contrast = ContrastSampler(labels, dm.contrast_k, dm.contrast_mode, replacement=True)
-        dataset = ImageFolderSamples(samples, self.transform(train), dm.seed, contrast)
+        erase = train and dm.random_erasing > 0
+        dataset = ImageFolderSamples(samples, self.transform(train), dm.seed if seed is None else seed, contrast,
+                                     erase_seed=erase)  # fmt: skip
         workers = dm.num_workers
+        epochs = EpochKeys(len(samples), shuffle, dm.seed, dm._current_epoch if seed is None else lambda: 0)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochKeys(len(samples), shuffle, dm.seed, dm._current_epoch),
+            sampler=epochs,
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             drop_last=drop_last,
             persistent_workers=workers > 0 and train,
             prefetch_factor=4 if workers > 0 else None,
         )
+
+
+def deit_transform(train: bool, crop_size: int, resize_size: int, flip: bool) -> Callable[[Any], Any]:
+    """The ViT recipes' PIL transforms (timm ``create_transform``, as ND's ``ImageNet/DeiT/Dataset/ImageNet.py``):
+    bicubic RandomResizedCrop + flip + RandAugment ``rand-m9-mstd0.5-inc1`` for training (random erasing runs on
+    the device: :func:`random_erasing`), bicubic Resize + CenterCrop for evaluation; PIL images out."""
+    from timm.data import create_transform
+    from torchvision import transforms as T
+
+    if not train:
+        return T.Compose([T.Resize(resize_size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(crop_size)])
+    primary, secondary, _ = create_transform(
+        crop_size,
+        is_training=True,
+        auto_augment="rand-m9-mstd0.5-inc1",
+        interpolation="bicubic",
+        hflip=0.5 if flip else 0.0,
+        color_jitter=None,
+        re_prob=0.0,
+        separate=True,
+    )
+    return T.Compose([*primary.transforms, *secondary.transforms])
+
+
+def random_erasing(images: Tensor, seeds: Tensor, probability: float) -> Tensor:
+    """timm's ``RandomErasing(probability, mode="pixel", max_count=1)`` on normalised images, each image's box
+    drawn from its own sample seed (timm draws from Python's ``random``, reseeded here per image)."""
+    from timm.data.random_erasing import RandomErasing
+
+    eraser = RandomErasing(probability, mode="pixel", max_count=1, device=str(images.device))
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
+        try:
+            for image, seed in zip(images, seeds.tolist()):
+                random.seed(seed)
+                torch.manual_seed(seed)
+                eraser(image)  # in place
+        finally:
+            random.setstate(state)
+    return images
 
 
 #: Loader backends by name (``--data.backend``): ``torchvision`` (PIL, the default) and ``gpu_decode`` (JPEGs
@@ -244,8 +311,9 @@ class ImageNet(KDDataModule):
 
     Args:
         root: folder holding ``imagenet/`` (or ``ILSVRC2012/``) with ``train/`` and ``val/`` class folders.
-        pipeline: ``torchvision`` (RandomResizedCrop(224) + flip; the code of every reference repository) or
-            ``norm_paper`` (Resize(256) + RandomCrop(224) + flip, as NORM's paper text describes).
+        pipeline: ``torchvision`` (RandomResizedCrop(224) + flip; the code of every reference repository),
+            ``norm_paper`` (Resize(256) + RandomCrop(224) + flip, as NORM's paper text describes) or ``deit`` (the
+            ViT recipes': bicubic crops, RandAugment m9-mstd0.5, random erasing 0.25; module docs).
         flip: random horizontal flips (default: the pipeline's).
         backend: loader implementation (see ``BACKENDS``).
         num_workers: decoding worker processes (default: the machine's cores, at most 8).
@@ -267,14 +335,15 @@ class ImageNet(KDDataModule):
     resize_size = 256
 
     PIPELINES = {
-        "torchvision": {"train_crop": "random_resized", "flip": True},
-        "norm_paper": {"train_crop": "resize_random", "flip": True},
+        "torchvision": {"train_crop": "random_resized", "flip": True, "random_erasing": 0.0},
+        "norm_paper": {"train_crop": "resize_random", "flip": True, "random_erasing": 0.0},
+        "deit": {"train_crop": "random_resized", "flip": True, "random_erasing": 0.25},
     }
 
     def __init__(
         self,
         root: str = "data",
-        pipeline: Literal["torchvision", "norm_paper"] = "torchvision",
+        pipeline: Literal["torchvision", "norm_paper", "deit"] = "torchvision",
         flip: bool | None = None,
         backend: str = "torchvision",
         num_workers: int | None = None,
@@ -290,6 +359,7 @@ class ImageNet(KDDataModule):
         self.pipeline = pipeline
         self.train_crop: str = settings["train_crop"]
         self.flip: bool = settings["flip"]
+        self.random_erasing: float = settings["random_erasing"]
         if backend not in BACKENDS:
             raise DatasetError(f"unknown ImageNet backend {backend!r}; valid: {', '.join(BACKENDS)}")
         if contrast_mode not in ("exact", "relax"):
@@ -346,6 +416,26 @@ class ImageNet(KDDataModule):
     def test_dataloader(self) -> Any:
         return self.val_dataloader()
 
+    def class_mean_dataloader(self, seed: int) -> Any:
+        """One augmented view of every training image, in split order, augmentation seeds drawn from ``seed``
+        (the teacher class means of ND's "++" methods, as their official scripts compute them)."""
+        return self.backend.loader(
+            "train", train=True, shuffle=False, batch_size=self.eval_batch_size, drop_last=False, seed=seed
+        )
+
+    def split_fingerprint(self, split: str) -> str:
+        """A digest of a split's sample list (relative paths, labels) and file sizes: the offline stages' data key
+        (cheap next to hashing 150 GB of JPEGs; changes when files are added, removed, relabelled or rewritten)."""
+        import hashlib
+
+        cached = getattr(self.backend, "samples", None)
+        samples = cached(split) if cached is not None else imagenet_samples(self.root, split)[0]
+        base = find_imagenet(self.root)
+        sha = hashlib.sha256()
+        for path, label in samples:
+            sha.update(f"{Path(path).relative_to(base).as_posix()}\t{label}\t{os.path.getsize(path)}\n".encode())
+        return sha.hexdigest()[:16]
+
     def train_eval_dataloader(self) -> Any:
         """A deterministic pass over the training split with the evaluation transform (offline stages use it)."""
         return self.backend.loader(
@@ -353,9 +443,12 @@ class ImageNet(KDDataModule):
         )
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
-        """uint8 -> normalised float32 on the device."""
+        """uint8 -> normalised float32 on the device (then random erasing of the training batches that ask for it)."""
         if batch["images"].dtype == torch.uint8:
             batch["images"] = normalize(batch["images"], self.mean, self.std)
+        seeds = batch.pop("erase_seed", None)
+        if seeds is not None:
+            batch["images"] = random_erasing(batch["images"], seeds, self.random_erasing)
         return batch
 
 

@@ -69,22 +69,43 @@ class SettingsGroup:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD and its learning-rate schedule, as the recipes state them.
+    """The optimiser, its learning-rate schedule and the recipe's regularisation, as the recipes state them.
 
     Milestones are 0-based: ``[150, 180, 210]`` with unit ``epoch`` gives epochs 0-149 at ``lr``, 150-179 at
     ``lr*gamma``, ... — RepDistiller's "x0.1 at 150/180/210" with its 1-based epochs.
+
+    The CNN recipes use SGD; the ViT recipes (DeiT, MAE, ND's DeiT++) AdamW with a warm-up then a half-cycle cosine
+    to ``min_lr`` updated every step, weight decay off on 1-D tensors and biases, label smoothing, mixup/CutMix and
+    stochastic depth.  The base module applies them all; a method that computes its own cross-entropy (the CNN
+    methods) refuses label smoothing and mixing, since it would ignore them.
 
     Args:
         lr: initial learning rate.
         momentum: SGD momentum.
         nesterov: Nesterov momentum (letKD, ND) or plain (CRD, mdistiller, NORM).
-        weight_decay: L2 weight decay on every trainable tensor (BN and biases included, as the references).
-        schedule: ``step`` (multiply by ``gamma`` at each milestone), ``cosine`` (anneal to 0) or ``constant``.
+        weight_decay: L2 weight decay on every trainable tensor (BN and biases included, as the references), or
+            AdamW's decoupled decay.
+        schedule: ``step`` (multiply by ``gamma`` at each milestone), ``cosine`` (anneal to 0), ``constant``, or
+            ``warmup_cosine`` (MAE / ND DeiT: linear from ``warmup_start_factor * lr`` over ``warmup``, then a
+            half-cycle cosine from ``lr`` to ``min_lr`` over the rest).
         milestones: where ``step`` decays, in ``unit``.
         gamma: decay factor of ``step``.
         unit: ``epoch`` (CRD/NORM/ND/letKD) or ``step`` (KCD's 32k/48k/64k-iteration schedule).
         warmup: linear warm-up length in ``unit`` (0: none).
         warmup_start_factor: learning-rate multiplier at the start of the warm-up.
+        optimizer: ``sgd`` or ``adamw`` (``betas``; ``momentum`` and ``nesterov`` are SGD's).
+        betas: AdamW's (beta1, beta2) (DeiT 0.9 / 0.999, MAE and ND's DeiT++ 0.9 / 0.95).
+        decay_norm_and_bias: weight decay on 1-D tensors (norms) and biases too (the CNN references) or not (timm's
+            and ND's ``param_groups_weight_decay``).
+        min_lr: the learning rate ``warmup_cosine`` ends at.
+        per_step: with ``unit=epoch``, update the learning rate every optimiser step at the fractional epoch
+            (MAE / ND DeiT: ``step / steps_per_epoch + epoch``) instead of once per epoch.
+        label_smoothing: smoothing of the classification targets (DeiT 0.1).
+        mixup_alpha: mixup's Beta(alpha, alpha) (0: off; DeiT 0.8), applied to the whole batch with its reverse.
+        cutmix_alpha: CutMix's Beta(alpha, alpha) (0: off; DeiT 1.0); with both on, one of the two per batch.
+        mix_switch_prob: the chance that a batch uses CutMix when both are on (timm 0.5).
+        drop_path: the student's stochastic-depth rate (ViTs; DeiT-B / MAE-B 0.1).
+        dropout: the student's dropout after dense layers and position embeddings (ViTs; the ViT paper's 0.1).
         loss_schedule_epochs: when positive, the loss-weight warm-ups (DKD, ReviewKD, the ND "++" methods, NORM)
             read the epoch as if the run lasted this many epochs, ``floor(step / total steps * loss_schedule_epochs)``,
             so a short run goes through the whole warm-up in the same fraction of its steps as the papers' runs.
@@ -97,22 +118,49 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
-    schedule: Literal["step", "cosine", "constant"] = "step"
+    schedule: Literal["step", "cosine", "constant", "warmup_cosine"] = "step"
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     gamma: float = 0.1
     unit: Literal["epoch", "step"] = "epoch"
     warmup: int = 0
     warmup_start_factor: float = 0.1
     loss_schedule_epochs: int = 0
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    decay_norm_and_bias: bool = True
+    min_lr: float = 0.0
+    per_step: bool = False
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_switch_prob: float = 0.5
+    drop_path: float = 0.0
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss_schedule_epochs < 0:
             raise MethodConfigError(
                 f"optim.loss_schedule_epochs must be 0 (the run's own epochs) or positive, got {self.loss_schedule_epochs}"
             )
+        if len(self.betas) != 2:
+            raise MethodConfigError(f"optim.betas must be two numbers (beta1, beta2), got {self.betas}")
+        for name in ("label_smoothing", "mixup_alpha", "cutmix_alpha", "drop_path", "dropout"):
+            if getattr(self, name) < 0:
+                raise MethodConfigError(f"optim.{name} must be at least 0, got {getattr(self, name)}")
 
-    def factor(self, t: int, horizon: int) -> float:
-        """Learning-rate multiplier at time ``t`` (0-based, in ``unit``) for a run of ``horizon`` units."""
+    @property
+    def mixes(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    def factor(self, t: float, horizon: int) -> float:
+        """Learning-rate multiplier at time ``t`` (0-based, in ``unit``; fractional with ``per_step``) for a run of
+        ``horizon`` units."""
+        if self.schedule == "warmup_cosine":
+            if t < self.warmup:
+                return self.warmup_start_factor + (1.0 - self.warmup_start_factor) * t / self.warmup
+            floor = self.min_lr / self.lr if self.lr else 0.0
+            progress = min(t - self.warmup, horizon - self.warmup) / max(horizon - self.warmup, 1)
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
         if self.schedule == "step":
             value = self.gamma ** sum(t >= m for m in self.milestones)
         elif self.schedule == "cosine":
@@ -153,6 +201,9 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
 
     #: Whether the method needs a teacher.  Subclasses that distil set this to True.
     requires_teacher: bool = False
+    #: Whether the method's classification term is :meth:`classification_loss` (so the recipe's label smoothing and
+    #: mixup/CutMix reach it).  Methods that call ``F.cross_entropy`` themselves leave it False and refuse them.
+    reads_mixed_targets: bool = False
 
     def __init__(
         self,
@@ -187,6 +238,16 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
             raise ValueError(
                 f"{type(self).__name__} needs a teacher: pass --model.teacher.arch and --model.teacher.checkpoint"
             )
+        if (optim.mixes or optim.label_smoothing) and not self.reads_mixed_targets:
+            raise MethodConfigError(
+                f"{type(self).__name__} computes its own cross-entropy, so it would ignore the recipe's label smoothing "
+                f"and mixup/CutMix (optim.label_smoothing {optim.label_smoothing}, mixup_alpha {optim.mixup_alpha}, "
+                f"cutmix_alpha {optim.cutmix_alpha}); use a method that reads them (Vanilla, DeiTPlusPlus)"
+            )
+        if optim.drop_path:
+            self.student.set_drop_path(optim.drop_path)
+        if optim.dropout:
+            self.student.set_dropout(optim.dropout)
 
         self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -314,8 +375,49 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
     def forward(self, images: Tensor) -> Tensor:
         return self.predict_logits(images)
 
+    def classification_loss(self, logits: Tensor, batch: Batch) -> Tensor:
+        """Cross-entropy against the batch's soft targets when the recipe mixes (``targets``, smoothed), else against
+        its labels with the recipe's label smoothing."""
+        if "targets" in batch:
+            return torch.sum(-batch["targets"] * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, batch["labels"], label_smoothing=self.optim.label_smoothing)
+
+    def mix_batch(self, batch: Batch) -> Batch:
+        """mixup / CutMix of the whole batch with its reverse (timm's ``mode="batch"``), as the ViT recipes do.
+
+        Adds ``targets`` (the smoothed, mixed one-hot targets, timm's ``mixup_target``) and ``mix_lambda`` (the
+        share of each image's own content; CutMix's is corrected by the clipped box, timm's ``correct_lam``).  The
+        draws come from a generator seeded by the run's seed (``torch.initial_seed()``, Lightning's
+        ``seed_everything``) and the step, so a resumed run mixes as the first did.
+        """
+        import numpy as np
+        from timm.data.mixup import mixup_target
+
+        optim = self.optim
+        rng = np.random.default_rng([torch.initial_seed() % 2**32, int(self.global_step)])
+        use_cutmix = optim.cutmix_alpha > 0 and (optim.mixup_alpha <= 0 or rng.random() < optim.mix_switch_prob)
+        alpha = optim.cutmix_alpha if use_cutmix else optim.mixup_alpha
+        lam = float(rng.beta(alpha, alpha))
+        images = batch["images"]
+        if use_cutmix:  # timm's rand_bbox: a box of area (1 - lam) at a uniform centre, clipped; lam corrected
+            height, width = images.shape[-2:]
+            cut_h, cut_w = int(height * math.sqrt(1.0 - lam)), int(width * math.sqrt(1.0 - lam))
+            cy, cx = int(rng.integers(height)), int(rng.integers(width))
+            top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+            left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+            lam = 1.0 - (bottom - top) * (right - left) / float(height * width)
+            images = images.clone()
+            images[:, :, top:bottom, left:right] = batch["images"].flip(0)[:, :, top:bottom, left:right]
+        else:
+            images = images * lam + images.flip(0) * (1.0 - lam)
+        targets = mixup_target(batch["labels"], self.student.num_classes, lam, optim.label_smoothing)
+        lam_tensor = torch.tensor(lam, device=images.device)
+        return {**batch, "images": images, "targets": targets, "mix_lambda": lam_tensor}
+
     # ---------------------------------------------------------------------------------------------- training
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        if self.optim.mixes:
+            batch = self.mix_batch(batch)
         batch["images"] = self._input_layout(batch["images"])
         if uses_cuda_graphs(self.numerics.compile) and batch["images"].is_cuda:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier graph outputs may be reused
@@ -390,22 +492,36 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
         return [m for name, m in self.named_children() if name != "teacher"]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            params,
-            lr=self.optim.lr,
-            momentum=self.optim.momentum,
-            nesterov=self.optim.nesterov,
-            weight_decay=self.optim.weight_decay,
-        )
-        if self.optim.unit == "epoch":
+        optim = self.optim
+        named = [(n, p) for m in self.trainable_modules() for n, p in m.named_parameters() if p.requires_grad]
+        if optim.decay_norm_and_bias:
+            params: Any = [p for _, p in named]
+        else:  # timm / ND ``param_groups_weight_decay``: no decay on 1-D tensors and biases
+            plain = [p for n, p in named if p.ndim <= 1 or n.endswith(".bias")]
+            decayed = [p for n, p in named if not (p.ndim <= 1 or n.endswith(".bias"))]
+            params = [{"params": plain, "weight_decay": 0.0}, {"params": decayed}]
+        if optim.optimizer == "adamw":
+            optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                params, lr=optim.lr, betas=(optim.betas[0], optim.betas[1]), weight_decay=optim.weight_decay
+            )
+        else:
+            optimizer = torch.optim.SGD(
+                params, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay
+            )
+        interval = optim.unit
+        if optim.unit == "epoch":
             horizon = int(self.trainer.max_epochs or 1)
+            if optim.per_step:
+                per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // horizon)
+                interval = "step"
+                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: optim.factor(t / per_epoch, horizon))
+                return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
         else:
             horizon = int(self.trainer.estimated_stepping_batches)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: self.optim.factor(t, horizon))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: optim.factor(t, horizon))
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.optim.unit, "frequency": 1},
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "frequency": 1},
         }
 
     # ---------------------------------------------------------------------------------- run bookkeeping

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from datamodules.errors import DatasetError
 from kd_modules.errors import MethodConfigError
-from kd_modules.offline import data_fingerprint, load_or_compute, progress, teacher_digest
+from kd_modules.offline import data_fingerprint, load_or_compute, progress, teacher_digest, training_data_fingerprint
 from models import FeatureOutput, KDNet
 
 __all__ = [
@@ -167,11 +167,13 @@ def teacher_class_means(
     """
     if transform not in TRANSFORMS:
         raise MethodConfigError(f"unknown class-mean transform {transform!r}; valid: {', '.join(TRANSFORMS)}")
-    images, labels = _training_split(datamodule)
+    # In memory (CIFAR, Tiny-ImageNet, Fashion-MNIST), or streamed from files (ImageNet: its own augmented pass).
+    streamed = not hasattr(datamodule, "split") and hasattr(datamodule, "class_mean_dataloader")
+    images, labels = (None, None) if streamed else _training_split(datamodule)
     inputs: dict[str, Any] = {
         "teacher": teacher_digest(teacher_checkpoint),
         "teacher_arch": teacher_arch or type(teacher).__name__,
-        "data": data_fingerprint(images, labels),
+        "data": training_data_fingerprint(datamodule) if streamed else data_fingerprint(images, labels),
         "dataset": getattr(datamodule, "dataset_name", type(datamodule).__name__),
         "num_classes": num_classes,
         "normalisation": [list(getattr(datamodule, "mean", ())), list(getattr(datamodule, "std", ()))],
@@ -179,11 +181,13 @@ def teacher_class_means(
         "taps": "pooled embedding, stem and post-activation stage outputs",
     }
     if transform == "train":
-        inputs["augmentation"] = repr(datamodule.train_augmentation())
+        inputs["augmentation"] = str(datamodule.pipeline) if streamed else repr(datamodule.train_augmentation())
         inputs["seed"] = seed
 
     def compute() -> dict[str, Tensor]:
-        if transform == "train":
+        if transform == "train" and streamed:
+            batches = datamodule.class_mean_dataloader(seed)
+        elif transform == "train":
             batches = _train_transform_batches(datamodule, images, labels, seed)
         else:
             batches = datamodule.train_eval_dataloader()

@@ -65,7 +65,13 @@ from kd_modules.losses.kcd import (
     transform_channels,
 )
 from kd_modules.losses.rkd import rkd_angle_loss, rkd_distance_loss
-from kd_modules.offline import data_fingerprint, load_or_compute, normalised_train_batches, progress, teacher_digest
+from kd_modules.offline import (
+    load_or_compute,
+    normalised_train_batches,
+    progress,
+    teacher_digest,
+    training_data_fingerprint,
+)
 from kd_modules.rco import TeacherRoute, check_layer, distilled_map, distilled_shape, route_prerequisite
 from models import KDNet, create_model
 from models.checkpoints import load_network
@@ -395,10 +401,10 @@ class KCD(DistillationModule):
 
     def prepare_transform(self, datamodule: Any, device: torch.device | str | None = None) -> None:
         """Compute (or load from the cache) M and the transformation; Trainer.fit calls it from ``setup``."""
-        if not hasattr(datamodule, "train_eval_dataloader") or not hasattr(datamodule, "split"):
+        if not hasattr(datamodule, "train_eval_dataloader"):
             raise MethodConfigError(
-                f"KCD computes its transformation over an in-memory datamodule's un-augmented training pass "
-                f"(train_eval_dataloader and split); {type(datamodule).__name__} has neither"
+                f"KCD computes its transformation over a datamodule's un-augmented training pass "
+                f"(train_eval_dataloader); {type(datamodule).__name__} has none"
             )
         t = self.t
         device = torch.device(device) if device is not None else self.mappings.device
@@ -407,11 +413,10 @@ class KCD(DistillationModule):
         teachers: list[tuple[str, dict[str, Tensor] | None]] = [(teacher_id, None)]
         if self.route is not None:
             teachers = [(teacher_digest(path), state) for path, state in zip(self.route.checkpoints, self.route.states)]
-        images, labels = datamodule.split("train")
         groups = statistic_groups([t.consistency], t.kl_distribution)
         common = {
             "student": student_id,
-            "data": data_fingerprint(images, labels),
+            "data": training_data_fingerprint(datamodule),
             "dataset": type(datamodule).__name__,
             "normalisation": {"mean": list(datamodule.mean), "std": list(datamodule.std)},
             "max_images": self.consistency_max_images,

@@ -36,7 +36,7 @@ from kd_modules.letkd_offline import (
     collect_location_vectors,
 )
 from kd_modules.losses.letkd import codebook_assignment, location_kl, subclass_assignment
-from kd_modules.offline import data_fingerprint, load_or_compute, normalised_train_batches, teacher_digest
+from kd_modules.offline import load_or_compute, normalised_train_batches, teacher_digest, training_data_fingerprint
 from models import KDNet
 
 __all__ = [
@@ -333,18 +333,17 @@ class _WordDistillation(DistillationModule):
         ``on_after_batch_transfer`` normalises each batch), at most once however many stages are missing.
         """
         assert self.teacher is not None
-        if not hasattr(datamodule, "train_eval_dataloader") or not hasattr(datamodule, "split"):
+        if not hasattr(datamodule, "train_eval_dataloader"):
             raise LetKDSetupError(
-                f"{type(self).__name__} builds its targets from an in-memory datamodule's un-augmented training pass "
-                f"(train_eval_dataloader and split); {type(datamodule).__name__} has neither"
+                f"{type(self).__name__} builds its targets from a datamodule's un-augmented training pass "
+                f"(train_eval_dataloader); {type(datamodule).__name__} has none"
             )
         device = torch.device(device) if device is not None else next(self.teacher.parameters()).device
         self.teacher.to(device).eval()
-        images, labels = datamodule.split("train")
         common = {
             "teacher": teacher_digest(self.teacher_config.checkpoint),
             "teacher_arch": self.teacher_config.arch,
-            "data": data_fingerprint(images, labels),
+            "data": training_data_fingerprint(datamodule),
             "dataset": type(datamodule).__name__,
             "normalisation": {"mean": list(datamodule.mean), "std": list(datamodule.std)},
             "max_images": self.targets.offline_max_images,

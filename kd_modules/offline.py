@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from kd_modules.errors import MethodConfigError
 from models.checkpoints import file_digest
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "load_or_compute",
     "teacher_digest",
     "data_fingerprint",
+    "training_data_fingerprint",
     "progress",
     "normalised_train_batches",
 ]
@@ -75,6 +77,19 @@ def data_fingerprint(images: Tensor, labels: Tensor) -> str:
     step = max(1, images.shape[0] // 256)
     sha.update(images[::step].detach().cpu().contiguous().numpy().tobytes())
     return sha.hexdigest()[:16]
+
+
+def training_data_fingerprint(datamodule: Any) -> str:
+    """:func:`data_fingerprint` of a datamodule's training split: in memory (``split``), or as a streaming
+    datamodule (ImageNet) fingerprints its files (``split_fingerprint``)."""
+    if hasattr(datamodule, "split"):
+        return data_fingerprint(*datamodule.split("train"))
+    if hasattr(datamodule, "split_fingerprint"):
+        return str(datamodule.split_fingerprint("train"))
+    raise MethodConfigError(
+        f"{type(datamodule).__name__} can fingerprint neither an in-memory training split (split) nor its files "
+        f"(split_fingerprint): the offline stages cannot key their cache"
+    )
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
@@ -19,6 +18,8 @@ class Vanilla(DistillationModule):
         student_init: start from these weights (e.g. another run's ``initial.pth``) instead of a random draw.
     """
 
+    reads_mixed_targets = True  # its cross-entropy is the base's classification_loss (label smoothing, mixup)
+
     def __init__(
         self,
         student: str,
@@ -32,4 +33,4 @@ class Vanilla(DistillationModule):
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self.student(batch["images"])
-        return logits, {"ce": F.cross_entropy(logits, batch["labels"])}
+        return logits, {"ce": self.classification_loss(logits, batch)}

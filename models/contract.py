@@ -171,6 +171,16 @@ class KDNet(nn.Module, metaclass=ABCMeta):
         points.append("neck")
         return points
 
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth at ``rate`` (the ViT recipes' drop path); networks without it accept only 0."""
+        if rate > 0:
+            raise FeatureUnavailable(f"{type(self).__name__} has no stochastic depth (drop path {rate} asked)")
+
+    def set_dropout(self, rate: float) -> None:
+        """The transformer recipes' dropout after dense layers (ViTs); networks without it accept only 0."""
+        if rate > 0:
+            raise FeatureUnavailable(f"{type(self).__name__} has no recipe dropout (dropout {rate} asked)")
+
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The BatchNorm whose output the final ReLU of each stage consumes (OFD's margins come from it)."""
         raise FeatureUnavailable(f"{type(self).__name__} has no BatchNorm directly before each stage's final ReLU")

@@ -19,6 +19,12 @@ Every release is a file under the data root (``--data-root``, ``data/`` by defau
   the first hex digits of their SHA-256 in the name, and the check is torch.hub's (``check_hash``): the file's
   digest must start with them.
 
+* **ImageNet, timm networks** (ND's README rows): DeiT's released RegNetY-16GF teacher ``regnety_160-a5fe301d.pth``
+  (``{'model': state_dict}`` from ``dl.fbaipublicfiles.com/deit``, the file ND's DeiT++ script loads; SHA-256 prefix in
+  its name) and timm's AugReg ViT-S/16 and ViT-B/16 (ImageNet-21k -> 1k; what ND's ``ImageNet/ViT`` script loads with
+  timm 0.6.12's ``pretrained=True``), from timm's Hugging Face repositories as ``pytorch_model.bin`` (no published
+  checksum: recorded at the first download).
+
 :func:`check_release` verifies a present file — digest (published prefix or recorded) and architecture (the
 state dict, after key mapping, must match the network key for key and shape for shape) — and is what the planner
 and the launcher call; :func:`fetch_release` brings a missing or rejected file into place.
@@ -66,6 +72,17 @@ _TORCHVISION_WEIGHTS = {
     "resnet152": ("ResNet152_Weights.IMAGENET1K_V1", "resnet152-b121ed2d.pth"),
     "mobilenetv2": ("MobileNet_V2_Weights.IMAGENET1K_V1", "mobilenet_v2-b0353104.pth"),
 }
+#: kdbench network -> (file under teachers/imagenet/, URL, SHA-256 prefix or None) of the timm networks' teachers.
+_HUGGINGFACE = "https://huggingface.co/timm/{tag}/resolve/main/pytorch_model.bin"
+_TIMM_WEIGHTS = {
+    "regnety_16gf": ("regnety_160-a5fe301d.pth", "https://dl.fbaipublicfiles.com/deit/regnety_160-a5fe301d.pth", "a5fe301d"),
+    "vit_s": ("vit_small_patch16_224.augreg_in21k_ft_in1k.bin",
+              _HUGGINGFACE.format(tag="vit_small_patch16_224.augreg_in21k_ft_in1k"), None),
+    "vit_b": ("vit_base_patch16_224.augreg_in21k_ft_in1k.bin",
+              _HUGGINGFACE.format(tag="vit_base_patch16_224.augreg_in21k_ft_in1k"), None),
+}  # fmt: skip
+#: Published top-1 of those weights (DeiT's Table 5 for its RegNetY-16GF teacher).
+_TIMM_ACCURACY = {"regnety_16gf": 82.9}
 CHECKSUMS = "teachers/checksums.json"
 
 
@@ -132,6 +149,16 @@ def _build_releases() -> dict[str, Release]:
             urls=(_TORCHVISION.format(file=file),),
             sha256_prefix=hash_prefix_of(file),
             weights_enum=enum_name,
+        )
+    for arch, (file, url, prefix) in _TIMM_WEIGHTS.items():
+        releases[f"imagenet/{arch}"] = Release(
+            name=f"imagenet/{arch}",
+            arch=arch,
+            num_classes=1000,
+            path=f"teachers/imagenet/{file}",
+            urls=(url,),
+            sha256_prefix=prefix,
+            accuracy=_TIMM_ACCURACY.get(arch),
         )
     return releases
 
@@ -298,7 +325,9 @@ def _fetch_from_archive(release: Release, root: Path, timeout: float) -> None:
             archive.unlink()
             raise ChecksumError(f"{archive}: SHA-256 differs from the one recorded at its first download; deleted")
     if not archive.is_file():
-        record_digest(root, key, download(release.archive_url, archive, timeout=timeout, manual=release.manual_step(root)))
+        record_digest(
+            root, key, download(release.archive_url, archive, timeout=timeout, manual=release.manual_step(root))
+        )
     target = root / release.path
     with tempfile.TemporaryDirectory(dir=archive.parent) as scratch:
         staged = Path(scratch) / "member.pth"

@@ -206,7 +206,7 @@ def http_server():  # type: ignore[no-untyped-def]
 
 
 def _parse_error(capsys: pytest.CaptureFixture[str], method: str, *args: str) -> str:
-    """The CLI's message for bad method arguments (jsonargparse checks every ``Literal`` choice): exit status 2,
+    """The CLI's one-line message for bad method arguments (jsonargparse checks every ``Literal`` choice): exit 2,
     nothing built; the message with its whitespace collapsed."""
     from benchmarks.cli import main
 

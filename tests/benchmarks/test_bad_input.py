@@ -171,7 +171,17 @@ def test_runner_unwritable_store(tmp_path, capsys) -> None:  # type: ignore[no-u
 def test_runner_missing_dataset_refuses_the_launch(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     empty = tmp_path / "data"
     empty.mkdir()
-    args = ["table1", "--methods", "KD", "--pairs", "resnet56->resnet20", "--store", str(tmp_path / "store"), "--teachers", "trained"]
+    args = [
+        "table1",
+        "--methods",
+        "KD",
+        "--pairs",
+        "resnet56->resnet20",
+        "--store",
+        str(tmp_path / "store"),
+        "--teachers",
+        "trained",
+    ]
     line = _one_line_error(capsys, lambda: _exit(run_main([*args, "--data-root", str(empty)])), tmp_path)
     assert f"cifar100 not found (looked in {empty})" in line
     assert "runnable cell(s) of table1 need it; pass --data-root DIR; it can be downloaded from https://" in line

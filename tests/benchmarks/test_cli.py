@@ -121,7 +121,9 @@ def test_reused_parser_keeps_no_state_between_runs(cifar_root: Path, tmp_path: P
     assert first.model.optim.lr == 0.3 and second.model.optim.lr != 0.3
 
 
-def test_the_record_says_what_the_run_was_made_from(cifar_root: Path, tmp_path: Path, fit_args, trained_teacher: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_record_says_what_the_run_was_made_from(
+    cifar_root: Path, tmp_path: Path, fit_args, trained_teacher: Path
+) -> None:  # type: ignore[no-untyped-def]
     """Provenance: the teacher file's SHA-256, the data folder actually read with a fingerprint of its files, and
     the code tree (commit, dirty or not, a digest of the changes)."""
     import hashlib

@@ -195,11 +195,19 @@ def test_a_preempted_submitit_job_is_requeued_and_ends_with_the_uninterrupted_re
         run_dir.mkdir(parents=True)
         config = {
             "seed_everything": 0,
-            "trainer": {"max_epochs": 5, "limit_train_batches": 8, "limit_val_batches": 1, "accelerator": "cpu",
-                        "enable_progress_bar": False, "enable_model_summary": False},
+            "trainer": {
+                "max_epochs": 5,
+                "limit_train_batches": 8,
+                "limit_val_batches": 1,
+                "accelerator": "cpu",
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+            },
             "model": {"class_path": "kd_modules.Vanilla", "init_args": {"student": "resnet8"}},
-            "data": {"class_path": "datamodules.CIFAR100",
-                     "init_args": {"root": str(cifar_root), "batch_size": 16, "eval_batch_size": 100}},
+            "data": {
+                "class_path": "datamodules.CIFAR100",
+                "init_args": {"root": str(cifar_root), "batch_size": 16, "eval_batch_size": 100},
+            },
             "run": {"dir": str(run_dir), "run_id": name, "wandb": "disabled", "checkpoint_every_n_steps": 4},
         }
         (run_dir / "config.yaml").write_text(dump_config(config))

@@ -376,9 +376,23 @@ def test_an_argument_added_later_counts_only_away_from_its_old_behaviour(monkeyp
     from benchmarks import plan as plan_module
 
     before = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1}}}}
-    added = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1, "optimizer": "sgd"}}}}
-    other = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1, "optimizer": "adamw"}}}}
+    added = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1, "sampler": "plain"}}}}
+    other = {"model": {"class_path": "kd_modules.KD", "init_args": {"optim": {"lr": 0.1, "sampler": "fancy"}}}}
     assert run_identity(before) != run_identity(added)  # not declared: the new key counts
-    monkeypatch.setitem(plan_module.ADDED_ARGUMENTS, ("model", "init_args", "optim", "optimizer"), "sgd")
+    monkeypatch.setitem(plan_module.ADDED_ARGUMENTS, ("model", "init_args", "optim", "sampler"), "plain")
     assert run_identity(before) == run_identity(added)
     assert run_identity(other) not in (run_identity(before), run_identity(added))
+
+
+def test_a_row_setting_inside_a_group_keeps_the_groups_other_settings(tmp_path: Path) -> None:
+    """letKD T1's RN50->MNV2 row sets ``layers: {alpha_penult: 0.1, alpha_inter: 0.2}``; the rest of letkd2.yaml's
+    ``layers`` group stays (here: a config whose group holds a non-default value the row does not name)."""
+    config = tmp_path / "letkd2.yaml"
+    config.write_text(
+        "model:\n  class_path: kd_modules.LetKD2\n  init_args:\n    layers: {predictor_scale: 5.0, alpha_inter: 1.0}\n"
+    )
+    row = Row("letKD-2", "LetKD2", config=str(config), init_args={"layers": {"alpha_inter": 0.2}})
+    plan = build_plan(_table(row), load_preset("smoke"), RunStore(tmp_path / "s"), data_root="data")
+    (student,) = [s for s in plan.ordered() if s.kind == "student" and s.label.startswith("letKD-2")]
+    layers = student.config["model"]["init_args"]["layers"]
+    assert (layers["predictor_scale"], layers["alpha_inter"]) == (5.0, 0.2)

@@ -164,7 +164,7 @@ def test_killed_table_run_completes_without_redoing_finished_runs(tmp_path: Path
     assert all(finished_after[k] == v for k, v in finished_before.items()), "a finished run was redone"
     assert result.stdout.count(": already finished (") == len(finished_before)
     # rendered into the store's own tables/ folder, under the filtered name (the full table is not touched)
-    table = (tmp_path / "store" / "tables" / "table1.smoke.only-Vanilla-KD-resnet56_resnet20-resnet110_resnet32.md")
+    table = tmp_path / "store" / "tables" / "table1.smoke.only-Vanilla-KD-resnet56_resnet20-resnet110_resnet32.md"
     text = table.read_text()
     assert "SMOKE RUN" in text and "| KD (paper: NORM T1) |" in text and "resnet56→resnet20" in text
 
@@ -235,16 +235,27 @@ def test_exit_status_and_summary_by_cause(tmp_path: Path) -> None:
     from benchmarks.run import exit_status, plan_tables
     from benchmarks.store import write_record
 
-    args = _namespace(tmp_path, dry_run=True, store=str(tmp_path / "s"), methods=["Vanilla", "KD"],
-                      pairs=["resnet56->resnet20"])
+    args = _namespace(
+        tmp_path, dry_run=True, store=str(tmp_path / "s"), methods=["Vanilla", "KD"], pairs=["resnet56->resnet20"]
+    )
     plans = plan_tables(["table1"], args, quiet=True)
     (plan,) = plans
     assert exit_status(plans) == (3, "not every cell finished: 2 not run (of 2 cells)")
     ids = {row: ids[0] for (row, _), ids in plan.cells.items()}
 
     def finish(run_id: str) -> None:
-        write_record(plan.store.run_dir(run_id), run_id=run_id, info={}, config="", tracked={"best_top1": 1.0},
-                     epochs=1, steps=1, fit_seconds=0.1, fast_dev_run=False, limited=True)
+        write_record(
+            plan.store.run_dir(run_id),
+            run_id=run_id,
+            info={},
+            config="",
+            tracked={"best_top1": 1.0},
+            epochs=1,
+            steps=1,
+            fit_seconds=0.1,
+            fast_dev_run=False,
+            limited=True,
+        )
 
     finish(ids["Vanilla"])
     (plan.store.run_dir(ids["KD"])).mkdir(parents=True)
@@ -258,7 +269,10 @@ def test_exit_status_and_summary_by_cause(tmp_path: Path) -> None:
     assert status == 3 and " blocked" in line
     # FSP is undefined for wrn_40_2->wrn_40_1 (the papers print n/a): such a cell is not a requested cell
     na = _namespace(tmp_path, dry_run=True, store=str(tmp_path / "s"), methods=["FSP"], pairs=["wrn_40_2->wrn_40_1"])
-    assert exit_status(plan_tables(["table1"], na, quiet=True)) == (0, "all 0 cell(s) finished (and 1 n/a by definition)")
+    assert exit_status(plan_tables(["table1"], na, quiet=True)) == (
+        0,
+        "all 0 cell(s) finished (and 1 n/a by definition)",
+    )
 
 
 def test_render_only_reports_an_unreadable_record_and_never_counts_it(
@@ -270,11 +284,31 @@ def test_render_only_reports_an_unreadable_record_and_never_counts_it(
     store = tmp_path / "store"
     args = ["table1", "--preset", "smoke", "--methods", "Vanilla", "--pairs", "resnet56->resnet20"]
     args += ["--store", str(store), "--data-root", str(cifar_root)]
-    (plan,) = plan_tables(["table1"], _namespace(tmp_path, dry_run=True, store=str(store), data_root=str(cifar_root),
-                                                 methods=["Vanilla"], pairs=["resnet56->resnet20"]), quiet=True)
+    (plan,) = plan_tables(
+        ["table1"],
+        _namespace(
+            tmp_path,
+            dry_run=True,
+            store=str(store),
+            data_root=str(cifar_root),
+            methods=["Vanilla"],
+            pairs=["resnet56->resnet20"],
+        ),
+        quiet=True,
+    )
     (run_id,) = plan.cells[("Vanilla", "resnet56->resnet20")]
-    record = write_record(plan.store.run_dir(run_id), run_id=run_id, info={}, config="", tracked={"best_top1": 1.0},
-                          epochs=1, steps=1, fit_seconds=0.1, fast_dev_run=False, limited=True)
+    record = write_record(
+        plan.store.run_dir(run_id),
+        run_id=run_id,
+        info={},
+        config="",
+        tracked={"best_top1": 1.0},
+        epochs=1,
+        steps=1,
+        fit_seconds=0.1,
+        fast_dev_run=False,
+        limited=True,
+    )
     assert run_main([*args, "--render-only"]) == 0
     record.write_text(record.read_text()[:40])  # truncated by hand
     capsys.readouterr()
@@ -304,7 +338,11 @@ def test_a_damaged_generated_fixture_is_generated_again(tmp_path: Path, capsys: 
 def test_a_run_whose_record_is_unreadable_is_trained_again(tmp_path: Path, cifar_root: Path) -> None:
     store = RunStore(tmp_path)
     plan = build_plan(
-        load_table("table1"), load_preset("smoke"), store, data_root=str(cifar_root), pairs=["resnet56->resnet20"],
+        load_table("table1"),
+        load_preset("smoke"),
+        store,
+        data_root=str(cifar_root),
+        pairs=["resnet56->resnet20"],
         methods=["Vanilla"],
     )
     (spec,) = plan.ordered()
@@ -331,15 +369,34 @@ def test_sigterm_stops_parallel_lanes_with_checkpoints_and_the_same_command_resu
         "  data: {init_args: {batch_size: 8, eval_batch_size: 100}}\n  run: {checkpoint_every_n_steps: 2}\n"
     )
     store = tmp_path / "store"
-    args = [sys.executable, "-m", "benchmarks.run", "fmnist", "--preset", str(preset), "--methods", "Vanilla",
-            "--jobs", "2", "--store", str(store), "--data-root", str(tmp_path / "data")]
+    args = [
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "fmnist",
+        "--preset",
+        str(preset),
+        "--methods",
+        "Vanilla",
+        "--jobs",
+        "2",
+        "--store",
+        str(store),
+        "--data-root",
+        str(tmp_path / "data"),
+    ]
     env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(REPO_ROOT))
-    process = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + 300
     lanes: set[int] = set()
     while time.time() < deadline and len(lanes) < 2:
-        lanes = {json.loads(p.read_text() or "{}").get("pid") for p in store.glob("runs/*/claims/000001.json")
-                 if (p.parent.parent / "checkpoints" / "last.ckpt").is_file()} - {None}
+        lanes = {
+            json.loads(p.read_text() or "{}").get("pid")
+            for p in store.glob("runs/*/claims/000001.json")
+            if (p.parent.parent / "checkpoints" / "last.ckpt").is_file()
+        } - {None}
         time.sleep(0.05)
     assert len(lanes) == 2, "two runs never trained side by side"
     process.send_signal(signal.SIGTERM)

@@ -103,9 +103,9 @@ def test_class_partition_and_bad_settings(teacher_checkpoint) -> None:  # type: 
     [
         (
             "--model.transformation.transform=hungarian",
-            "'bipartite', 'greedy', 'random', 'none', 'subnet_fc', 'subnet_res'",
+            "model.transformation.transform: 'hungarian' is not one of: bipartite, greedy, random, none, subnet_fc, subnet_res",
         ),
-        ("--model.combine=at", "Literal['none', 'fitnet', 'ab', 'rkd', 'rco']. Got value: at"),
+        ("--model.combine=at", "model.combine: 'at' is not one of: none, fitnet, ab, rkd, rco"),
     ],
 )
 def test_bad_choices_name_the_valid_ones(argument: str, choices: str, capsys, parse_error) -> None:  # type: ignore[no-untyped-def]

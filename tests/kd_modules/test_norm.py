@@ -192,9 +192,9 @@ def test_bad_arguments_name_the_value(teacher_checkpoint, kwargs, message) -> No
 @pytest.mark.parametrize(
     ("argument", "choices"),
     [
-        ("--model.formulation=both", "Literal['code', 'paper']. Got value: both"),
-        ("--model.ft=wide", "Literal['default', 'plain', 'none']. Got value: wide"),
-        ("--model.distance=cos", "Literal['l2', 'l1', 'mmd']. Got value: cos"),
+        ("--model.formulation=both", "model.formulation: 'both' is not one of: code, paper"),
+        ("--model.ft=wide", "model.ft: 'wide' is not one of: default, plain, none"),
+        ("--model.distance=cos", "model.distance: 'cos' is not one of: l2, l1, mmd"),
     ],
 )
 def test_bad_choices_name_the_value_and_the_valid_ones(argument, choices, capsys, parse_error) -> None:  # type: ignore[no-untyped-def]

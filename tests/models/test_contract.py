@@ -24,6 +24,9 @@ RELU, IDENTITY, RELU_SHUFFLE, NEXT_BN = "relu", "identity", "relu+shuffle", "nex
 RELATION = {name: RELU for name in list_models()}
 RELATION.update({n: IDENTITY for n in ("MobileNetV2", "MobileNetV2_tiny", "MobileNetV2_mdistiller_tiny")})
 RELATION.update({n: IDENTITY for n in ("mobilenetv2", "mobilenetv2_050")})
+# Transformers (models/imagenet/timm_nets.py): token maps (B, D, 1, N); a block ends in a residual sum, pre == post.
+TOKEN_NETWORKS = ("vit_s", "vit_b", "deit_b_distilled")
+RELATION.update({n: IDENTITY for n in TOKEN_NETWORKS})
 RELATION.update({n: RELU_SHUFFLE for n in ("ShuffleV2", "ShuffleV2_tiny")})
 RELATION.update({n: NEXT_BN for n in list_models() if n.startswith("wrn_")})
 
@@ -37,9 +40,10 @@ SMALL_INPUT = {
     "wrn_16_2_tiny": 32,
     "wrn_40_1_tiny": 32,
     "MobileNetV2_mdistiller_tiny": 32,
-    **{n: 32 for n in list_models("imagenet") if n != "mobilenetv1"},
+    # (ViTs have a fixed patch grid: native size only.)
+    **{n: 32 for n in list_models("imagenet") if n != "mobilenetv1" and n not in TOKEN_NETWORKS},
 }
-NO_OFD_BN = {"ShuffleV1", "ShuffleV2", "ShuffleV1_tiny", "ShuffleV2_tiny"}
+NO_OFD_BN = {"ShuffleV1", "ShuffleV2", "ShuffleV1_tiny", "ShuffleV2_tiny", "regnety_16gf", *TOKEN_NETWORKS}
 
 
 def _shuffle_two_groups(x: Tensor) -> Tensor:
@@ -103,7 +107,14 @@ def test_forward_features_taps_head_and_inserts(name: str) -> None:
         assert torch.equal(out.logits, logits)
         if size == network.input_size:
             _check_shapes(network, out, batch=1)
-        assert torch.allclose(network.classifier(out.embedding), logits, atol=1e-6)
+        if name == "deit_b_distilled":  # two heads: the logits average the class- and distillation-token heads
+            tokens = out.final_map[:, :, 0]
+            assert torch.allclose(out.embedding, (tokens[:, :, 0] + tokens[:, :, 1]) / 2)
+            cls_logits = network.classifier(tokens[:, :, 0])
+            assert torch.allclose(out.extras["cls_logits"], cls_logits, atol=1e-6)
+            assert torch.allclose((cls_logits + network.head_dist(tokens[:, :, 1])) / 2, logits, atol=1e-6)
+        else:
+            assert torch.allclose(network.classifier(out.embedding), logits, atol=1e-6)
         assert torch.allclose(network.forward_head(out.stages_post[-1]), logits, atol=1e-5)
         assert out.final_map.shape[1] == network.final_shape.channels
 
@@ -134,7 +145,7 @@ def test_forward_features_taps_head_and_inserts(name: str) -> None:
         for point in points:
             network.insert(point, Tap())
         tapped = network.forward_features(x)
-        assert torch.equal(tapped.logits, logits)
+        assert torch.allclose(tapped.logits, logits, atol=1e-6, rtol=0)
         assert torch.equal(tapped.extras[f"stage{network.num_stages}"]["seen"], out.stages_post[-1])
         assert torch.equal(tapped.extras["neck"]["seen"], out.final_map)
         if "stage1.0" in points:
@@ -143,17 +154,22 @@ def test_forward_features_taps_head_and_inserts(name: str) -> None:
         for point in points:
             network.remove_insert(point)
 
-        # A module inserted after the last stage is in the forward path: doubling its output changes the logits.
+        # A module inserted after the last stage is in the forward path: scaling its output changes the logits (a
+        # different factor per channel: a ViT's final LayerNorm would undo a uniform one).
         network.insert(f"stage{network.num_stages}", _Double())
         doubled = network.forward_features(x)
-        assert torch.allclose(doubled.final_map, _final_map_from_last_post(network, 2 * out.stages_post[-1]), atol=1e-5)
+        expected = _final_map_from_last_post(network, _Double()(out.stages_post[-1]))
+        assert torch.allclose(doubled.final_map, expected, atol=1e-5)
         assert not torch.allclose(doubled.logits, logits)
     assert set(network.state_dict()) == set(meta_model(name, 10).state_dict()), "parameter-free inserts add no keys"
 
 
 class _Double(nn.Module):
+    """Channel c multiplied by 1 + (c + 1) / C (2 for the last): roughly doubling, not uniform."""
+
     def forward(self, t: Tensor) -> Tensor:
-        return 2 * t
+        scale = 1 + torch.arange(1, t.shape[1] + 1, dtype=t.dtype) / t.shape[1]
+        return t * scale.view(1, -1, *([1] * (t.dim() - 2)))
 
 
 def _final_map_from_last_post(network: nn.Module, post: Tensor) -> Tensor:

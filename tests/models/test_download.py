@@ -95,7 +95,9 @@ def test_offline_is_one_line_naming_the_url_and_the_manual_step(tmp_path: Path) 
         download("http://127.0.0.1:9/w.pth", tmp_path / "w.pth", timeout=5, manual="copy w.pth to x by hand")
     message = str(error.value)
     assert "\n" not in message
-    assert message.startswith("cannot download http://127.0.0.1:9/w.pth (") and message.endswith("copy w.pth to x by hand")
+    assert message.startswith("cannot download http://127.0.0.1:9/w.pth (") and message.endswith(
+        "copy w.pth to x by hand"
+    )
     assert not (tmp_path / "w.pth").exists()
 
 

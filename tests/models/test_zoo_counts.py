@@ -52,6 +52,13 @@ SPEC_B_IMAGENET = {
     "mobilenetv2": (3_504_872, 0.301e9, 1280),
     "mobilenetv2_050": (1_968_680, 0.097e9, 1280),
     "resnet50_quarter": (2_000_744, 0.366e9, 512),
+    # timm's transformers and RegNet (models/imagenet/timm_nets.py), not in the spec: the parameter counts of timm's
+    # model cards (ViT-S/16 22.05M, ViT-B/16 86.57M, DeiT-B distilled 87.34M, RegNetY-16GF 83.59M) and the FLOPs the
+    # DeiT paper (Table 1: DeiT-S 4.6G, DeiT-B 17.6G) and the RegNet paper (RegNetY-16GF 15.9G) print.
+    "vit_s": (22_050_664, 4.6e9, 384),
+    "vit_b": (86_567_656, 17.6e9, 768),
+    "deit_b_distilled": (87_338_192, None, 768),
+    "regnety_16gf": (83_590_140, 15.9e9, 3024),
 }
 # Table C has no MAC figure for ShuffleV2 (it crashes in mdistiller at 64x64; ours has the pool fixed): None.
 SPEC_C_TINY = {
