@@ -18,7 +18,13 @@ STORE = RunStore("/nonexistent-kdbench-store")
 
 def _plan(preset: Preset, methods: list[str]):  # type: ignore[no-untyped-def]
     return build_plan(
-        load_table("table1"), preset, STORE, data_root="/nonexistent", pairs=["resnet32x4->resnet8x4"], methods=methods
+        load_table("table1"),
+        preset,
+        STORE,
+        data_root="/nonexistent",
+        pairs=["resnet32x4->resnet8x4"],
+        methods=methods,
+        teachers="trained",
     )
 
 
