@@ -115,13 +115,16 @@ def test_every_paper_reference_resolves_to_exactly_the_csv_numbers() -> None:
 
 
 def test_quoted_only_rows_and_columns_never_plan_runs(tmp_path: Path) -> None:
+    """Quoted-only rows of methods kdbench lacks plan nothing (a row whose method exists is planned, as documented:
+    tests/benchmarks/test_render.py)."""
     from benchmarks.plan import build_plan, load_preset
     from benchmarks.store import RunStore
+    from kd_modules import method_names
 
     for name in ("norm.t1", "nd.t2", "table3"):
         table = load_table(name)
         plan = build_plan(table, load_preset("full"), RunStore(tmp_path), data_root="x")
-        quoted = {r.label for r in table.rows if r.quoted_only}
+        quoted = {r.label for r in table.rows if r.quoted_only and r.method not in method_names()}
         assert quoted, name
         assert not any(row in quoted for row, _ in plan.cells)
         assert not any(spec.row in quoted for spec in plan.ordered())
