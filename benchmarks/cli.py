@@ -25,9 +25,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from benchmarks.errors import user_errors
+from benchmarks.progress import PROGRESS, StepProgress
 from benchmarks.store import write_record
+from benchmarks.wandb_logging import finish_wandb_run, lr_interval, wandb_config
 from datamodules import KDDataModule
+from datamodules.synthetic import is_generated
 from kd_modules import DistillationModule
+from kd_modules.base import TrainingDivergedError
 from models.checkpoints import export_network
 
 __all__ = ["RunInfo", "KDBenchCLI", "main"]
@@ -46,6 +50,7 @@ class RunInfo:
         method: method row label.
         trial: trial number.
         recipe: recipe name.
+        preset: the runner's preset (smoke, full, cpu ...).
         tags: extra W&B tags.
         wandb: ``auto`` (online when WANDB_API_KEY is set, else offline), ``online``, ``offline`` or ``disabled``.
         wandb_project: W&B project.
@@ -54,6 +59,10 @@ class RunInfo:
             anchor points; the table runner sets it on the teacher runs an RCO run reads).
         cells: the table cells the run serves (``table``, ``row``, ``pair``, ``trial``), kept in its record so that
             tables find it again after a default changed its identity.
+        on_divergence: what a non-finite validation loss does: ``fail`` the run (``failed.json``, the cell shows
+            the failure), or ``record`` it (the record notes ``diverged`` and the table marks the cell; the smoke
+            preset's choice, where a two-step teacher makes a divergence say nothing about the code). Either way
+            training stops there, so the setting never changes what was trained.
     """
 
     dir: str | None = None
@@ -64,12 +73,14 @@ class RunInfo:
     method: str | None = None
     trial: int | None = None
     recipe: str | None = None
+    preset: str | None = None
     tags: list[str] = field(default_factory=list)
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
     wandb_project: str = "kdbench"
     export_final: bool = True
     route: list[float] = field(default_factory=list)
     cells: list[dict[str, Any]] = field(default_factory=list)
+    on_divergence: Literal["fail", "record"] = "fail"
 
 
 def wandb_mode(setting: str) -> str | None:
@@ -81,7 +92,8 @@ def wandb_mode(setting: str) -> str | None:
     return setting
 
 
-def build_loggers(info: RunInfo, run_dir: Path) -> list[Logger]:
+def build_loggers(info: RunInfo, run_dir: Path, config: dict[str, Any] | None = None) -> list[Logger]:
+    """CSV logs always; a W&B run (group = table, job type = method) unless ``run.wandb`` is ``disabled``."""
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
     mode = wandb_mode(info.wandb)
     if mode is not None:
@@ -93,17 +105,12 @@ def build_loggers(info: RunInfo, run_dir: Path) -> list[Logger]:
                 project=info.wandb_project,
                 name=info.name or run_dir.name,
                 group=info.table,
+                job_type=info.method,
                 tags=tags,
                 save_dir=str(run_dir),
                 offline=mode == "offline",
                 id=info.run_id,
-                config={
-                    "table": info.table,
-                    "pair": info.pair,
-                    "method": info.method,
-                    "trial": info.trial,
-                    "recipe": info.recipe,
-                },
+                config=wandb_config(info, config or {}),
             )
         )
     return loggers
@@ -172,6 +179,14 @@ class KDBenchCLI(LightningCLI):
             return value
         return RunInfo(**(value.as_dict() if hasattr(value, "as_dict") else dict(value or {})))
 
+    def _plain_config(self) -> dict[str, Any]:
+        """The run's complete parsed config as plain data (what ``record.json`` keeps as YAML)."""
+        import yaml
+
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        parser = self._parser(self.subcommand) if self.subcommand else self.parser
+        return yaml.safe_load(parser.dump(config, skip_none=False, format="yaml")) or {}
+
     def _run_dir(self) -> Path:
         info = self._run_info()
         if info.dir:
@@ -187,8 +202,10 @@ class KDBenchCLI(LightningCLI):
         info = self._run_info()
         extra_callbacks: list[Callback] = []
         if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = build_loggers(info, run_dir)
-            extra_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+            plain = self._plain_config()
+            kwargs["logger"] = build_loggers(info, run_dir, plain)
+            extra_callbacks.append(LearningRateMonitor(logging_interval=lr_interval(plain)))
+        extra_callbacks.append(StepProgress(run_dir / PROGRESS))
         if trainer_config.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(run_dir)
         if trainer_config.get("enable_checkpointing", True) is not False:
@@ -220,9 +237,20 @@ class KDBenchCLI(LightningCLI):
         if self.trainer.global_rank == 0 and not initial.is_file():
             export_network(self.model.student, self.model.hparams["student"], initial, run_id=self._run_info().run_id)
 
+    def fit(self, **kwargs: Any) -> None:
+        """``trainer.fit``; with ``run.on_divergence: record`` a divergence ends the run with a record."""
+        self._diverged = None
+        try:
+            self.trainer.fit(**kwargs)
+        except TrainingDivergedError as error:
+            if self._run_info().on_divergence != "record":
+                raise
+            self._diverged = str(error)
+
     def after_fit(self) -> None:
         trainer = self.trainer
-        if trainer.interrupted or trainer.global_rank != 0:
+        diverged = getattr(self, "_diverged", None)
+        if (trainer.interrupted and not diverged) or trainer.global_rank != 0:
             return
         module = self.model
         info = self._run_info()
@@ -236,6 +264,7 @@ class KDBenchCLI(LightningCLI):
                 top1=module.tracked.get("last_top1"),
                 run_id=info.run_id,
             )
+        seconds = module.fit_seconds()
         write_record(
             run_dir,
             run_id=info.run_id,
@@ -244,14 +273,15 @@ class KDBenchCLI(LightningCLI):
             tracked=module.tracked,
             epochs=trainer.current_epoch,
             steps=trainer.global_step,
-            fit_seconds=module.fit_seconds(),
+            fit_seconds=seconds,
             fast_dev_run=bool(trainer.fast_dev_run),
-            limited=_is_limited(trainer),
+            limited=_is_limited(trainer) or is_generated(getattr(self.datamodule, "root", None)),
+            diverged=diverged,
         )
-        # One W&B run per process run: close it so that the next in-process run starts its own.
+        # One W&B run per process run: its summary, then close it so that the next in-process run starts its own.
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.experiment.finish()
+                finish_wandb_run(logger.experiment, module.tracked, seconds, trainer, run_dir, diverged)
 
 
 def _is_limited(trainer: Any) -> bool:

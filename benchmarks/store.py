@@ -71,8 +71,12 @@ def write_record(
     fit_seconds: float,
     fast_dev_run: bool,
     limited: bool,
+    diverged: str | None = None,
 ) -> Path:
-    """Write ``record.json`` atomically (a crash mid-write never leaves a half record that looks finished)."""
+    """Write ``record.json`` atomically (a crash mid-write never leaves a half record that looks finished).
+
+    ``diverged``: the divergence that ended a run recorded under ``run.on_divergence: record`` (smoke runs).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {
@@ -88,6 +92,8 @@ def write_record(
         "versions": software_versions(),
         "config": config,
     }
+    if diverged:
+        record["diverged"] = diverged
     tmp = run_dir / (RECORD + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
     tmp.replace(run_dir / RECORD)

@@ -66,6 +66,11 @@ class KDDataModule(pl.LightningDataModule):
         return False
 
     @classmethod
+    def download(cls, root: str) -> str | None:
+        """Fetch the real dataset into ``root`` where a download exists; the reason it could not, else None."""
+        return f"{cls.__name__} has no download"
+
+    @classmethod
     def write_fixture(cls, root: str) -> None:
         """Write a small dataset in the real on-disk format under ``root`` (tests, offline smoke runs)."""
         raise DatasetError(f"{cls.__name__} has no generated fixture")

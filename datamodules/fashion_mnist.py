@@ -2,7 +2,9 @@
 
 The four files ``{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (gzip-compressed ``.gz`` or raw) are looked for in
 the configured root, ``<root>/fashion-mnist``, torchvision's ``<root>/FashionMNIST/raw``, and finally
-``/usr/share/datasets/fashion-mnist``, where Debian's ``dataset-fashion-mnist`` package installs them.
+``/usr/share/datasets/fashion-mnist``, where Debian's ``dataset-fashion-mnist`` package installs them.  Where none
+holds them, :meth:`FashionMNIST.download` fetches them with torchvision (the table runner tries it before it
+falls back to generated data).
 
 idx format (LeCun's MNIST page): a big-endian header ``0x00 0x00 <dtype> <ndim>`` (dtype 0x08 = unsigned byte),
 then ``ndim`` big-endian uint32 sizes, then the row-major data.
@@ -191,6 +193,27 @@ class FashionMNIST(CropFlipDataModule):
     @classmethod
     def is_available(cls, root: str) -> bool:
         return is_full_fashion_mnist(root)
+
+    @classmethod
+    def download(cls, root: str) -> str | None:
+        """torchvision's download (its mirrors and MD5s) into ``<root>/FashionMNIST/raw``, one of the folders
+        looked in; the reason it failed (no network, a bad file), else None."""
+        import contextlib
+        import io
+        import socket
+
+        from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
+
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)  # a network that drops packets fails in seconds, not in the OS's minutes
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints every mirror it tries
+                TorchvisionFashionMNIST(str(root), train=True, download=True)
+        except Exception as error:  # noqa: BLE001 - urllib, HTTP and checksum errors all mean "not downloaded"
+            return f"{type(error).__name__}: {error}".strip().splitlines()[0]
+        finally:
+            socket.setdefaulttimeout(previous)
+        return None if is_full_fashion_mnist(root) else f"the download into {root} is incomplete"
 
     @classmethod
     def write_fixture(cls, root: str) -> None:
