@@ -82,8 +82,16 @@ def plot_vs_paper(
             if pd.notna(paper):
                 axis.scatter([paper], [y], marker="D", s=26, facecolors="white", edgecolors=PAPER, zorder=3)
             if pd.notna(ours):
+                error = spread(entry, ci)
                 axis.errorbar(
-                    [ours], [y], xerr=[spread(entry, ci)], fmt="o", color=OURS, markersize=4.5, capsize=2, zorder=4
+                    [ours],
+                    [y],
+                    xerr=[error] if error > 0 else None,
+                    fmt="o",
+                    color=OURS,
+                    markersize=4.5,
+                    capsize=2,
+                    zorder=4,
                 )
         axis.set_title(str(pair).replace("->", "→"), fontsize=9)
         axis.grid(axis="x", color="#e5e7eb", linewidth=0.8)
@@ -129,16 +137,18 @@ def plot_bars(
         high = math.ceil(max(m + e for m, e in zip(means, errors)) + 2.0)
         colours = [TEACHER if r.lower().startswith("teacher") else OURS for r in shown]
         ys = list(range(len(shown)))[::-1]
-        axis.barh(
-            ys,
-            [m - low for m in means],
-            left=low,
-            color=colours,
-            height=0.65,
-            xerr=errors,
-            capsize=2,
-            error_kw={"elinewidth": 0.9, "ecolor": "#111827"},
-        )
+        axis.barh(ys, [m - low for m in means], left=low, color=colours, height=0.65)
+        spread_rows = [(y, m, e) for y, m, e in zip(ys, means, errors) if e > 0]
+        if spread_rows:
+            axis.errorbar(
+                [m for _, m, _ in spread_rows],
+                [y for y, _, _ in spread_rows],
+                xerr=[e for _, _, e in spread_rows],
+                fmt="none",
+                ecolor="#111827",
+                elinewidth=0.9,
+                capsize=2,
+            )
         for y, mean, error, row in zip(ys, means, errors, shown):
             n = int(cells.loc[row, "n"])
             label = f"{mean:.2f}" + (f" ± {error:.2f}" if n > 1 else "") + f"  (n={n})"

@@ -46,6 +46,9 @@ __all__ = [
 #: A cell "matches" the paper when |ours − paper| is at most this (top-1 points).
 MATCH_TOLERANCE = 0.5
 
+#: The footnote of a cell shown from a run made under an earlier config.
+STALE_NOTE = "† from a run made with another config than the table now plans: "
+
 #: The footnote of a cell whose run diverged and was recorded (``on_divergence: record``, the smoke preset).
 DIVERGED_NOTE = "‡ diverged, recorded instead of failed (smoke preset): "
 
@@ -303,7 +306,7 @@ def _format_cell(
     value, _, count = text.rpartition(" ")
     ours = (f"**{value}**" if bold_ours else value) + f" {count}"
     if entry["stale"]:
-        ours += f"†{mark('† from a run made with another config than the table now plans: ' + entry['stale'])}"
+        ours += f"†{mark(STALE_NOTE + entry['stale'])}"
     if entry["diverged"]:
         ours += f"‡{mark(DIVERGED_NOTE + entry['diverged'])}"
     delta = f"{entry['delta']:+.2f}" if entry["delta"] is not None and not pd.isna(entry["delta"]) else "–"

@@ -34,6 +34,7 @@ from benchmarks.render import (
     DIVERGED_NOTE,
     MATCH_TOLERANCE,
     SPREAD_NOTE,
+    STALE_NOTE,
     _paper_value,
     best_cells,
     collect,
@@ -72,7 +73,7 @@ class Cell:
     delta_style: str = ""
     status: str = ""
     reason: str = ""
-    note: int | None = None  # footnote number of the reason
+    notes: list[int] = field(default_factory=list)  # footnote numbers: the reason, a stale run, a divergence
     bold_ours: bool = False
     bold_paper: bool = False
     stale: str = ""
@@ -95,6 +96,7 @@ class TablePage:
     footnotes: list[tuple[int, str]]
     notes: list[str]
     coverage: dict[str, Any]
+    has_paper: bool = True  # any cell with a published number (else the paper and Δ columns are left out)
 
 
 def delta_style(delta: float | None) -> str:
@@ -203,7 +205,7 @@ def table_page(plan: Plan, frame: pd.DataFrame, site: Path, ci: bool = False) ->
             cell.bold_paper = key in best_paper
             if cell.status in ("blocked", "failed"):
                 cell.reason = str(entry["reason"])
-                cell.note = footnotes.setdefault(cell.reason, len(footnotes) + 1)
+                cell.notes.append(footnotes.setdefault(cell.reason, len(footnotes) + 1))
                 cell.ours = "n/a" if cell.status == "blocked" else "failed"
             elif cell.status == "missing":
                 cell.ours = "not run"
@@ -218,9 +220,12 @@ def table_page(plan: Plan, frame: pd.DataFrame, site: Path, ci: bool = False) ->
                 cell.ours_sort = float(entry["mean"])
                 cell.bold_ours = key in best_ours
                 cell.stale = str(entry["stale"] or "")
+                if cell.stale:
+                    cell.stale = STALE_NOTE + cell.stale
+                    cell.notes.append(footnotes.setdefault(cell.stale, len(footnotes) + 1))
                 if entry["diverged"]:
                     cell.diverged = DIVERGED_NOTE + str(entry["diverged"])
-                    cell.note = footnotes.setdefault(cell.diverged, len(footnotes) + 1)
+                    cell.notes.append(footnotes.setdefault(cell.diverged, len(footnotes) + 1))
                 if not pd.isna(entry["delta"]):
                     cell.delta_sort = float(entry["delta"])
                     cell.delta = f"{cell.delta_sort:+.2f}"
@@ -251,6 +256,7 @@ def table_page(plan: Plan, frame: pd.DataFrame, site: Path, ci: bool = False) ->
         footnotes=[(n, reason) for reason, n in footnotes.items()],
         notes=notes,
         coverage=_coverage(plan, frame),
+        has_paper=any(cell.paper for _, cells, _ in rows for cell in cells),
     )
 
 

@@ -6,6 +6,7 @@
     python -m benchmarks.run fmnist --dry-run --measure   # ... with run times measured on this machine
     python -m benchmarks.run table1                       # train what is missing (teachers first), render
     python -m benchmarks.run table1 --preset smoke        # every runnable cell for a few steps, offline
+    python -m benchmarks.run demo --report                # the demo table, then its report page
     python -m benchmarks.run table1 --methods KD --pairs resnet56->resnet20 --trials 5
     python -m benchmarks.run table1 table2 --launcher parallel --per-gpu 2     # all visible GPUs, 2 runs each
     python -m benchmarks.run all --launcher slurm --slurm-partition gpu --slurm-time 720
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--render-only", action="store_true", help="render the table from the store; train nothing")
     parser.add_argument(
         "--ci", action="store_true", help="show the 95%% confidence interval of each mean instead of the std"
+    )
+    parser.add_argument(
+        "--report", action="store_true", help="also write the report site of the tables (<store>/report/index.html)"
     )
     parser.add_argument(
         "--launcher",
@@ -476,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"written to {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path} (+ .csv, .png)"
             )
+        if args.report:
+            from benchmarks.report import write_site
+
+            index = write_site(plans, plans[0].store.root / "report", ci=args.ci)
+            print(f"report page: {index} (open it in a browser)")
         return 0
 
 

@@ -154,7 +154,7 @@ def test_killed_table_run_completes_without_redoing_finished_runs(tmp_path: Path
     finished_before = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/record.json")}
     assert 2 <= len(finished_before) < 6, "the kill must land half-way"
 
-    result = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(args + ["--report"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     finished_after = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/record.json")}
     assert len(finished_after) == 6  # 2 teachers + Vanilla x 2 students + KD x 2 pairs
@@ -162,6 +162,9 @@ def test_killed_table_run_completes_without_redoing_finished_runs(tmp_path: Path
     assert result.stdout.count(": already finished (") == len(finished_before)
     table = (REPO_ROOT / "tables" / "results" / "table1.smoke.md").read_text()
     assert "SMOKE RUN" in table and "| KD (paper: NORM T1) |" in table and "resnet56→resnet20" in table
+    page = tmp_path / "store" / "report" / "table1.html"
+    assert f"report page: {page.parent / 'index.html'}" in result.stdout
+    assert "SMOKE RUN" in page.read_text() and (page.parent / "table1.png").is_file()
 
 
 @pytest.mark.parametrize("run_id", ["123e4567", "0123456789012345", "1e999", "12.5e3", "inf", "5e-3"])
