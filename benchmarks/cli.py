@@ -36,10 +36,14 @@ from benchmarks import interrupts
 from benchmarks.cli_errors import KDBenchArgumentParser, check_config, check_config_files
 from benchmarks.errors import user_errors
 from benchmarks.interrupts import ClaimLost
+from benchmarks.progress import PROGRESS, StepProgress
 from benchmarks.resume import AtomicCheckpointIO, ResumableCSVLogger, ResumableRun
 from benchmarks.store import write_record
+from benchmarks.wandb_logging import finish_wandb_run, lr_interval, wandb_config
 from datamodules import KDDataModule
+from datamodules.synthetic import is_generated
 from kd_modules import DistillationModule
+from kd_modules.base import TrainingDivergedError
 from kd_modules.numerics import Numerics
 from models.checkpoints import export_network
 
@@ -59,6 +63,7 @@ class RunInfo:
         method: method row label.
         trial: trial number.
         recipe: recipe name.
+        preset: the runner's preset (smoke, full, cpu ...).
         tags: extra W&B tags.
         wandb: ``auto`` (online when WANDB_API_KEY is set, else offline), ``online``, ``offline`` or ``disabled``.
         wandb_project: W&B project.
@@ -71,6 +76,10 @@ class RunInfo:
             at epoch ends, on a stop request, and every ``checkpoint_every_minutes``).
         checkpoint_every_minutes: also write a resumable ``last.ckpt`` when this many minutes passed since the
             last one (0: never), so that a SIGKILL or a node failure loses at most that much training.
+        on_divergence: what a non-finite validation loss does: ``fail`` the run (``failed.json``, the cell shows
+            the failure), or ``record`` it (the record notes ``diverged`` and the table marks the cell; the smoke
+            preset's choice, where a two-step teacher makes a divergence say nothing about the code). Either way
+            training stops there, so the setting never changes what was trained.
     """
 
     dir: str | None = None
@@ -81,6 +90,7 @@ class RunInfo:
     method: str | None = None
     trial: int | None = None
     recipe: str | None = None
+    preset: str | None = None
     tags: list[str] = field(default_factory=list)
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
     wandb_project: str = "kdbench"
@@ -89,6 +99,7 @@ class RunInfo:
     cells: list[dict[str, Any]] = field(default_factory=list)
     checkpoint_every_n_steps: int = 0
     checkpoint_every_minutes: float = 30.0
+    on_divergence: Literal["fail", "record"] = "fail"
 
 
 def wandb_mode(setting: str) -> str | None:
@@ -100,8 +111,11 @@ def wandb_mode(setting: str) -> str | None:
     return setting
 
 
-def build_loggers(info: RunInfo, run_dir: Path, fresh: bool = True) -> list[Logger]:
-    """CSV (continued, not rewritten, when the run resumes: ``fresh=False``) and W&B (the same run id, resumed)."""
+def build_loggers(
+    info: RunInfo, run_dir: Path, config: dict[str, Any] | None = None, fresh: bool = True
+) -> list[Logger]:
+    """CSV logs always (continued, not rewritten, when the run resumes: ``fresh=False``); a W&B run (group = table,
+    job type = method; the same run id, resumed) unless ``run.wandb`` is ``disabled``."""
     loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(run_dir), name="csv", version="", fresh=fresh)]
     mode = wandb_mode(info.wandb)
     if mode is not None:
@@ -113,18 +127,13 @@ def build_loggers(info: RunInfo, run_dir: Path, fresh: bool = True) -> list[Logg
                 project=info.wandb_project,
                 name=info.name or run_dir.name,
                 group=info.table,
+                job_type=info.method,
                 tags=tags,
                 save_dir=str(run_dir),
                 offline=mode == "offline",
                 id=info.run_id,
                 resume="allow",  # a resumed run continues its W&B run (online; offline runs sync into one)
-                config={
-                    "table": info.table,
-                    "pair": info.pair,
-                    "method": info.method,
-                    "trial": info.trial,
-                    "recipe": info.recipe,
-                },
+                config=wandb_config(info, config or {}),
             )
         )
     return loggers
@@ -231,6 +240,14 @@ class KDBenchCLI(LightningCLI):
             return value
         return RunInfo(**(value.as_dict() if hasattr(value, "as_dict") else dict(value or {})))
 
+    def _plain_config(self) -> dict[str, Any]:
+        """The run's complete parsed config as plain data (what ``record.json`` keeps as YAML)."""
+        import yaml
+
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        parser = self._parser(self.subcommand) if self.subcommand else self.parser
+        return yaml.safe_load(parser.dump(config, skip_none=False, format="yaml")) or {}
+
     def _run_dir(self) -> Path:
         info = self._run_info()
         if info.dir:
@@ -249,9 +266,10 @@ class KDBenchCLI(LightningCLI):
         resuming = bool(config_all.get("ckpt_path"))
         csv_logger: ResumableCSVLogger | None = None
         if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = build_loggers(info, run_dir, fresh=not resuming)
+            plain = self._plain_config()
+            kwargs["logger"] = build_loggers(info, run_dir, plain, fresh=not resuming)
             csv_logger = next((lg for lg in kwargs["logger"] if isinstance(lg, ResumableCSVLogger)), None)
-            extra_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+            extra_callbacks.append(LearningRateMonitor(logging_interval=lr_interval(plain)))
         if trainer_config.get("plugins") is None:
             plugins: list[Any] = [AtomicCheckpointIO()]
             from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -261,6 +279,7 @@ class KDBenchCLI(LightningCLI):
                 # SLURM requeue (SIGUSR1 -> scontrol requeue) would requeue a second time.
                 plugins.append(SLURMEnvironment(auto_requeue=False))
             kwargs["plugins"] = plugins
+        extra_callbacks.append(StepProgress(run_dir / PROGRESS))
         if trainer_config.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(run_dir)
         if trainer_config.get("enable_checkpointing", True) is not False:
@@ -301,9 +320,20 @@ class KDBenchCLI(LightningCLI):
         if self.trainer.global_rank == 0 and not initial.is_file():
             export_network(self.model.student, self.model.hparams["student"], initial, run_id=self._run_info().run_id)
 
+    def fit(self, **kwargs: Any) -> None:
+        """``trainer.fit``; with ``run.on_divergence: record`` a divergence ends the run with a record."""
+        self._diverged = None
+        try:
+            self.trainer.fit(**kwargs)
+        except TrainingDivergedError as error:
+            if self._run_info().on_divergence != "record":
+                raise
+            self._diverged = str(error)
+
     def after_fit(self) -> None:
         trainer = self.trainer
-        if trainer.interrupted or trainer.global_rank != 0:
+        diverged = getattr(self, "_diverged", None)
+        if (trainer.interrupted and not diverged) or trainer.global_rank != 0:
             return
         module = self.model
         info = self._run_info()
@@ -319,6 +349,7 @@ class KDBenchCLI(LightningCLI):
                 top1=module.tracked.get("last_top1"),
                 run_id=info.run_id,
             )
+        seconds = module.fit_seconds()
         write_record(
             run_dir,
             run_id=info.run_id,
@@ -327,16 +358,17 @@ class KDBenchCLI(LightningCLI):
             tracked={**module.tracked, "extra_parameters": module.extra_parameters()},
             epochs=trainer.current_epoch,
             steps=trainer.global_step,
-            fit_seconds=module.fit_seconds(),
+            fit_seconds=seconds,
             fast_dev_run=bool(trainer.fast_dev_run),
-            limited=_is_limited(trainer),
+            limited=_is_limited(trainer) or is_generated(getattr(self.datamodule, "root", None)),
             resumes=self._resumable.resumes if self._resumable is not None else 0,
             provenance=self._provenance(config),
+            diverged=diverged,
         )
-        # One W&B run per process run: close it so that the next in-process run starts its own.
+        # One W&B run per process run: its summary, then close it so that the next in-process run starts its own.
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.experiment.finish()
+                finish_wandb_run(logger.experiment, module.tracked, seconds, trainer, run_dir, diverged)
 
     def _provenance(self, config: Any) -> dict[str, Any]:
         from benchmarks.provenance import code_state, teacher_digest

@@ -186,7 +186,9 @@ def _unknown_key(key: str, parser: Any) -> str:
 
 
 def _value_error(key: str, body: str) -> str:
-    nested = re.search(r"Problem with given class_path '[^']+':\s*\n\s*Parser key \"([^\"]+)\":(.*?)(?=\n\s*- |\Z)", body, re.S)
+    nested = re.search(
+        r"Problem with given class_path '[^']+':\s*\n\s*Parser key \"([^\"]+)\":(.*?)(?=\n\s*- |\Z)", body, re.S
+    )
     if key in ("model", "data") and nested:  # a bad value of the selected method's (or datamodule's) argument
         return _value_error(f"{key}.{nested.group(1)}", nested.group(2))
     given = re.search(r"(?:Got value|Given value): (.*)", body)

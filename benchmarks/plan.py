@@ -281,14 +281,17 @@ class Preset:
     method_init_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The launcher a run of this preset uses when --launcher is not given (sequential / parallel / slurm).
     launcher: str | None = None
+    # What a non-finite validation loss does to a run: "fail" (the default) or "record" (bookkeeping: run.*).
+    on_divergence: str | None = None
 
     @property
     def is_smoke(self) -> bool:
         return self.name == "smoke"
 
 
-PRESET_KEYS = {"config", "trials", "store", "synthetic_data", "wandb", "method_init_args", "launcher"}
+PRESET_KEYS = {"config", "trials", "store", "synthetic_data", "wandb", "method_init_args", "launcher", "on_divergence"}
 LAUNCHERS = ("sequential", "parallel", "slurm")
+DIVERGENCE = ("fail", "record")
 
 
 def list_presets() -> list[str]:
@@ -308,9 +311,13 @@ def load_preset(name: str) -> Preset:
     launcher = raw.get("launcher")
     if launcher is not None and launcher not in LAUNCHERS:
         raise KDBenchError(f"preset {name}: unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
+    on_divergence = raw.get("on_divergence")
+    if on_divergence is not None and on_divergence not in DIVERGENCE:
+        raise KDBenchError(f"preset {name}: unknown on_divergence {on_divergence!r}; valid: {', '.join(DIVERGENCE)}")
     return Preset(
         name=name,
         launcher=launcher,
+        on_divergence=on_divergence,
         config=raw.get("config") or {},
         trials=raw.get("trials"),
         store=raw.get("store"),
@@ -618,9 +625,12 @@ class Planner:
             "method": row,
             "trial": trial,
             "recipe": recipe_name,
+            "preset": self.preset.name,
         }
         if self.preset.wandb:
             info["wandb"] = self.preset.wandb
+        if self.preset.on_divergence:
+            info["on_divergence"] = self.preset.on_divergence
         config["run"] = {**(config.get("run") or {}), **info}  # a preset's run.* settings (checkpoint intervals) stay
 
     def _base_config(self, recipe_name: str, student: str) -> dict[str, Any]:

@@ -1,7 +1,11 @@
 """Rendering a table from the result store: ours (mean ± std, n) beside the papers' numbers, Δ, CSV and a plot.
 
 For every cell (row x column x metric) the renderer reads the records of the cell's runs (one per trial) and
-shows ``ours mean ± std (n) / paper / Δ`` (Δ = ours − paper, against the row's first paper reference).  Records
+shows ``ours mean ± std (n) / paper / Δ`` (Δ = ours − paper, against the row's first paper reference).  The
+spread is the sample standard deviation (n − 1, pandas' and most KD code's ``std``; of the four papers only letKD
+prints a spread, ``∓`` over 5 trials, without saying which estimator), or with ``ci=True`` (``--ci``) the
+half-width of the 95% confidence interval of the mean (Student's t, n − 1 degrees of freedom); a cell of one run
+shows no spread.  Records
 are found by the cell they serve, as each record names it (``info.cells``: table, row, pair, trial): a run made
 before a default changed its identity still renders, marked ``†`` with the settings in which its config differs
 from the table's current one, until the current run exists.  In each
@@ -27,10 +31,34 @@ from benchmarks.plan import Plan, identity_view
 from benchmarks.store import RunStore
 from benchmarks.tables import ANALYSIS_METRICS, Column, PaperRef, Row, cell_metric, higher_is_better, lookup_paper
 
-__all__ = ["CellResult", "collect", "render_markdown", "write_table", "plot_table", "MATCH_TOLERANCE"]
+__all__ = [
+    "CellResult",
+    "collect",
+    "render_markdown",
+    "write_table",
+    "plot_table",
+    "format_ours",
+    "best_cells",
+    "SPREAD_NOTE",
+    "confidence_half_width",
+    "MATCH_TOLERANCE",
+]
 
 #: A cell "matches" the paper when |ours − paper| is at most this (top-1 points).
 MATCH_TOLERANCE = 0.5
+
+#: The footnote of a cell shown from a run made under an earlier config.
+STALE_NOTE = "† from a run made with another config than the table now plans: "
+
+#: The footnote of a cell whose run diverged and was recorded (``on_divergence: record``, the smoke preset).
+DIVERGED_NOTE = "‡ diverged, recorded instead of failed (smoke preset): "
+
+#: How the ± of a cell is computed, as the tables say it (keyed by ``ci``).
+SPREAD_NOTE = {
+    False: "± is the sample standard deviation over the trials (n − 1 in the denominator); one run shows none.",
+    True: "± is the half-width of the 95% confidence interval of the mean (Student's t with n − 1 degrees of "
+    "freedom); one run shows none.",
+}
 
 
 @dataclass
@@ -48,6 +76,7 @@ class CellResult:
     paper_source: str = ""
     run_ids: list[str] = field(default_factory=list)
     stale: str = ""  # how the config of the runs shown differs from the table's current one ("" when current)
+    diverged: str = ""  # a run that diverged and was recorded (smoke preset: ``on_divergence: record``)
 
     @property
     def mean(self) -> float | None:
@@ -55,13 +84,18 @@ class CellResult:
 
     @property
     def std(self) -> float | None:
-        if not self.values:
+        """Sample standard deviation over the trials (Bessel's n − 1); None with fewer than two runs."""
+        if len(self.values) < 2:
             return None
-        if len(self.values) == 1:
-            return 0.0
         m = self.mean
         assert m is not None
         return math.sqrt(sum((v - m) ** 2 for v in self.values) / (len(self.values) - 1))
+
+    @property
+    def ci95(self) -> float | None:
+        """Half-width of the 95% confidence interval of the mean (Student's t, n − 1 degrees of freedom)."""
+        std = self.std
+        return None if std is None else confidence_half_width(std, len(self.values))
 
     @property
     def delta(self) -> float | None:
@@ -90,6 +124,19 @@ def numerics_line(plan: Plan) -> str:
         return f"Numerics: {next(iter(by_label))} (every cell)."
     parts = [f"{label} ({', '.join(rows)})" for label, rows in by_label.items()]
     return "Numerics: " + "; ".join(parts) + "."
+
+
+def confidence_half_width(std: float, n: int, level: float = 0.95) -> float:
+    """``t_{(1+level)/2, n-1} * std / sqrt(n)``: the half-width of the ``level`` confidence interval of a mean."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2.0, n - 1) * std / math.sqrt(n))
+
+
+def format_ours(mean: float, spread: float | None, n: int, expected: int) -> str:
+    """``71.00 ± 1.00 (3)``; one run shows no spread (``73.50 (1)``); a partial cell says ``(1/3)``."""
+    count = f"({n}/{expected})" if n < expected else f"({n})"
+    return f"{mean:.2f}" + (f" ± {spread:.2f}" if spread is not None and n > 1 else "") + f" {count}"
 
 
 def _columns(plan: Plan) -> list[Column]:
@@ -201,6 +248,7 @@ def collect(plan: Plan) -> pd.DataFrame:
                     if record is not None and key in record.get("metrics", {}):
                         cell.values.append(float(record["metrics"][key]))
                         cell.smoke = cell.smoke or bool(record.get("smoke"))
+                        cell.diverged = cell.diverged or str(record.get("diverged") or "")
                     else:
                         message = failure_message(plan.store, run_id)
                         if message:
@@ -211,7 +259,10 @@ def collect(plan: Plan) -> pd.DataFrame:
                     cell.status, cell.reason = "failed", failures[0]
             results.append(cell)
     return pd.DataFrame(
-        [vars(c) | {"mean": c.mean, "std": c.std, "delta": c.delta, "n": len(c.values)} for c in results],
+        [
+            vars(c) | {"mean": c.mean, "std": c.std, "ci95": c.ci95, "delta": c.delta, "n": len(c.values)}
+            for c in results
+        ],
         columns=[
             "row",
             "pair",
@@ -226,15 +277,17 @@ def collect(plan: Plan) -> pd.DataFrame:
             "paper_source",
             "run_ids",
             "stale",
+            "diverged",
             "mean",
             "std",
+            "ci95",
             "delta",
             "n",
         ],
     )
 
 
-def _best(frame: pd.DataFrame, plan: Plan) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
+def best_cells(frame: pd.DataFrame, plan: Plan) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
     """(row, column, metric) of the best of ours and the best published number per column (teachers excluded); the
     best is the smallest for a metric where lower is better (distances)."""
     best_ours: set[tuple[str, str, str]] = set()
@@ -255,7 +308,14 @@ def _best(frame: pd.DataFrame, plan: Plan) -> tuple[set[tuple[str, str, str]], s
     return best_ours, best_paper
 
 
-def _format_cell(entry: pd.Series, footnotes: dict[str, int], bold_ours: bool, bold_paper: bool) -> str:
+def _spread(entry: pd.Series, ci: bool) -> float | None:
+    value = entry["ci95" if ci else "std"]
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _format_cell(
+    entry: pd.Series, footnotes: dict[str, int], bold_ours: bool, bold_paper: bool, ci: bool = False
+) -> str:
     def mark(reason: str) -> str:
         footnotes.setdefault(reason, len(footnotes) + 1)
         return f"[{footnotes[reason]}]"
@@ -269,12 +329,13 @@ def _format_cell(entry: pd.Series, footnotes: dict[str, int], bold_ours: bool, b
         return f"failed{mark(entry['reason'])} / {paper}"
     if entry["status"] == "missing":
         return f"not run / {paper}"
-    ours = f"{entry['mean']:.2f} ± {entry['std']:.2f}"
-    if bold_ours:
-        ours = f"**{ours}**"
-    ours += f" ({entry['n']}" + (f"/{entry['expected']})" if entry["status"] == "partial" else ")")
+    text = format_ours(float(entry["mean"]), _spread(entry, ci), int(entry["n"]), int(entry["expected"]))
+    value, _, count = text.rpartition(" ")
+    ours = (f"**{value}**" if bold_ours else value) + f" {count}"
     if entry["stale"]:
-        ours += f"†{mark('† from a run made with another config than the table now plans: ' + entry['stale'])}"
+        ours += f"†{mark(STALE_NOTE + entry['stale'])}"
+    if entry["diverged"]:
+        ours += f"‡{mark(DIVERGED_NOTE + entry['diverged'])}"
     delta = f"{entry['delta']:+.2f}" if entry["delta"] is not None and not pd.isna(entry["delta"]) else "–"
     return f"{ours} / {paper} / {delta}"
 
@@ -288,12 +349,12 @@ def _quoted_lines(row: Row, columns: list[Column], planned: bool) -> list[list[s
     return lines
 
 
-def render_markdown(plan: Plan, frame: pd.DataFrame) -> str:
+def render_markdown(plan: Plan, frame: pd.DataFrame, ci: bool = False) -> str:
     table = plan.table
     columns = _columns(plan)
     smoke = plan.preset.is_smoke or (bool(frame["smoke"].any()) if len(frame) else False)
     footnotes: dict[str, int] = {}
-    best_ours, best_paper = _best(frame, plan)
+    best_ours, best_paper = best_cells(frame, plan)
     header = ["method"] + [c.label + (" (quoted)" if c.quoted else "") for c in columns]
     lines = [header, ["---"] * len(header)]
     indexed = {(r["row"], r["pair"], r["metric"]): r for _, r in frame.iterrows()}
@@ -315,7 +376,7 @@ def render_markdown(plan: Plan, frame: pd.DataFrame) -> str:
                 cells.append("")
             else:
                 key = (row.label, column.key, column.metric)
-                cells.append(_format_cell(entry, footnotes, key in best_ours, key in best_paper))
+                cells.append(_format_cell(entry, footnotes, key in best_ours, key in best_paper, ci))
         primary = f" (paper: {row.paper[0].display})" if row.paper else ""
         lines.append([row.label + primary] + cells)
         lines.extend(_quoted_lines(row, columns, planned=True))
@@ -339,8 +400,10 @@ def render_markdown(plan: Plan, frame: pd.DataFrame) -> str:
         + "; ".join(shown)
         + f", up to {trials} trial(s) per cell.",
         numerics_line(plan),
-        "Each cell: **ours mean ± std (n) / paper / Δ (ours − paper)**; the best of ours and the best published "
-        "number per column (teachers excluded) are in bold.",
+        "Each cell: **ours mean ± "
+        + ("95% CI" if ci else "std")
+        + " (n) / paper / Δ (ours − paper)**; the best of ours and the best published "
+        "number per column (teachers excluded) are in bold. " + SPREAD_NOTE[ci],
         "",
     ]
     out += ["| " + " | ".join(line) + " |" for line in lines]
@@ -354,37 +417,13 @@ def render_markdown(plan: Plan, frame: pd.DataFrame) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot_table(plan: Plan, frame: pd.DataFrame, path: Path) -> Path:
-    """A PNG of ours (mean ± std) against the paper's number, one point per cell, with the y = x line."""
-    import matplotlib
+def plot_table(plan: Plan, frame: pd.DataFrame, path: Path, ci: bool = False) -> Path:
+    """The table's PNG (:func:`benchmarks.plots.plot_table`): ours vs the paper per pair, or bars per method."""
+    from benchmarks.plots import plot_table as plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    both = frame.dropna(subset=["mean", "paper"]) if len(frame) else frame
-    figure, axis = plt.subplots(figsize=(6.0, 6.0), dpi=110)
-    if len(both):
-        low = float(min(both["mean"].min(), both["paper"].min())) - 1.0
-        high = float(max(both["mean"].max(), both["paper"].max())) + 1.0
-        axis.plot([low, high], [low, high], color="grey", linewidth=1, linestyle="--", label="ours = paper")
-        for row, group in both.groupby("row", sort=False):
-            axis.errorbar(group["paper"], group["mean"], yerr=group["std"], fmt="o", markersize=4, capsize=2, label=row)
-        axis.set_xlim(low, high)
-        axis.set_ylim(low, high)
-        if both["row"].nunique() <= 20:
-            axis.legend(fontsize=6, loc="upper left")
-    else:
-        axis.text(0.5, 0.5, "no cell has both our result\nand a published number yet", ha="center", va="center")
-        axis.set_xticks([])
-        axis.set_yticks([])
-    smoke = " (SMOKE: not results)" if plan.preset.is_smoke else ""
-    axis.set_title(f"{plan.table.name}: ours vs paper{smoke}", fontsize=10)
-    axis.set_xlabel("paper (%)")
-    axis.set_ylabel("ours, mean ± std (%)")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    smoke = plan.preset.is_smoke or (bool(frame["smoke"].any()) if len(frame) else False)
+    rows = [row.label for row in plan.table.rows]
+    return plot(frame, path, name=plan.table.name, row_order=rows, smoke=smoke, ci=ci)
 
 
 def default_stem(plan: Plan) -> str:
@@ -396,11 +435,12 @@ def default_stem(plan: Plan) -> str:
     return plan.table.name + suffix
 
 
-def write_table(plan: Plan, out_dir: Path, stem: str | None = None) -> tuple[Path, str]:
+def write_table(plan: Plan, out_dir: Path, stem: str | None = None, ci: bool = False) -> tuple[Path, str]:
     """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png``; the default stem is ``<table>`` (``<table>.smoke``
-    under the smoke preset).  The runner chooses ``out_dir`` (the store's) and the stem of a filtered table."""
+    under the smoke preset).  The runner chooses ``out_dir`` (the store's) and the stem of a filtered table; ``ci``: 95% confidence
+    intervals instead of standard deviations."""
     frame = collect(plan)
-    text = render_markdown(plan, frame)
+    text = render_markdown(plan, frame, ci)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or default_stem(plan)
     path = out_dir / f"{stem}.md"
@@ -409,5 +449,5 @@ def write_table(plan: Plan, out_dir: Path, stem: str | None = None) -> tuple[Pat
     csv_frame["run_ids"] = [" ".join(ids) for ids in csv_frame["run_ids"]]
     csv_frame.insert(0, "table", plan.table.name)
     csv_frame.to_csv(out_dir / f"{stem}.csv", index=False)
-    plot_table(plan, frame, out_dir / f"{stem}.png")
+    plot_table(plan, frame, out_dir / f"{stem}.png", ci)
     return path, text

@@ -151,12 +151,14 @@ def write_record(
     limited: bool,
     resumes: int = 0,
     provenance: dict[str, Any] | None = None,
+    diverged: str | None = None,
     **extra: Any,
 ) -> Path:
     """Write ``record.json`` atomically (a crash mid-write never leaves a half record that looks finished).
 
     ``resumes`` counts how often the run was resumed from a checkpoint; ``provenance`` says what it was made from
-    (:func:`benchmarks.provenance.provenance`); further keyword arguments are stored as they are.
+    (:func:`benchmarks.provenance.provenance`); ``diverged``: the divergence that ended a run recorded under
+    ``run.on_divergence: record`` (smoke runs); further keyword arguments are stored as they are.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -176,6 +178,8 @@ def write_record(
         "provenance": dict(provenance or {}),
         **extra,
     }
+    if diverged:
+        record["diverged"] = diverged
     return atomic_write_bytes(run_dir / RECORD, json.dumps(record, indent=2, sort_keys=True).encode())
 
 
@@ -193,6 +197,8 @@ def record_problem(record: Any) -> str | None:
     if not isinstance(record, dict):
         return f"holds a JSON {type(record).__name__}, not an object"
     metrics = record.get("metrics")
+    if record.get("diverged") and isinstance(metrics, dict):
+        return None  # recorded as diverged (run.on_divergence: record), perhaps before its first evaluation
     if not isinstance(metrics, dict) or not metrics:
         return "has no metrics (the run never evaluated)"
     return None

@@ -466,21 +466,23 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
 
     def on_validation_epoch_end(self) -> None:
         result = self._finish_evaluation("val")
-        if not math.isfinite(result["loss"]):
-            # A student whose weights went non-finite scores chance accuracy forever: stop and fail the run, so that
-            # the table shows a divergence instead of a chance-level number (float() above already synced).
+        finite = math.isfinite(result["loss"])
+        if not self.trainer.sanity_checking:
+            epoch = self.current_epoch
+            self.tracked.update(last_top1=result["top1"], last_top5=result["top5"], last_epoch=epoch)
+            if result["top1"] > self.tracked.get("best_top1", -1.0):
+                self.tracked.update(best_top1=result["top1"], best_top5=result["top5"], best_epoch=epoch)
+            if finite:
+                self.log("val/top1_best", self.tracked["best_top1"])
+        if not finite:
+            # A student whose outputs went non-finite scores chance accuracy forever: stop and fail the run, so that
+            # the table shows a divergence instead of a chance-level number (float() above already synced).  The
+            # evaluation is tracked first: a smoke run records it (``run.on_divergence: record``) instead of failing.
             raise TrainingDivergedError(
                 f"{type(self).__name__} diverged: the validation loss is {result['loss']} at epoch {self.current_epoch},"
-                f" step {self.global_step} (the student's weights are no longer finite; lower the learning rate or the"
+                f" step {self.global_step} (the student's outputs are no longer finite; lower the learning rate or the"
                 " distillation weights)"
             )
-        if self.trainer.sanity_checking:
-            return
-        epoch = self.current_epoch
-        self.tracked.update(last_top1=result["top1"], last_top5=result["top5"], last_epoch=epoch)
-        if result["top1"] > self.tracked.get("best_top1", -1.0):
-            self.tracked.update(best_top1=result["top1"], best_top5=result["top5"], best_epoch=epoch)
-        self.log("val/top1_best", self.tracked["best_top1"])
 
     def on_test_epoch_end(self) -> None:
         result = self._finish_evaluation("test")

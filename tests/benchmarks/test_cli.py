@@ -160,3 +160,23 @@ def test_the_record_says_what_the_run_was_made_from(
     os.utime(folder / "test", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert CIFAR100(root=str(cifar_root)).data_provenance()["fingerprint"] != before
     os.utime(folder / "test", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_divergence_fails_the_run_or_is_recorded_when_the_run_says_so(
+    cifar_root: Path, tmp_path: Path, fit_args
+) -> None:  # type: ignore[no-untyped-def]
+    """lr 1e30 sends the weights to inf in two steps: by default the run raises (the launchers write failed.json);
+    with run.on_divergence=record it ends with a record that says so (what smoke runs do)."""
+    import pytest
+
+    from kd_modules.base import TrainingDivergedError
+
+    diverging = ("--model=Vanilla", "--model.student=resnet8", "--model.optim.lr=1e30")
+    with pytest.raises(TrainingDivergedError, match="Vanilla diverged"):
+        KDBenchCLI(args=fit_args(cifar_root, tmp_path / "fail", *diverging))
+    assert not (tmp_path / "fail" / "record.json").exists()
+
+    KDBenchCLI(args=fit_args(cifar_root, tmp_path / "record", *diverging, "--run.on_divergence=record"))
+    record = json.loads((tmp_path / "record" / "record.json").read_text())
+    assert "Vanilla diverged: the validation loss is nan" in record["diverged"]
+    assert record["steps"] == 2 and "best_top1" in record["metrics"] and record["smoke"] is True

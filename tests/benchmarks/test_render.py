@@ -60,8 +60,8 @@ def test_cells_show_ours_beside_the_paper_and_mark_best_failed_missing_blocked(t
     path, text = write_table(plan, tmp_path / "out")
     lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert "**71.00 ± 1.00** (3) / 70.66 / +0.34" in lines["KD (paper: NORM T1)"]  # best of ours in the column
-    assert "73.50 ± 0.00 (1/3) / 73.08 / +0.42" in lines["KD (paper: NORM T1)"]  # alone in its column: not marked
-    assert "69.00 ± 0.00 (1/3) / 69.53 / -0.53" in lines["Vanilla (paper: NORM T1 (NORM-reproduced student))"]
+    assert "73.50 (1/3) / 73.08 / +0.42" in lines["KD (paper: NORM T1)"]  # alone in its column: not marked
+    assert "69.00 (1/3) / 69.53 / -0.53" in lines["Vanilla (paper: NORM T1 (NORM-reproduced student))"]
     assert "not run / 71.56" in lines["Vanilla (paper: NORM T1 (NORM-reproduced student))"]
     assert lines["Teacher (paper: NORM T1)"].endswith("| failed[1] / 74.31 |")
     assert "n/a[2] / **71.16** | n/a[2] / **73.48** |" in lines["Future (paper: NORM T1)"]  # best published numbers
@@ -75,6 +75,22 @@ def test_cells_show_ours_beside_the_paper_and_mark_best_failed_missing_blocked(t
     assert set(table_csv["status"]) == {"ok", "partial", "missing", "failed", "blocked"}
     png = tmp_path / "out" / "table1.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_run_shows_no_spread_and_ci_uses_students_t(tmp_path: Path) -> None:
+    """n = 1 prints no ±; --ci prints t(0.975, n-1) * s / sqrt(n): for 70, 71, 72 (s = 1), 4.3027 / sqrt(3) = 2.48."""
+    store = RunStore(tmp_path / "store")
+    plan = _plan(store)
+    for run_id, value in zip(plan.cells[("KD", PAIRS[0])], (70.0, 71.0, 72.0), strict=True):
+        _record(store, run_id, value)
+    _record(store, plan.cells[("KD", PAIRS[1])][0], 73.5)
+    frame = collect(plan)
+    one = frame[(frame["row"] == "KD") & (frame["pair"] == PAIRS[1])].iloc[0]
+    assert one["n"] == 1 and pd.isna(one["std"]) and pd.isna(one["ci95"])
+    _, text = write_table(plan, tmp_path / "out", ci=True)
+    line = next(row for row in text.splitlines() if row.startswith("| KD (paper"))
+    assert "71.00 ± 2.48 (3) / 70.66 / +0.34" in line and "73.50 (1/3) / 73.08" in line, line
+    assert "95% confidence interval" in text and "± 0.00" not in text
 
 
 def test_records_made_under_an_older_config_still_render_marked_with_the_difference(tmp_path: Path) -> None:
@@ -110,7 +126,7 @@ def test_records_made_under_an_older_config_still_render_marked_with_the_differe
     (folder / "record.json").write_text(json.dumps(record))
     _, text = write_table(plan, tmp_path / "out")
     line = next(row for row in text.splitlines() if row.startswith("| KD (paper"))
-    assert "70.50 ± 0.00 (1/3)†[1]" in line, line
+    assert "70.50 (1/3)†[1]" in line, line
     assert (
         "[1] † from a run made with another config than the table now plans: run 0123456789abcdef: "
         "temperature 3.0 -> 4.0" in text
@@ -118,7 +134,7 @@ def test_records_made_under_an_older_config_still_render_marked_with_the_differe
     _record(store, current, 71.25)  # the current run exists: it is shown, unmarked
     _, text = write_table(plan, tmp_path / "out")
     line = next(row for row in text.splitlines() if row.startswith("| KD (paper"))
-    assert "71.25 ± 0.00 (1/3) /" in line and "†" not in text
+    assert "71.25 (1/3) /" in line and "†" not in text
 
 
 def test_a_quoted_only_row_is_planned_once_its_method_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

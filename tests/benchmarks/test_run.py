@@ -157,7 +157,7 @@ def test_killed_table_run_completes_without_redoing_finished_runs(tmp_path: Path
     finished_before = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/record.json")}
     assert 2 <= len(finished_before) < 6, "the kill must land half-way"
 
-    result = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(args + ["--report"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     finished_after = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/record.json")}
     assert len(finished_after) == 6  # 2 teachers + Vanilla x 2 students + KD x 2 pairs
@@ -167,6 +167,9 @@ def test_killed_table_run_completes_without_redoing_finished_runs(tmp_path: Path
     table = tmp_path / "store" / "tables" / "table1.smoke.only-Vanilla-KD-resnet56_resnet20-resnet110_resnet32.md"
     text = table.read_text()
     assert "SMOKE RUN" in text and "| KD (paper: NORM T1) |" in text and "resnet56→resnet20" in text
+    page = tmp_path / "store" / "report" / "table1.html"
+    assert f"report page: {page.parent / 'index.html'}" in result.stdout
+    assert "SMOKE RUN" in page.read_text() and (page.parent / "table1.png").is_file()
 
 
 @pytest.mark.parametrize("run_id", ["123e4567", "0123456789012345", "1e999", "12.5e3", "inf", "5e-3"])

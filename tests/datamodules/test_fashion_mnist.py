@@ -98,3 +98,52 @@ def test_real_fashion_mnist_from_the_debian_package(tmp_path: Path) -> None:
     assert abs(pixels.std().item() - FashionMNIST.std[0]) < 5e-4
     batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert batch["images"].shape == (64, 3, 32, 32)
+
+
+def test_download_fetches_the_idx_files_with_torchvision_where_the_loader_finds_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchvision's download path against a local HTTP server serving generated idx files (no network here)."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    import torchvision.datasets
+
+    served = write_fashion_mnist(tmp_path / "served", train_per_class=3, test_per_class=1, seed=5)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in served.glob("*.gz")}
+        monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
+        monkeypatch.setattr(
+            torchvision.datasets.FashionMNIST,
+            "resources",
+            [(name, md5[name]) for name, _ in torchvision.datasets.FashionMNIST.resources],
+        )
+        root = tmp_path / "data"
+        problem = FashionMNIST.download(str(root))
+    finally:
+        server.shutdown()
+    # the files landed in <root>/FashionMNIST/raw, one of the folders the loader looks in; 30 images are not the
+    # full dataset, which the download reports
+    assert problem is not None and "incomplete" in problem
+    images, labels = read_fashion_mnist_split(root, "train")
+    assert images.shape == (30, 1, 28, 28) and sorted(labels.tolist()) == sorted([c for c in range(10)] * 3)
+    assert fashion.find_fashion_mnist(root) == root / "FashionMNIST" / "raw"
+
+
+def test_download_without_a_reachable_server_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import torchvision.datasets
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [f"http://127.0.0.1:{port}/"])
+    problem = FashionMNIST.download(str(tmp_path / "data"))
+    assert problem is not None and "RuntimeError" in problem
