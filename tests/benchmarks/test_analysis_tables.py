@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.errors import KDBenchError
 from benchmarks.plan import Prerequisite, build_plan, load_preset
-from benchmarks.render import _best, collect, render_markdown
+from benchmarks.render import best_cells, collect, render_markdown
 from benchmarks.store import RunStore
 from benchmarks.tables import cell_metric, higher_is_better, load_table
 
@@ -79,7 +79,7 @@ def test_an_analysis_table_renders_its_recorded_metrics(tmp_path: Path) -> None:
     assert (
         cell["mean"] == 30.0 and cell["paper"] == pytest.approx(45.72) and cell["delta"] == pytest.approx(30.0 - 45.72)
     )
-    best_ours, best_paper = _best(frame, plan)
+    best_ours, best_paper = best_cells(frame, plan)
     assert ("KCD+FitNet", pair, "kl_div") in best_ours  # the smallest distance is the best
     assert ("Baseline (T vs trained S)", pair, "kl_div") not in best_ours
     assert ("KCD+RKD", pair, "kl_div") in best_paper  # 0.58, the smallest published KL
