@@ -134,8 +134,14 @@ def planned_config(args: argparse.Namespace, store: Path, method: str | None = N
     pair = Pair.parse(args.pair)
     if pair.label not in [p.label for p in table.pairs]:
         table = dataclasses.replace(table, pairs=[pair])  # any pair: the table's recipe and row configs
-    plan = build_plan(
-        table, load_preset(args.preset), RunStore(store), data_root=args.data_root, trials=1, methods=[method]
+    plan = build_plan(  # the teacher is a run (its weights do not change a step's cost), never a release to fetch
+        table,
+        load_preset(args.preset),
+        RunStore(store),
+        data_root=args.data_root,
+        trials=1,
+        methods=[method],
+        teachers="trained",
     )
     specs = [s for s in plan.ordered() if s.kind == "student" and s.pair is not None and s.pair.label == pair.label]
     if not specs:
@@ -166,7 +172,9 @@ def _dataset(config: dict[str, Any], table: Any, args: argparse.Namespace, folde
             if args.epochs == 0 and args.images < images.shape[0]:
                 images, labels = images[: args.images], labels[: args.images]
             return images, labels, test_images, test_labels, f"real {table.dataset} from {root}", cls
-    cls.write_fixture(str(folder / "fixture"))
+    from datamodules.synthetic import write_fixture
+
+    write_fixture(table.dataset, folder / "fixture")
     shape = cls(root=str(folder / "fixture")).load_split("train")[0].shape[1:]
     generator = torch.Generator().manual_seed(0)
     classes = dataset_classes(config)

@@ -81,10 +81,18 @@ def wandb_summary(tracked: dict[str, float], wall_seconds: float, steps: int, ep
 
 
 def finish_wandb_run(
-    experiment: Any, tracked: dict[str, float], wall_seconds: float, trainer: Any, run_dir: Path
+    experiment: Any,
+    tracked: dict[str, float],
+    wall_seconds: float,
+    trainer: Any,
+    run_dir: Path,
+    diverged: str | None = None,
 ) -> None:
-    """Write the summary, note the run in ``wandb.json`` and close it (the next in-process run starts its own)."""
+    """Write the summary (with the divergence of a run recorded as diverged), note the run in ``wandb.json`` and
+    close it (the next in-process run starts its own)."""
     experiment.summary.update(wandb_summary(tracked, wall_seconds, trainer.global_step, trainer.current_epoch))
+    if diverged:
+        experiment.summary["diverged"] = diverged
     note = {"id": experiment.id, "url": experiment.url, "dir": experiment.dir, "offline": bool(experiment.offline)}
     (Path(run_dir) / WANDB_RUN).write_text(json.dumps(note))
     experiment.finish()

@@ -9,6 +9,7 @@ teacher factor; the student's translator is trained to match it (CE + 200 x FT).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -95,6 +96,12 @@ class FTParaphraserInit(DistillationModule):
         with torch.no_grad():
             logits = self.student(batch["images"])  # training accuracy only
         return logits, {"reconstruction": F.mse_loss(reconstruction, teacher_map)}
+
+    def on_train_end(self) -> None:
+        """Write the run checkpoint FT reads (``checkpoints/last.ckpt``) when training ends: the resumable
+        checkpoints are written only where a resume is exact, so a short stage may end with none."""
+        if not self.trainer.interrupted:
+            self.trainer.save_checkpoint(Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt")
 
 
 def load_paraphraser(path: str, channels: int, rate: float) -> Paraphraser:

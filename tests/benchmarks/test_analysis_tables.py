@@ -84,4 +84,4 @@ def test_an_analysis_table_renders_its_recorded_metrics(tmp_path: Path) -> None:
     assert ("Baseline (T vs trained S)", pair, "kl_div") not in best_ours
     assert ("KCD+RKD", pair, "kl_div") in best_paper  # 0.58, the smallest published KL
     text = render_markdown(plan, frame)
-    assert "`kl_div`: KL divergence" in text and "**0.50 ± 0.00** (1) / 0.71 / -0.21" in text
+    assert "`kl_div`: KL divergence" in text and "**0.50** (1) / 0.71 / -0.21" in text  # one run: no spread

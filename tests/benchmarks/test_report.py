@@ -43,6 +43,7 @@ def _store_with_results(tmp_path: Path):  # type: ignore[no-untyped-def]
         data_root="data",
         pairs=PAIRS,
         methods=["Teacher", "Vanilla", "KD", "DKD"],
+        teachers="trained",  # the teacher cells are runs here (table1 reads released teachers by default)
     )
     for run_id, value in zip(plan.cells[("KD", PAIRS[0])], (70.0, 71.0, 72.0), strict=True):
         _record(store, run_id, value)

@@ -31,7 +31,7 @@ SHARED_CSV = next(
 
 # The tables the papers print, as kdbench names them, plus kdbench's own unified tables.
 EXPECTED_TABLES = {
-    "table1", "table2", "table3", "table4", "fmnist",
+    "table1", "table2", "table3", "table4", "fmnist", "demo",
     "norm.t1", "norm.t2", "norm.t3", "norm.t6", "norm.f2", "norm.f4", "norm.t8",
     "letkd.t1", "letkd.t2", "letkd.t3", "letkd.t4", "letkd.t5", "letkd.t6",
     "nd.t1", "nd.t2", "nd.t4a", "nd.t4b", "nd.t4c", "nd.t4d", "nd.t5", "nd.t6", "nd.f5", "nd.readme_cnn2vit", "nd.readme_vit2cnn",

@@ -72,7 +72,13 @@ def test_the_init_stage_is_a_cached_prerequisite_run(tmp_path: Path) -> None:
     pair = "resnet56->resnet20"
     for preset_name, epochs in (("full", 30), ("smoke", 1)):
         plan = build_plan(
-            load_table("table1"), load_preset(preset_name), store, data_root="data", pairs=[pair], methods=["AB"]
+            load_table("table1"),
+            load_preset(preset_name),
+            store,
+            data_root="data",
+            pairs=[pair],
+            methods=["AB"],
+            teachers="trained",
         )
         main = plan.runs[plan.cells[("AB", pair)][0]]
         stage = next(s for s in plan.ordered() if s.kind == "stage")

@@ -66,7 +66,7 @@ def test_trains_through_the_cli_with_the_shipped_config(
     exported = torch.load(tmp_path / "final.pth")["state_dict"]
     assert exported.keys() == create_model("resnet8", 100).state_dict().keys(), "method modules leak into the export"
     extra = {
-        k for k in torch.load(tmp_path / "checkpoints" / "last.ckpt")["state_dict"] if not k.startswith("student.")
+        k for k in torch.load(tmp_path / "checkpoints" / "best.ckpt")["state_dict"] if not k.startswith("student.")
     }
     if name in _EXTRA_MODULES:
         assert any(k.startswith(_EXTRA_MODULES[name]) for k in extra), f"{name}: {_EXTRA_MODULES[name]} not saved"

@@ -68,7 +68,15 @@ def test_stages(teacher_checkpoint, tmp_path: Path) -> None:  # type: ignore[no-
 def test_the_paraphraser_stage_is_a_cached_prerequisite_run(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
     pair = "resnet56->resnet20"
-    plan = build_plan(load_table("table1"), load_preset("full"), store, data_root="data", pairs=[pair], methods=["FT"])
+    plan = build_plan(
+        load_table("table1"),
+        load_preset("full"),
+        store,
+        data_root="data",
+        pairs=[pair],
+        methods=["FT"],
+        teachers="trained",
+    )
     main = plan.runs[plan.cells[("FT", pair)][0]]
     stage = next(s for s in plan.ordered() if s.kind == "stage")
     assert main.blocked is None and stage.method == "FTParaphraserInit" and stage.run_id in main.depends_on

@@ -139,7 +139,7 @@ def test_shipped_config_through_the_cli(cifar_root: Path, tmp_path: Path, fit_ar
     assert json.loads((tmp_path / "record.json").read_text())["steps"] == 2
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/ce", "train/norm", "train/crd"} <= set(header)
-    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
+    checkpoint = torch.load(tmp_path / "checkpoints" / "best.ckpt")["state_dict"]
     assert checkpoint["memory.memory_student"].shape == (1000, 128) and checkpoint["memory.z_student"] > 0
     # final.pth is the NORM student (FT kept, no CRD modules); it folds into the plain resnet8x4 like any NORM one.
     exported = torch.load(tmp_path / "final.pth")["state_dict"]
