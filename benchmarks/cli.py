@@ -37,7 +37,7 @@ from benchmarks.cli_errors import KDBenchArgumentParser, check_config, check_con
 from benchmarks.errors import user_errors
 from benchmarks.interrupts import ClaimLost
 from benchmarks.progress import PROGRESS, StepProgress
-from benchmarks.resume import AtomicCheckpointIO, ResumableCSVLogger, ResumableRun
+from benchmarks.resume import FINAL_CHECKPOINT, AtomicCheckpointIO, ResumableCSVLogger, ResumableRun
 from benchmarks.store import write_record
 from benchmarks.wandb_logging import finish_wandb_run, lr_interval, wandb_config
 from datamodules import KDDataModule
@@ -349,6 +349,10 @@ class KDBenchCLI(LightningCLI):
                 top1=module.tracked.get("last_top1"),
                 run_id=info.run_id,
             )
+            if type(module).deploy_student is not DistillationModule.deploy_student:
+                # A method that deploys more than its student (SimKD's projector): its final weights for
+                # ``benchmarks.export`` (last.ckpt is a resume point only and is never written after the last step).
+                trainer.save_checkpoint(run_dir / "checkpoints" / FINAL_CHECKPOINT, weights_only=True)
         seconds = module.fit_seconds()
         write_record(
             run_dir,

@@ -522,9 +522,10 @@ def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
     import platform
 
     from benchmarks.execute import quiet_lightning
-    from benchmarks.probe import PAIR, CountOps, probe_fit, probe_module, probe_setting
+    from benchmarks.probe import PAIR, CountOps, probe_fit, probe_module, probe_setting, probe_student
     from datamodules import CIFAR100
     from kd_modules import method_class, method_names
+    from kd_modules.diagnostics import Diagnostic
 
     teacher, student = PAIR
     student_ops = network_ops(student, 100, True) or 0
@@ -538,13 +539,17 @@ def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
         try:
             setting = probe_setting(Path(tmp))
             for method in method_names():
+                if issubclass(method_class(method), Diagnostic):
+                    continue  # a fit without steps: nothing to count
                 module, data_args = probe_module(method, setting)
                 counter = CountOps(skip=1)
                 with quiet_lightning():
                     probe_fit(module, data_args, setting, 2, [counter.callback])
                 step_ops[method] = counter.counts[2]
                 uses_teacher = bool(method_class(method).requires_teacher)
-                other_ops[method] = step_ops[method] - student_ops - (teacher_ops if uses_teacher else 0)
+                with probe_student(method) as arch:  # DeiT++: the probe's small ViT, not PAIR's student
+                    own_ops = student_ops if arch == student else (network_ops(arch, 100, True) or 0)
+                other_ops[method] = step_ops[method] - own_ops - (teacher_ops if uses_teacher else 0)
                 loop, foreach = _optimizer_ops(module)
                 optimizer_ops[method] = {"per_tensor": loop, "foreach": foreach}
                 print(

@@ -15,8 +15,8 @@ student up to its last stage with the trained projector and the reused teacher c
 NORM's FT is folded the same way.  The written student is an ordinary ``kdbench-network`` checkpoint of the plain
 architecture (``models.checkpoints.load_network`` reads it, e.g. as a teacher).
 
-``final`` of a run folder reads its ``checkpoints/last.ckpt`` (the weights ``final.pth`` holds), or ``final.pth``
-when the run kept no checkpoints.
+``final`` of a run folder reads its ``checkpoints/final.ckpt`` (the final weights of a method that deploys more than
+its student, such as SimKD's projector), else ``final.pth`` (the final student).
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ from models.checkpoints import CheckpointError, export_network, read_state_dict
 
 __all__ = ["load_method", "export_run", "export_folded", "main"]
 
-_CHECKPOINTS = {"final": "checkpoints/last.ckpt", "best": "checkpoints/best.ckpt", "last": "checkpoints/last.ckpt"}
+_CHECKPOINTS = {"final": "checkpoints/final.ckpt", "best": "checkpoints/best.ckpt", "last": "checkpoints/last.ckpt"}
 
 
 def _resolve(source: Path, which: str) -> tuple[Path, Path]:
     """(checkpoint file, default output path) for a run folder or a checkpoint file."""
     if source.is_dir():
         path = source / _CHECKPOINTS[which]
-        if which == "final" and not path.is_file():  # a run without checkpoints: its student file
+        if which == "final" and not path.is_file():  # a method that deploys its student: the student file
             path = source / "final.pth"
         if not path.is_file():
             raise CheckpointError(f"run folder {source} has no {path.relative_to(source)} (is the run finished?)")

@@ -2,22 +2,27 @@
 
 :func:`probe_setting` writes a CIFAR-100 fixture (one image per class), an untrained resnet20 teacher and FT's
 paraphraser stage; :func:`probe_module` builds any method (``kd_modules.method_names()``) on resnet20 -> resnet8
-with its config from ``configs/methods`` and the smoke preset's small offline stages; :func:`probe_fit` takes a
-few optimisation steps through a real ``Trainer``.  Used by ``tests/kd_modules/test_host_sync.py`` and by
-``python -m benchmarks.cost calibrate-ops``.
+with its config from ``configs/methods`` and the smoke preset's small offline stages (DeiT++, which distils into a
+vision transformer only, on a small DeiT: :data:`PROBE_STUDENTS`); :func:`probe_fit` takes a few optimisation
+steps through a real ``Trainer``.  Used by ``tests/kd_modules/test_host_sync.py`` and by
+``python -m benchmarks.cost calibrate-ops``, for every method that trains (the diagnostics of
+:mod:`kd_modules.diagnostics` measure trained networks in a fit that stops before its first step: they have no
+training step to probe).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-__all__ = ["PAIR", "probe_setting", "probe_module", "probe_fit", "CountOps"]
+__all__ = ["PAIR", "PROBE_STUDENTS", "probe_student", "probe_setting", "probe_module", "probe_fit", "CountOps"]
 
 PAIR = ("resnet20", "resnet8")  # teacher, student: the cheapest pair every method is defined on
 #: Argument changes that make a method runnable on the one-image-per-class fixture.
@@ -26,6 +31,16 @@ SMALL = {
     "CRDKD": {"data": {"contrast_k": 16}},
     "NORMCRD": {"data": {"contrast_k": 16}},
 }
+#: Students of the methods that PAIR's student cannot be: DeiT++ distils into a ViT only, here timm's DeiT-Ti with
+#: its distillation token at the fixture's 32 x 32 (4 x 4 patches, 4 blocks), registered only while it is built.
+PROBE_STUDENTS = {
+    "DeiTPlusPlus": (
+        "probe_deit_tiny_distilled",
+        {"timm_name": "deit_tiny_distilled_patch16_224", "img_size": 32, "patch_size": 4, "depth": 4},
+    ),
+}
+#: The recipes whose optimisation settings a method's probe takes (DeiT++: mixup / CutMix, label smoothing, AdamW).
+PROBE_RECIPES = {"DeiTPlusPlus": "nd_imagenet_vit"}
 
 
 def _config_of(method: str) -> dict[str, Any]:
@@ -60,8 +75,31 @@ def probe_setting(folder: Path) -> dict[str, Any]:
     return {"data": folder / "data", "teacher": teacher, "paraphraser": str(ft_path)}
 
 
+@contextlib.contextmanager
+def probe_student(method: str) -> Iterator[str]:
+    """The student's network name for ``method``: PAIR's, or its :data:`PROBE_STUDENTS` entry, registered for the
+    duration (the registry is the same for every test: nothing else may see it)."""
+    if method not in PROBE_STUDENTS:
+        yield PAIR[1]
+        return
+    import models.registry as registry
+    from models.imagenet.timm_nets import TimmViT
+
+    name, spec = PROBE_STUDENTS[method]
+    spec = dict(spec)
+    timm_name = spec.pop("timm_name")
+    registry.list_models()  # the families are registered first
+    registry._REGISTRY[name] = registry.ModelEntry(
+        name, "imagenet", lambda num_classes=1000: TimmViT(timm_name, num_classes, **spec)
+    )
+    try:
+        yield name
+    finally:
+        registry._REGISTRY.pop(name, None)
+
+
 def probe_module(method: str, setting: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """(module, datamodule arguments) of ``method`` on resnet20 -> resnet8."""
+    """(module, datamodule arguments) of ``method`` on resnet20 -> resnet8 (or its :data:`PROBE_STUDENTS` one)."""
     from benchmarks.configs import deep_merge
     from benchmarks.plan import load_preset
     from kd_modules import method_class
@@ -70,12 +108,17 @@ def probe_module(method: str, setting: dict[str, Any]) -> tuple[Any, dict[str, A
     raw = _config_of(method)
     smoke = load_preset("smoke").method_init_args.get(method, {})
     args = deep_merge((raw.get("model") or {}).get("init_args") or {}, smoke)
+    if method in PROBE_RECIPES:
+        from benchmarks.tables import REPO_ROOT
+
+        recipe = yaml.safe_load((REPO_ROOT / "configs" / "recipes" / f"{PROBE_RECIPES[method]}.yaml").read_text())
+        args = deep_merge({"optim": recipe["model"]["init_args"]["optim"]}, args)
     if method == "FT":
         args["paraphraser_checkpoint"] = setting["paraphraser"]
     if method == "RCO" or (method == "KCD" and args.get("combine") == "rco"):
         args["anchor_checkpoints"] = [setting["teacher"].checkpoint] * 4
-    if method == "KCD":
-        args["transform"] = "random"  # no CE-only student needed (the planner provides it in tables)
+    if method == "KCD":  # no CE-only student needed (the planner provides it in tables)
+        args["transformation"] = {**(args.get("transformation") or {}), "transform": "random"}
     hints = typing.get_type_hints(cls.__init__)
     for name, value in list(args.items()):
         hint = hints.get(name)
@@ -86,7 +129,8 @@ def probe_module(method: str, setting: dict[str, Any]) -> tuple[Any, dict[str, A
     elif getattr(cls, "sized_by_teacher_arch", False):
         args.setdefault("teacher_arch", PAIR[0])
     torch.manual_seed(0)
-    module = cls(student=PAIR[1], num_classes=100, **args)
+    with probe_student(method) as student:
+        module = cls(student=student, num_classes=100, **args)
     data_args = dict((raw.get("data") or {}).get("init_args") or {})
     data_args.update(SMALL.get(method, {}).get("data", {}))
     return module, data_args

@@ -56,9 +56,11 @@ from benchmarks import interrupts
 from benchmarks.interrupts import ClaimLost, RunInterrupted
 from benchmarks.store import _test_write_delay
 
-__all__ = ["ResumableRun", "ResumableCSVLogger", "AtomicCheckpointIO", "checkpoint_problem", "LAST"]
+__all__ = ["ResumableRun", "ResumableCSVLogger", "AtomicCheckpointIO", "checkpoint_problem", "LAST", "FINAL_CHECKPOINT"]
 
 LAST = "last.ckpt"
+#: The weights-only checkpoint of a finished run whose method deploys more than its student (``benchmarks.cli``).
+FINAL_CHECKPOINT = "final.ckpt"
 
 
 # ---------------------------------------------------------------------------------------------- checkpoint IO

@@ -1,5 +1,6 @@
 """One LightningDataModule per dataset, sharing the batch format and the batched augmentation."""
 
+from datamodules import gpu_decode  # noqa: F401  (registers ImageNet's gpu_decode backend)
 from datamodules.base import CropFlipDataModule, InMemoryDataModule, KDDataModule
 from datamodules.cifar import CIFAR100
 from datamodules.errors import DatasetError

@@ -22,7 +22,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,9 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.contrast import ContrastSampler
 from datamodules.errors import DatasetError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from datamodules.imagenet import ImageNet
+from datamodules.imagenet import BACKENDS, EpochKeys, ImageNet, imagenet_samples, sample_seed
 
 __all__ = ["GPUDecodeBackend", "EncodedSamples", "SampleView", "apply_view", "decode_batch"]
 
@@ -119,7 +117,6 @@ class EncodedSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         from PIL import Image, UnidentifiedImageError
 
-        from datamodules.imagenet import sample_seed
         from datamodules.images import open_rgb
 
         epoch, index = key
@@ -226,8 +223,6 @@ class GPUDecodeBackend:
         self._samples: dict[str, list[tuple[str, int]]] = {}
 
     def samples(self, split: str) -> list[tuple[str, int]]:
-        from datamodules.imagenet import imagenet_samples
-
         if split not in self._samples:
             self._samples[split] = imagenet_samples(self.datamodule.root, split)[0]
         return self._samples[split]
@@ -242,8 +237,6 @@ class GPUDecodeBackend:
         return device if device.type == "cuda" else torch.device("cpu")
 
     def loader(self, split: str, *, train: bool, shuffle: bool, batch_size: int, drop_last: bool) -> GPUDecodedBatches:
-        from datamodules.imagenet import EpochKeys
-
         dm = self.datamodule
         samples = self.samples(split)
         contrast = None
@@ -263,3 +256,8 @@ class GPUDecodeBackend:
             prefetch_factor=4 if workers > 0 else None,
         )
         return GPUDecodedBatches(loader, self.device)
+
+
+#: The reader never imports this module (it imports the reader): the backend registers itself here, and the
+#: package (``datamodules/__init__``) imports this module, so ``--data.backend gpu_decode`` is always known.
+BACKENDS["gpu_decode"] = GPUDecodeBackend

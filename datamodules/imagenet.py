@@ -302,7 +302,8 @@ def random_erasing(images: Tensor, seeds: Tensor, probability: float) -> Tensor:
 
 
 #: Loader backends by name (``--data.backend``): ``torchvision`` (PIL, the default) and ``gpu_decode`` (JPEGs
-#: decoded on the GPU with nvJPEG, crops drawn as the PIL backend draws them: :mod:`datamodules.gpu_decode`).
+#: decoded on the GPU with nvJPEG, crops drawn as the PIL backend draws them: :mod:`datamodules.gpu_decode`, which
+#: imports this module and registers itself here; the package ``__init__`` imports it).
 BACKENDS: dict[str, type[ImageNetBackend]] = {"torchvision": TorchvisionBackend}
 
 
@@ -450,8 +451,3 @@ class ImageNet(KDDataModule):
         if seeds is not None:
             batch["images"] = random_erasing(batch["images"], seeds, self.random_erasing)
         return batch
-
-
-from datamodules.gpu_decode import GPUDecodeBackend  # noqa: E402  (it reads this module's helpers)
-
-BACKENDS["gpu_decode"] = GPUDecodeBackend

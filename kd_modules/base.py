@@ -503,8 +503,16 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
             decayed = [p for n, p in named if not (p.ndim <= 1 or n.endswith(".bias"))]
             params = [{"params": plain, "weight_decay": 0.0}, {"params": decayed}]
         if optim.optimizer == "adamw":
+            # The fused implementation where every parameter allows it: its step counts stay on the parameters'
+            # device (the for-each and per-tensor ones keep them on the host and read each one every step: a host
+            # read per parameter tensor, which also rules out capturing the step in a CUDA graph).
+            fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for _, p in named)
             optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-                params, lr=optim.lr, betas=(optim.betas[0], optim.betas[1]), weight_decay=optim.weight_decay
+                params,
+                lr=optim.lr,
+                betas=(optim.betas[0], optim.betas[1]),
+                weight_decay=optim.weight_decay,
+                fused=True if fused else None,
             )
         else:
             optimizer = torch.optim.SGD(

@@ -218,6 +218,10 @@ class Diagnostic(DistillationModule):
     def configure_optimizers(self) -> Any:
         return None
 
+    def extra_parameters(self) -> int:
+        """0: a diagnostic trains nothing (its second networks, S2 or theta_1, are measured, not trained)."""
+        return 0
+
 
 # --------------------------------------------------------------------------------------- KCD Table 10
 class ChannelOverlap(Diagnostic):

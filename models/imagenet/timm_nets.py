@@ -34,6 +34,7 @@ rates on the blocks (timm's ``drop_path_rate``: DeiT, MAE), :meth:`TimmViT.set_d
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -88,11 +89,13 @@ class TimmViT(KDNet):
         timm_name: the timm architecture, e.g. ``vit_base_patch16_224``, ``deit_base_distilled_patch16_224``.
         num_classes: classifier width.
         num_stages: how many equal groups of blocks the contract's stages are.
+        timm_args: further arguments of timm's ``create_model`` that change the architecture (``img_size``,
+            ``patch_size``, ``depth``: the small ViTs of tests and probes; the registered networks pass none).
     """
 
-    def __init__(self, timm_name: str, num_classes: int = 1000, num_stages: int = 4) -> None:
+    def __init__(self, timm_name: str, num_classes: int = 1000, num_stages: int = 4, **timm_args: Any) -> None:
         super().__init__()
-        vit = _timm().create_model(timm_name, pretrained=False, num_classes=num_classes)
+        vit = _timm().create_model(timm_name, pretrained=False, num_classes=num_classes, **timm_args)
         if getattr(vit, "global_pool", "token") != "token" or vit.reg_token is not None or vit.no_embed_class:
             raise ValueError(f"{timm_name}: only class-token ViTs with class-token position embeddings are wrapped")
         # timm's submodules and parameters under timm's own names (state dicts load key for key); the timm object

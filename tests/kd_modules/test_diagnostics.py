@@ -89,6 +89,7 @@ def test_channel_overlap(cifar_root: Path, fit_args, trained_teacher: Path, tmp_
         "--model.ks=[5,10,64]",
     )
     transformed = _diagnose(cifar_root, fit_args, tmp_path / "t", *common, "--model.compare=transformed_teacher")
+    assert transformed.pop("extra_parameters") == 0  # every record carries it; a diagnostic trains nothing
     # KCD's bipartite matching undoes the permutation: every class's top-k channels are the same ones.
     assert transformed == pytest.approx({"overlap_top5": 100.0, "overlap_top10": 100.0, "overlap_top64": 100.0})
     plain = _diagnose(cifar_root, fit_args, tmp_path / "p", *common, "--model.compare=teacher")
@@ -106,6 +107,7 @@ def test_channel_overlap(cifar_root: Path, fit_args, trained_teacher: Path, tmp_
         f"--model.reference_checkpoint={second}",
     )
     assert same["overlap_top5"] == pytest.approx(100.0)
+    assert same["extra_parameters"] == 0  # S2 is measured, not trained
 
 
 def test_output_consistency(cifar_root: Path, fit_args, trained_teacher: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -128,6 +130,7 @@ def test_output_consistency(cifar_root: Path, fit_args, trained_teacher: Path, t
     )
     assert plain["kl_div"] > 1e-3 and plain["l2_dist"] > 1e-2
     assert mapped["kl_div"] == pytest.approx(0.0, abs=1e-9) and mapped["l2_dist"] == pytest.approx(0.0, abs=1e-4)
+    assert mapped["extra_parameters"] == 0  # theta_1 is measured, not trained
     logits = _diagnose(cifar_root, fit_args, tmp_path / "logits", *common, "--model.kl_input=logits")
     assert logits["kl_div"] == pytest.approx(0.0, abs=1e-9)  # the permutation leaves the logits unchanged
     # By hand on the first 100 evaluation images: the identity-order L2 distance of the two final maps.
