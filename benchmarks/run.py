@@ -787,4 +787,7 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A runner never attaches to a W&B service it inherited (WANDB_SERVICE, set by wandb in whatever process
+    # started it): a run killed there stays "in use" in that service, and resuming it here would be refused.
+    os.environ.pop("WANDB_SERVICE", None)
     sys.exit(main(sys.argv[1:]))
