@@ -9,7 +9,7 @@ from torch import Tensor
 from kd_modules.base import Batch, OptimConfig, TeacherConfig
 from kd_modules.connectors import ConvReg
 from kd_modules.errors import MethodConfigError
-from kd_modules.letkd import KDLayer, TargetsConfig, _WordDistillation
+from kd_modules.letkd import KDLayerSettings, TargetsConfig, _WordDistillation
 from kd_modules.losses.fitnet import hint_loss
 from kd_modules.losses.letkd import codebook_assignment, location_kl
 from models import FeatureOutput
@@ -19,7 +19,7 @@ class FitNetKDLayer(_WordDistillation):
     """FitNet (the hint at the output of stage 2, :class:`kd_modules.fitnet.FitNet`) with letKD-1's KD layer at the
     penultimate location (the map entering global pooling), with or without the KD layer's own loss::
 
-        L = ce_weight * CE + feat_weight * MSE(ConvReg(F_S^2), F_T^2) [+ penult_weight * KL_penult]
+        L = ce_weight * CE + feat_weight * MSE(ConvReg(F_S^2), F_T^2) [+ layers.penult_weight * KL_penult]
 
     ``supervised=false`` is supplement Table 6's "FitNet + KD layer without supervision": the layer (the capacity
     it adds) is trained by CE alone and no codebook is built; ``supervised=true`` adds letKD-1's per-location KL
@@ -35,10 +35,8 @@ class FitNetKDLayer(_WordDistillation):
         optim: optimiser and schedule.
         targets: the codebook (K, tau, K-means; used when ``supervised``).
         supervised: add the KD layer's KL loss (True) or train the layer by CE only (False).
-        alpha_penult: residual scale of the KD layer's value branch.
-        predictor_scale: initial scale of the KD layer's scoring convolution (official 3).
-        value_scale: initial scale of the KD layer's value convolution (official 1).
-        penult_weight: weight of the KD layer's KL term.
+        layers: letKD-1's penultimate KD layer and its KL weight (:class:`~kd_modules.letkd.KDLayerSettings`:
+            alpha_penult, predictor_scale 3, value_scale 1, penult_weight).
         ce_weight: cross-entropy weight.
         feat_weight: FitNet's hint weight (RepDistiller ``-b`` 100).
         hint_layer: the hint, in RepDistiller's ``feat`` indexing (2: the output of stage 2).
@@ -52,10 +50,7 @@ class FitNetKDLayer(_WordDistillation):
         optim: OptimConfig = OptimConfig(),
         targets: TargetsConfig = TargetsConfig(),
         supervised: bool = True,
-        alpha_penult: float = 1.0,
-        predictor_scale: float = 3.0,
-        value_scale: float = 1.0,
-        penult_weight: float = 1.0,
+        layers: KDLayerSettings = KDLayerSettings(),
         ce_weight: float = 1.0,
         feat_weight: float = 100.0,
         hint_layer: int = 2,
@@ -68,9 +63,8 @@ class FitNetKDLayer(_WordDistillation):
         self.hint_layer = hint_layer
         tap = "stem" if hint_layer == 0 else f"stage{hint_layer}"
         self.regressor = ConvReg(self.student.feature_shapes()[tap], self.teacher.feature_shapes()[tap])
-        self.ce_weight, self.feat_weight, self.penult_weight = ce_weight, feat_weight, penult_weight
-        channels = self.student_shapes["neck"][0]
-        self.student.insert("neck", KDLayer(channels, targets.num_clusters, alpha_penult, predictor_scale, value_scale))
+        self.ce_weight, self.feat_weight, self.penult_weight = ce_weight, feat_weight, layers.penult_weight
+        self.student.insert("neck", layers.penultimate_layer(self.student_shapes["neck"][0], targets.num_clusters))
 
     def hint(self, features: FeatureOutput) -> Tensor:
         return features.stem if self.hint_layer == 0 else features.stages_post[self.hint_layer - 1]
