@@ -4,8 +4,8 @@ The papers' analysis tables print measurements of trained networks instead of ac
 of the most activated channels a student shares with its teacher), KCD Table 11 (KL divergence and L2 distance
 between teacher and student features on the evaluation set), letKD supplement Table 4 (the top-1 of an LDA
 classifier fitted on a student's pooled intermediate features).  Each is a class here.  A diagnostic is planned
-like a method: the network it measures is a *prerequisite* training run (``trained_method`` /
-``trained_config`` / ``trained_args`` describe it; identical settings give the identical run, so the analysed
+like a method: the network it measures is a *prerequisite* training run (``measured: {trained_method,
+trained_config, trained_args}`` describe it; identical settings give the identical run, so the analysed
 student is the very run of the table that trained it), its identity names that run, and its output is an ordinary
 ``record.json`` whose ``metrics`` hold the measurements (:data:`benchmarks.tables.ANALYSIS_METRICS`), which the
 renderer reads like accuracies.
@@ -23,13 +23,14 @@ from __future__ import annotations
 import warnings
 from abc import abstractmethod
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_modules.base import Batch, DistillationModule, MethodConfigError, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, DistillationModule, MethodConfigError, OptimConfig, SettingsGroup, TeacherConfig
 from kd_modules.losses.kcd import channel_mapping, identity_mapping, statistic_groups, transform_channels
 from kd_modules.offline import progress
 from kd_modules.rco import check_layer, distilled_map, distilled_shape
@@ -122,6 +123,22 @@ def load_with_kd_layers(arch: str, num_classes: int, path: str) -> KDNet:
 
 
 # ------------------------------------------------------------------------------------------------ the base
+@dataclass(frozen=True)
+class MeasuredRun(SettingsGroup):
+    """The training run whose network a diagnostic measures (``measured: {...}``); the same settings as a table
+    row's give the same run, so the measured network is the one the other tables train.
+
+    Args:
+        trained_method: the method of the run that trained the measured network.
+        trained_config: that run's method config file (as a table row's ``config``).
+        trained_args: that run's method arguments (as a table row's ``init_args``).
+    """
+
+    trained_method: str = "Vanilla"
+    trained_config: str | None = None
+    trained_args: dict[str, Any] | None = None
+
+
 class Diagnostic(DistillationModule):
     """A run that measures a trained network and records the measurements (see the module docs).
 
@@ -132,9 +149,7 @@ class Diagnostic(DistillationModule):
         optim: unused (nothing is optimised); present so that recipes apply unchanged.
         checkpoint: the measured network's weights (filled in by the table runner: the ``trained`` stage's
             ``final.pth``).
-        trained_method: the method of the run that trained the measured network.
-        trained_config: that run's method config file (as a table row's ``config``).
-        trained_args: that run's method arguments (as a table row's ``init_args``).
+        measured: the training run of the measured network (:class:`MeasuredRun`).
         max_images: use only the first n images of every pass (None: all; smoke runs use a few).
     """
 
@@ -145,16 +160,14 @@ class Diagnostic(DistillationModule):
         num_classes: int = 100,
         optim: OptimConfig = OptimConfig(),
         checkpoint: str | None = None,
-        trained_method: str = "Vanilla",
-        trained_config: str | None = None,
-        trained_args: dict[str, Any] | None = None,
+        measured: MeasuredRun = MeasuredRun(),
         max_images: int | None = None,
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
         if checkpoint is None:
             raise MethodConfigError(
                 f"{type(self).__name__} measures a trained network: pass checkpoint (the table runner passes the "
-                f"final.pth of the {trained_method} run it names)"
+                f"final.pth of the {measured.trained_method} run it names)"
             )
         if max_images is not None and max_images < 1:
             raise MethodConfigError(f"max_images must be at least 1 or null (all images), got {max_images}")
@@ -164,17 +177,19 @@ class Diagnostic(DistillationModule):
 
     @classmethod
     def trained_stage(cls, init_args: dict[str, Any], name: str = "trained", pass_as: str = "checkpoint") -> dict:
-        """The prerequisite that trains the measured network (the row's ``trained_*`` settings)."""
-        method = str(init_args.get("trained_method") or "Vanilla")
+        """The prerequisite that trains the measured network (the row's ``measured`` settings)."""
+        given = init_args.get("measured") or {}
+        measured = asdict(given) if is_dataclass(given) else dict(given)
+        method = str(measured.get("trained_method") or "Vanilla")
         stage: dict[str, Any] = {
             "name": name,
             "method": method,
-            "init_args": dict(init_args.get("trained_args") or {}),
+            "init_args": dict(measured.get("trained_args") or {}),
             "pass_as": pass_as,
             "description": f"the measured network: the {method} run of this pair and trial",
         }
-        if init_args.get("trained_config"):
-            stage["config"] = str(init_args["trained_config"])
+        if measured.get("trained_config"):
+            stage["config"] = str(measured["trained_config"])
         return stage
 
     @classmethod
@@ -262,9 +277,7 @@ class ChannelOverlap(Diagnostic):
         num_classes: int = 100,
         optim: OptimConfig = OptimConfig(),
         checkpoint: str | None = None,
-        trained_method: str = "Vanilla",
-        trained_config: str | None = None,
-        trained_args: dict[str, Any] | None = None,
+        measured: MeasuredRun = MeasuredRun(),
         max_images: int | None = None,
         compare: Comparison = "teacher",
         ks: list[int] = [10, 20, 50, 100],  # noqa: B006 - plain data, never mutated
@@ -274,9 +287,7 @@ class ChannelOverlap(Diagnostic):
         reference_checkpoint: str | None = None,
         second_seed: int = 1,
     ) -> None:
-        super().__init__(
-            student, teacher, num_classes, optim, checkpoint, trained_method, trained_config, trained_args, max_images
-        )
+        super().__init__(student, teacher, num_classes, optim, checkpoint, measured, max_images)
         if compare not in ("teacher", "transformed_teacher", "student"):
             raise MethodConfigError(f"compare={compare!r}; valid: teacher, transformed_teacher, student")
         if not ks or any(k < 1 for k in ks):
@@ -398,9 +409,7 @@ class OutputConsistency(Diagnostic):
         num_classes: int = 100,
         optim: OptimConfig = OptimConfig(),
         checkpoint: str | None = None,
-        trained_method: str = "Vanilla",
-        trained_config: str | None = None,
-        trained_args: dict[str, Any] | None = None,
+        measured: MeasuredRun = MeasuredRun(),
         max_images: int | None = None,
         mapping: Literal["identity", "bipartite", "greedy"] = "identity",
         consistency: str = "correlation",
@@ -408,9 +417,7 @@ class OutputConsistency(Diagnostic):
         kl_input: Literal["features", "logits"] = "features",
         mapping_checkpoint: str | None = None,
     ) -> None:
-        super().__init__(
-            student, teacher, num_classes, optim, checkpoint, trained_method, trained_config, trained_args, max_images
-        )
+        super().__init__(student, teacher, num_classes, optim, checkpoint, measured, max_images)
         if mapping not in ("identity", "bipartite", "greedy"):
             raise MethodConfigError(f"mapping={mapping!r}; valid: identity, bipartite, greedy")
         if kl_input not in ("features", "logits"):
@@ -497,17 +504,13 @@ class LDAProbe(Diagnostic):
         num_classes: int = 100,
         optim: OptimConfig = OptimConfig(),
         checkpoint: str | None = None,
-        trained_method: str = "Vanilla",
-        trained_config: str | None = None,
-        trained_args: dict[str, Any] | None = None,
+        measured: MeasuredRun = MeasuredRun(),
         max_images: int | None = None,
         point: str | None = None,
         features: Literal["input", "output"] = "output",
         solver: Literal["svd", "lsqr", "eigen"] = "svd",
     ) -> None:
-        super().__init__(
-            student, teacher, num_classes, optim, checkpoint, trained_method, trained_config, trained_args, max_images
-        )
+        super().__init__(student, teacher, num_classes, optim, checkpoint, measured, max_images)
         from kd_modules.letkd import FeatureTap, first_block_of_last_stage
 
         if features not in ("input", "output"):
