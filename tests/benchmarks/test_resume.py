@@ -10,6 +10,7 @@ step) resumes from the last periodic or end-of-epoch checkpoint.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,8 @@ def test_wandb_resumes_the_same_run_id(tmp_path: Path, cifar_root: Path, stop_at
     # one offline run directory per attempt, both of the run's own id (wandb sync uploads them as one run); the
     # interrupted attempt's W&B run was finished, so the second attempt did not log into a stale one
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(path.name.endswith("-wandbrun") for path in runs)
+    # (wandb appends "-1" to the folder of a second attempt that starts within the same second)
+    assert len(runs) == 2 and all(re.fullmatch(r"offline-run-\d{8}_\d{6}-wandbrun(-\d+)?", p.name) for p in runs)
     from benchmarks.cli import RunInfo, build_loggers
 
     logger = build_loggers(RunInfo(run_id="wandbrun", wandb="online"), run_dir / "w", fresh=False)[1]
