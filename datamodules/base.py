@@ -138,9 +138,7 @@ class KDDataModule(pl.LightningDataModule):
 
     @property
     def seed(self) -> int:
-        if self._seed is not None:
-            return self._seed
-        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return self._seed if self._seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def _current_epoch(self) -> int | None:
         trainer = getattr(self, "trainer", None)
