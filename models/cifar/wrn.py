@@ -72,17 +72,9 @@ class NetworkBlock(nn.Module):
 
     def __init__(self, num_blocks: int, in_channels: int, out_channels: int, stride: int, activated: bool) -> None:
         super().__init__()
-        self.layer = nn.Sequential(
-            *(
-                WideBlock(
-                    in_channels if j == 0 else out_channels,
-                    out_channels,
-                    stride if j == 0 else 1,
-                    input_activated=activated and j == 0,
-                )
-                for j in range(num_blocks)
-            )
-        )
+        blocks = [WideBlock(in_channels, out_channels, stride, input_activated=activated)]
+        blocks += [WideBlock(out_channels, out_channels, 1) for _ in range(num_blocks - 1)]
+        self.layer = nn.Sequential(*blocks)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layer(x)

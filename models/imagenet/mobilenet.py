@@ -89,8 +89,7 @@ class MobileNetV1(KDNet):
         return [self.model[end][4] for end in _V1_STAGE_ENDS]  # type: ignore[index]
 
 
-# Slices of torchvision's ``features`` forming the stem, the four stages and the neck.
-_V2_STEM = slice(0, 1)
+# Slices of torchvision's ``features`` forming the four stages (``features.0`` is the stem), and the neck.
 _V2_STAGES = [slice(1, 4), slice(4, 7), slice(7, 14), slice(14, 18)]
 _V2_NECK = 18
 
@@ -116,7 +115,7 @@ class TorchvisionMobileNetV2(KDNet):
         self.final_shape = FeatureShape(self.features[_V2_NECK].out_channels, size // 16, size // 16)
 
     def forward_stem(self, x: Tensor) -> Tensor:
-        return self.features[_V2_STEM](x)
+        return self.features[0](x)
 
     def forward_neck(self, x: Tensor) -> Tensor:
         return self.features[_V2_NECK](x)

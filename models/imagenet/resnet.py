@@ -54,7 +54,7 @@ class TorchvisionResNet(KDNet):
             stage, in_channels = residual_stage(block, in_channels, width, count, stride)
             layers.append(stage)
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))  # the reference's; KDNet.pool computes the same
         self.fc = nn.Linear(in_channels, num_classes)
         kaiming_init(self)
 
@@ -76,9 +76,6 @@ class TorchvisionResNet(KDNet):
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.relu(self.bn1(self.conv1(x)))
-
-    def pool(self, final_map: Tensor) -> Tensor:
-        return torch.flatten(self.avgpool(final_map), 1)
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         return [stage[-1].last_bn for stage in (self.layer1, self.layer2, self.layer3, self.layer4)]
