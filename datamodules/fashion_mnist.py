@@ -209,8 +209,7 @@ class FashionMNIST(CropFlipDataModule):
     def load_split(self, split: str) -> tuple[Tensor, Tensor]:
         """(N, 1, 32, 32) uint8: the 28x28 images inside a zero border of ``FRAME_PADDING`` pixels."""
         images, labels = read_fashion_mnist_split(self.root, split)
-        framed = torch.nn.functional.pad(images, (FRAME_PADDING,) * 4)
-        return framed, labels
+        return torch.nn.functional.pad(images, (FRAME_PADDING,) * 4), labels
 
     def to_network_input(self, images: Tensor) -> Tensor:
         """Grey -> RGB by replication: (B, 1, 32, 32) -> (B, 3, 32, 32)."""

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from models.contract import FeatureOutput, FeatureShape, FeatureUnavailable, KDNet
-from models.layers import identity_activation
+from models.layers import halving_shapes, identity_activation
 from models.registry import register_model
 
 __all__ = ["TimmViT", "TimmRegNet", "TokenStage"]
@@ -211,10 +211,8 @@ class TimmRegNet(KDNet):
         self.stages = [nn.Sequential(*list(s.children())[:-1], _PreActivation(list(s.children())[-1])) for s in stages]
         self.stage_activations: list[Callable[[Tensor], Tensor]] = [torch.relu] * 4
         self.input_size = 224
-        widths = [int(s.b1.conv3.conv.out_channels) for s in stages]
-        stem_width = int(net.stem.conv.out_channels)
-        self.stem_shape = FeatureShape(stem_width, 112, 112)
-        self.stage_shapes = [FeatureShape(w, 56 // 2**k, 56 // 2**k) for k, w in enumerate(widths)]
+        self.stem_shape = FeatureShape(int(net.stem.conv.out_channels), 112, 112)
+        self.stage_shapes = halving_shapes([int(s.b1.conv3.conv.out_channels) for s in stages], 56)
         self.final_shape = self.stage_shapes[-1]
 
     @property
