@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.contract import FeatureShape
+from models.contract import FeatureShape, KDNet
 
 __all__ = [
     "BasicBlock",
@@ -32,6 +32,7 @@ __all__ = [
     "identity_activation",
     "kaiming_init",
     "projection",
+    "relu_stages",
     "residual_stage",
 ]
 
@@ -231,6 +232,19 @@ def identity_activation(x: Tensor) -> Tensor:
     """Stage activation of linear-bottleneck networks (MobileNetV2): the stage output is not activated, so
     ``post == pre``."""
     return x
+
+
+def relu_stages(
+    net: KDNet, stages: list[nn.Sequential], stem: FeatureShape, channels: list[int] | tuple[int, ...], first_size: int
+) -> None:
+    """Set the contract's stage attributes of a post-activation network (``post = relu(pre)``) whose stages halve
+    the resolution one after another from ``first_size``: stages, activations, stem and stage shapes, and the final
+    map, the last stage's output."""
+    net.stages = stages
+    net.stage_activations = [torch.relu] * len(stages)
+    net.stem_shape = stem
+    net.stage_shapes = halving_shapes(channels, first_size)
+    net.final_shape = net.stage_shapes[-1]
 
 
 def halving_shapes(channels: list[int] | tuple[int, ...], first_size: int) -> list[FeatureShape]:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from models.contract import FeatureShape, KDNet
-from models.layers import BasicBlock, Bottleneck, halving_shapes, kaiming_init, residual_stage
+from models.layers import BasicBlock, Bottleneck, kaiming_init, relu_stages, residual_stage
 from models.registry import register_model
 
 __all__ = ["CifarResNetV2"]
@@ -47,14 +47,10 @@ class CifarResNetV2(KDNet):
         self.linear = nn.Linear(in_channels, num_classes)
         kaiming_init(self)
 
-        self.stages = [self.layer1, self.layer2, self.layer3, self.layer4]
-        self.stage_activations = [torch.relu] * 4
+        stages = [self.layer1, self.layer2, self.layer3, self.layer4]
         self.input_size = input_size
         s = input_size
-        e = block.expansion
-        self.stem_shape = FeatureShape(64, s, s)
-        self.stage_shapes = halving_shapes([w * e for w in (64, 128, 256, 512)], s)
-        self.final_shape = self.stage_shapes[-1]
+        relu_stages(self, stages, FeatureShape(64, s, s), [w * block.expansion for w in (64, 128, 256, 512)], s)
 
     @property
     def classifier(self) -> nn.Linear:  # type: ignore[override]

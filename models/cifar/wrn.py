@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.contract import FeatureShape, KDNet
-from models.layers import fan_out_normal_init, fixed_pool, halving_shapes
+from models.layers import fan_out_normal_init, fixed_pool, relu_stages
 from models.registry import register_model
 
 __all__ = ["WideBlock", "WideResNet"]
@@ -107,14 +107,11 @@ class WideResNet(KDNet):
         self.fc = nn.Linear(widths[3], num_classes)
         fan_out_normal_init(self, linear_std=None)
 
-        self.stages = [self.block1.layer, self.block2.layer, self.block3.layer]
-        self.stage_activations = [torch.relu] * 3
+        stages = [self.block1.layer, self.block2.layer, self.block3.layer]
         self._transition_bns = [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
         self.input_size = input_size
         s = input_size
-        self.stem_shape = FeatureShape(widths[0], s, s)
-        self.stage_shapes = halving_shapes(widths[1:], s)
-        self.final_shape = self.stage_shapes[-1]
+        relu_stages(self, stages, FeatureShape(widths[0], s, s), widths[1:], s)
 
     @property
     def classifier(self) -> nn.Linear:  # type: ignore[override]
