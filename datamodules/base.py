@@ -82,6 +82,9 @@ class KDDataModule(pl.LightningDataModule):
         eval_batch_size: evaluation batch size (does not change results: BN is in eval mode).
         seed: seed of the per-epoch shuffling and augmentation; default: the run's ``seed_everything``.
         drop_last: drop the last incomplete training batch.
+        contrast_k: when > 0, training batches carry ``contrast_indices`` (B, K+1) for CRD: the positive, then
+            K negatives from other classes (:class:`datamodules.contrast.ContrastSampler`).
+        contrast_mode: CRD's positive: ``exact`` (the sample itself) or ``relax`` (a random same-class sample).
     """
 
     #: Name tables use for the dataset (``dataset: cifar100``).
@@ -121,6 +124,8 @@ class KDDataModule(pl.LightningDataModule):
         eval_batch_size: int = 500,
         seed: int | None = None,
         drop_last: bool = False,
+        contrast_k: int = 0,
+        contrast_mode: Literal["exact", "relax"] = "exact",
     ) -> None:
         super().__init__()
         self.root = root
@@ -128,12 +133,12 @@ class KDDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self._seed = seed
         self.drop_last = drop_last
+        self.contrast_k = contrast_k
+        self.contrast_mode = contrast_mode
 
     @property
     def seed(self) -> int:
-        if self._seed is not None:
-            return self._seed
-        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return self._seed if self._seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def _current_epoch(self) -> int | None:
         trainer = getattr(self, "trainer", None)
@@ -143,11 +148,9 @@ class KDDataModule(pl.LightningDataModule):
 class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
     """A dataset small enough to hold as uint8 tensors; subclasses implement :meth:`load_split`.
 
-    Args (beyond :class:`KDDataModule`'s):
+    Args (beyond :class:`KDDataModule`'s, in the order the datasets declare them):
         on_device: keep the splits on the accelerator.
-        contrast_k: when > 0, training batches carry ``contrast_indices`` (B, K+1) for CRD: the positive, then
-            K negatives from other classes (:class:`datamodules.contrast.ContrastSampler`).
-        contrast_mode: CRD's positive: ``exact`` (the sample itself) or ``relax`` (a random same-class sample).
+        download: fetch the dataset (:meth:`download_dataset`) in :meth:`prepare_data` when it is missing.
     """
 
     #: CRD negatives with replacement (the reference ImageNet/Tiny samplers); None: only when the pool is too small.
@@ -155,16 +158,19 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
 
     def __init__(
         self,
-        *args: Any,
+        root: str = "data",
+        batch_size: int = 64,
+        eval_batch_size: int = 500,
+        seed: int | None = None,
+        drop_last: bool = False,
         on_device: bool = True,
         contrast_k: int = 0,
         contrast_mode: Literal["exact", "relax"] = "exact",
-        **kwargs: Any,
+        download: bool = False,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(root, batch_size, eval_batch_size, seed, drop_last, contrast_k, contrast_mode)
         self.on_device = on_device
-        self.contrast_k = contrast_k
-        self.contrast_mode = contrast_mode
+        self.download = download
         self._splits: dict[str, tuple[Tensor, Tensor]] = {}
         self._carry_views = False  # training batches carry "views" (set by train_views: the teacher cache)
 
@@ -186,21 +192,19 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
         return "test", "test"
 
     # ------------------------------------------------------------------------------------------------ splits
+    def prepare_data(self) -> None:
+        if self.download:
+            self.download_dataset(self.root)  # type: ignore[attr-defined]
+
     def split(self, name: str) -> tuple[Tensor, Tensor]:
-        if name not in self._splits:
-            self._splits[name] = self.load_split(name)
+        self.load_split_checked(name)
         images, labels = self._splits[name]
-        device = self._device()
+        trainer = getattr(self, "trainer", None)
+        device = torch.device("cpu") if trainer is None else trainer.strategy.root_device
         if self.on_device and images.device != device:
             images, labels = images.to(device), labels.to(device)
             self._splits[name] = (images, labels)
         return images, labels
-
-    def _device(self) -> torch.device:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return torch.device("cpu")
-        return trainer.strategy.root_device
 
     @property
     def num_train_samples(self) -> int:
@@ -218,53 +222,36 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
         if name not in self._splits:
             self._splits[name] = self.load_split(name)
 
-    def _batches(
-        self,
-        name: str,
-        *,
-        batch_size: int,
-        shuffle: bool,
-        augment: BatchAugmentation | None,
-        drop_last: bool,
-        contrast: bool = False,
-    ) -> InMemoryBatches:
+    def _batches(self, name: str, train: bool = False) -> InMemoryBatches:
+        """Training batches (shuffled, augmented, CRD indices) or a deterministic evaluation pass over ``name``."""
         images, labels = self.split(name)
         sampler = None
-        if contrast and self.contrast_k > 0:
+        if train and self.contrast_k > 0:
             sampler = ContrastSampler(labels, self.contrast_k, self.contrast_mode, self.contrast_replacement)
         return InMemoryBatches(
             images,
             labels,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and self.drop_last,
             seed=self.seed,
             current_epoch=self._current_epoch,
-            augment=augment,
+            augment=self.train_augmentation() if train else None,
             sample_extra=sampler,
         )
 
     def train_dataloader(self) -> InMemoryBatches:
-        return self._batches(
-            "train",
-            batch_size=self.batch_size,
-            shuffle=True,
-            augment=self.train_augmentation(),
-            drop_last=self.drop_last,
-            contrast=True,
-        )
+        return self._batches("train", train=True)
 
     def val_dataloader(self) -> InMemoryBatches:
-        name = self.eval_splits()[0]
-        return self._batches(name, batch_size=self.eval_batch_size, shuffle=False, augment=None, drop_last=False)
+        return self._batches(self.eval_splits()[0])
 
     def test_dataloader(self) -> InMemoryBatches:
-        name = self.eval_splits()[1]
-        return self._batches(name, batch_size=self.eval_batch_size, shuffle=False, augment=None, drop_last=False)
+        return self._batches(self.eval_splits()[1])
 
     def train_eval_dataloader(self) -> InMemoryBatches:
         """A deterministic pass over the training split without augmentation (offline stages use it)."""
-        return self._batches("train", batch_size=self.eval_batch_size, shuffle=False, augment=None, drop_last=False)
+        return self._batches("train")
 
     # ---------------------------------------------------------------------------------------- augmentation
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:

@@ -58,14 +58,6 @@ def read_cifar100_split(root: str | Path, split: str) -> tuple[Tensor, Tensor]:
     return images, torch.from_numpy(labels)
 
 
-def is_full_cifar100(root: str | Path) -> bool:
-    """Whether both split files hold the full 50,000 / 10,000 images (a generated fixture does not)."""
-    try:
-        return all(read_cifar100_split(root, s)[1].shape[0] == n for s, n in CIFAR100_SIZES.items())
-    except DatasetError:
-        return False
-
-
 def download_cifar100(root: str | Path) -> None:
     """Download and unpack the official archive (checked against its MD5) unless the files are already there."""
     root = Path(root)
@@ -144,23 +136,19 @@ class CIFAR100(CropFlipDataModule):
         contrast_mode: Literal["exact", "relax"] = "exact",
     ) -> None:
         super().__init__(
-            root,
-            batch_size,
-            eval_batch_size,
-            seed,
-            drop_last,
-            on_device=on_device,
-            contrast_k=contrast_k,
-            contrast_mode=contrast_mode,
+            root, batch_size, eval_batch_size, seed, drop_last, on_device, contrast_k, contrast_mode, download
         )
-        self.download = download
         self.configure_crop_flip(pipeline, padding_mode, crop_padding, flip)
 
     download_url = CIFAR100_URL
 
     @classmethod
     def is_available(cls, root: str) -> bool:
-        return is_full_cifar100(root)
+        """Whether both split files hold the full 50,000 / 10,000 images (a generated fixture does not)."""
+        try:
+            return all(read_cifar100_split(root, s)[1].shape[0] == n for s, n in CIFAR100_SIZES.items())
+        except DatasetError:
+            return False
 
     @classmethod
     def check_root(cls, root: str, download: bool = False) -> None:
@@ -181,10 +169,6 @@ class CIFAR100(CropFlipDataModule):
     def download_dataset(cls, root: str) -> Path:
         download_cifar100(root)
         return Path(root) / CIFAR100_FOLDER
-
-    def prepare_data(self) -> None:
-        if self.download:
-            download_cifar100(self.root)
 
     def load_split(self, split: str) -> tuple[Tensor, Tensor]:
         return read_cifar100_split(self.root, split)

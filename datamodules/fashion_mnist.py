@@ -114,14 +114,6 @@ def read_fashion_mnist_split(root: str | Path, split: str) -> tuple[Tensor, Tens
     return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
 
 
-def is_full_fashion_mnist(root: str | Path) -> bool:
-    """Whether the files found hold the full 60,000 / 10,000 images (a generated fixture does not)."""
-    try:
-        return all(read_fashion_mnist_split(root, s)[1].shape[0] == n for s, n in FASHION_MNIST_SIZES.items())
-    except DatasetError:
-        return False
-
-
 class FashionMNIST(CropFlipDataModule):
     """Fashion-MNIST (60,000 train / 10,000 test, 10 classes), shaped for the CIFAR-family networks.
 
@@ -182,21 +174,17 @@ class FashionMNIST(CropFlipDataModule):
         contrast_mode: Literal["exact", "relax"] = "exact",
     ) -> None:
         super().__init__(
-            root,
-            batch_size,
-            eval_batch_size,
-            seed,
-            drop_last,
-            on_device=on_device,
-            contrast_k=contrast_k,
-            contrast_mode=contrast_mode,
+            root, batch_size, eval_batch_size, seed, drop_last, on_device, contrast_k, contrast_mode, download
         )
-        self.download = download
         self.configure_crop_flip(pipeline, padding_mode, crop_padding, flip)
 
     @classmethod
     def is_available(cls, root: str) -> bool:
-        return is_full_fashion_mnist(root)
+        """Whether the files found hold the full 60,000 / 10,000 images (a generated fixture does not)."""
+        try:
+            return all(read_fashion_mnist_split(root, s)[1].shape[0] == n for s, n in FASHION_MNIST_SIZES.items())
+        except DatasetError:
+            return False
 
     @classmethod
     def check_root(cls, root: str, download: bool = False) -> None:
@@ -218,15 +206,10 @@ class FashionMNIST(CropFlipDataModule):
         except DatasetError:
             return download_fashion_mnist(root)
 
-    def prepare_data(self) -> None:
-        if self.download:
-            self.download_dataset(self.root)
-
     def load_split(self, split: str) -> tuple[Tensor, Tensor]:
         """(N, 1, 32, 32) uint8: the 28x28 images inside a zero border of ``FRAME_PADDING`` pixels."""
         images, labels = read_fashion_mnist_split(self.root, split)
-        framed = torch.nn.functional.pad(images, (FRAME_PADDING,) * 4)
-        return framed, labels
+        return torch.nn.functional.pad(images, (FRAME_PADDING,) * 4), labels
 
     def to_network_input(self, images: Tensor) -> Tensor:
         """Grey -> RGB by replication: (B, 1, 32, 32) -> (B, 3, 32, 32)."""

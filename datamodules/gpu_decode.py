@@ -24,14 +24,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from datamodules.contrast import ContrastSampler
 from datamodules.errors import DatasetError
-from datamodules.imagenet import BACKENDS, EpochKeys, ImageNet, imagenet_samples, sample_seed
+from datamodules.imagenet import BACKENDS, FolderBackend, KeyedSamples, sample_seed
 
 __all__ = ["GPUDecodeBackend", "EncodedSamples", "SampleView", "apply_view", "decode_batch"]
 
@@ -92,7 +91,7 @@ def apply_view(image: Tensor, view: SampleView) -> Tensor:
     return F.horizontal_flip(image) if view.flip else image
 
 
-class EncodedSamples(Dataset):
+class EncodedSamples(KeyedSamples):
     """Per ``(epoch, index)`` key: the file's bytes (or, for what nvJPEG cannot decode, PIL's RGB pixels), the
     sample's view, label, index[, CRD indices].  No decoding of JPEGs here."""
 
@@ -104,15 +103,10 @@ class EncodedSamples(Dataset):
         seed: int,
         contrast: ContrastSampler | None = None,
     ) -> None:
-        self.paths = np.array([path for path, _ in samples])
-        self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-        self.settings = _Settings.of(datamodule)
+        super().__init__(samples, seed, contrast)
+        dm = datamodule
+        self.settings = _Settings(int(dm.crop_size), int(dm.resize_size), str(dm.train_crop), bool(dm.flip))
         self.train = train
-        self.seed = seed
-        self.contrast = contrast
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         from PIL import Image, UnidentifiedImageError
@@ -133,16 +127,13 @@ class EncodedSamples(Dataset):
             raise DatasetError(f"image file {path} is corrupt ({type(error).__name__}: {error})") from None
         seed = sample_seed(self.seed, epoch, index) if self.train else None
         view = draw_view(height, width, self.settings, self.train, seed)
-        item: dict[str, Any] = {"view": view, "labels": self.labels[index], "indices": torch.tensor(index)}
+        item: dict[str, Any] = {"view": view, **self.fields(index, seed)}
         if jpeg:
             item["jpeg"] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
         else:
             from torchvision.transforms.functional import pil_to_tensor
 
             item["pixels"] = pil_to_tensor(open_rgb(raw, name=path))
-        if self.contrast is not None:
-            generator = torch.Generator().manual_seed(int(seed or 0) ^ 0x5DEECE66D)
-            item["contrast_indices"] = self.contrast(torch.tensor([index]), generator)["contrast_indices"][0]
         return item
 
 
@@ -154,12 +145,6 @@ class _Settings:
     resize_size: int
     train_crop: str
     flip: bool
-
-    @classmethod
-    def of(cls, datamodule: Any) -> _Settings:
-        return cls(
-            int(datamodule.crop_size), int(datamodule.resize_size), str(datamodule.train_crop), bool(datamodule.flip)
-        )
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -215,20 +200,11 @@ class GPUDecodedBatches:
             yield batch
 
 
-class GPUDecodeBackend:
+class GPUDecodeBackend(FolderBackend):
     """nvJPEG decoding and on-device crop/resize; workers read bytes and draw the PIL backend's crops."""
 
-    def __init__(self, datamodule: ImageNet) -> None:
-        self.datamodule = datamodule
-        self._samples: dict[str, list[tuple[str, int]]] = {}
-
-    def samples(self, split: str) -> list[tuple[str, int]]:
-        if split not in self._samples:
-            self._samples[split] = imagenet_samples(self.datamodule.root, split)[0]
-        return self._samples[split]
-
-    def num_samples(self, split: str) -> int:
-        return len(self.samples(split))
+    pin_memory = False  # the decoded images are made on the device
+    collate_fn = staticmethod(_collate)
 
     def device(self) -> torch.device:
         """The run's accelerator when it is a GPU, else the CPU (decoding then uses libjpeg-turbo)."""
@@ -236,25 +212,10 @@ class GPUDecodeBackend:
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         return device if device.type == "cuda" else torch.device("cpu")
 
-    def loader(self, split: str, *, train: bool, shuffle: bool, batch_size: int, drop_last: bool) -> GPUDecodedBatches:
-        dm = self.datamodule
-        samples = self.samples(split)
-        contrast = None
-        if train and dm.contrast_k > 0:
-            labels = torch.tensor([label for _, label in samples])
-            contrast = ContrastSampler(labels, dm.contrast_k, dm.contrast_mode, replacement=True)
-        dataset = EncodedSamples(samples, dm, train, dm.seed, contrast)
-        workers = dm.num_workers
-        loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=EpochKeys(len(samples), shuffle, dm.seed, dm._current_epoch),
-            num_workers=workers,
-            collate_fn=_collate,
-            drop_last=drop_last,
-            persistent_workers=workers > 0 and train,
-            prefetch_factor=4 if workers > 0 else None,
-        )
+    def dataset(self, samples: list[tuple[str, int]], train: bool, seed: int) -> EncodedSamples:
+        return EncodedSamples(samples, self.datamodule, train, seed, self.contrast(samples, train))
+
+    def batches(self, loader: DataLoader) -> GPUDecodedBatches:
         return GPUDecodedBatches(loader, self.device)
 
 

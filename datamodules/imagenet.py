@@ -142,7 +142,29 @@ class EpochKeys(Sampler[tuple[int, int]]):
             yield epoch, index
 
 
-class ImageFolderSamples(Dataset):
+class KeyedSamples(Dataset):
+    """Samples read per ``(epoch, index)`` key; every item carries its label, its index and (CRD) its contrast
+    indices, drawn from the sample's seed."""
+
+    def __init__(self, samples: list[tuple[str, int]], seed: int, contrast: ContrastSampler | None = None) -> None:
+        self.paths = np.array([path for path, _ in samples])  # one numpy array: no per-item refcount copy-on-write
+        self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        self.seed = seed
+        self.contrast = contrast
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def fields(self, index: int, seed: int | None) -> dict[str, Tensor]:
+        """``labels``, ``indices`` and, with a contrast sampler, ``contrast_indices`` of sample ``index``."""
+        item = {"labels": self.labels[index], "indices": torch.tensor(index)}
+        if self.contrast is not None:
+            generator = torch.Generator().manual_seed(int(seed or 0) ^ 0x5DEECE66D)
+            item["contrast_indices"] = self.contrast(torch.tensor([index]), generator)["contrast_indices"][0]
+        return item
+
+
+class ImageFolderSamples(KeyedSamples):
     """Decodes and transforms one sample per ``(epoch, index)`` key: uint8 image, label, index[, CRD indices]."""
 
     def __init__(
@@ -153,15 +175,9 @@ class ImageFolderSamples(Dataset):
         contrast: ContrastSampler | None = None,
         erase_seed: bool = False,
     ) -> None:
+        super().__init__(samples, seed, contrast)
         self.erase_seed = erase_seed  # training samples that the device erases: carry the sample's seed
-        self.paths = np.array([path for path, _ in samples])  # one numpy array: no per-item refcount copy-on-write
-        self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
         self.transform = transform
-        self.seed = seed
-        self.contrast = contrast
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Tensor]:
         epoch, index = key
@@ -179,12 +195,9 @@ class ImageFolderSamples(Dataset):
                 finally:
                     random.setstate(state)
                     np.random.set_state(np_state)
-        item = {"images": pil_to_tensor(image), "labels": self.labels[index], "indices": torch.tensor(index)}
+        item = {"images": pil_to_tensor(image), **self.fields(index, seed)}
         if self.erase_seed:
             item["erase_seed"] = torch.tensor(seed & 0x7FFFFFFF)
-        if self.contrast is not None:
-            generator = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)
-            item["contrast_indices"] = self.contrast(torch.tensor([index]), generator)["contrast_indices"][0]
         return item
 
 
@@ -201,8 +214,14 @@ class ImageNetBackend(Protocol):
     def num_samples(self, split: str) -> int: ...
 
 
-class TorchvisionBackend:
-    """PIL decoding and torchvision transforms in ``num_workers`` DataLoader processes."""
+class FolderBackend:
+    """What the ImageNet backends share: the datamodule, each split's sample list (listed once), CRD's sampler
+    and the DataLoader over ``(epoch, index)`` keys in ``num_workers`` processes (persistent for training); a
+    backend says what the workers read (:meth:`dataset`) and what becomes of their batches (:meth:`batches`)."""
+
+    #: Batches go through pinned memory on their way to a GPU; None: torch's default collate.
+    pin_memory = True
+    collate_fn: Callable[[list[Any]], Any] | None = None
 
     def __init__(self, datamodule: ImageNet) -> None:
         self.datamodule = datamodule
@@ -215,6 +234,47 @@ class TorchvisionBackend:
 
     def num_samples(self, split: str) -> int:
         return len(self.samples(split))
+
+    def contrast(self, samples: list[tuple[str, int]], train: bool) -> ContrastSampler | None:
+        """CRD's sampler for a training loader, with replacement as the reference ImageNet sampler (else None)."""
+        dm = self.datamodule
+        if not train or dm.contrast_k <= 0:
+            return None
+        labels = torch.tensor([label for _, label in samples])
+        return ContrastSampler(labels, dm.contrast_k, dm.contrast_mode, replacement=True)
+
+    def dataset(self, samples: list[tuple[str, int]], train: bool, seed: int) -> KeyedSamples:
+        """What the workers read per ``(epoch, index)`` key (each backend its own)."""
+        raise NotImplementedError
+
+    def batches(self, loader: DataLoader) -> Any:
+        """The batches the datamodule hands out, from the worker loader (default: the loader itself)."""
+        return loader
+
+    def loader(
+        self, split: str, *, train: bool, shuffle: bool, batch_size: int, drop_last: bool, seed: int | None = None
+    ) -> Any:
+        """``seed`` (a one-off pass, e.g. the class means of an augmented view): augmentation seeds from it, epoch 0,
+        instead of the datamodule's seed and the current epoch."""
+        dm = self.datamodule
+        samples = self.samples(split)
+        workers = dm.num_workers
+        loader = DataLoader(
+            self.dataset(samples, train, dm.seed if seed is None else seed),
+            batch_size=batch_size,
+            sampler=EpochKeys(len(samples), shuffle, dm.seed, dm._current_epoch if seed is None else lambda: 0),
+            num_workers=workers,
+            collate_fn=self.collate_fn,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            drop_last=drop_last,
+            persistent_workers=workers > 0 and train,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        return self.batches(loader)
+
+
+class TorchvisionBackend(FolderBackend):
+    """PIL decoding and torchvision transforms in ``num_workers`` DataLoader processes."""
 
     def transform(self, train: bool) -> Callable[[Any], Any]:
         from torchvision import transforms as T
@@ -233,32 +293,9 @@ class TorchvisionBackend:
             steps.append(T.RandomHorizontalFlip())
         return T.Compose(steps)
 
-    def loader(
-        self, split: str, *, train: bool, shuffle: bool, batch_size: int, drop_last: bool, seed: int | None = None
-    ) -> DataLoader:
-        """``seed`` (a one-off pass, e.g. the class means of an augmented view): augmentation seeds from it, epoch 0,
-        instead of the datamodule's seed and the current epoch."""
-        dm = self.datamodule
-        samples = self.samples(split)
-        contrast = None
-        if train and dm.contrast_k > 0:
-            labels = torch.tensor([label for _, label in samples])
-            contrast = ContrastSampler(labels, dm.contrast_k, dm.contrast_mode, replacement=True)
-        erase = train and dm.random_erasing > 0
-        dataset = ImageFolderSamples(samples, self.transform(train), dm.seed if seed is None else seed, contrast,
-                                     erase_seed=erase)  # fmt: skip
-        workers = dm.num_workers
-        epochs = EpochKeys(len(samples), shuffle, dm.seed, dm._current_epoch if seed is None else lambda: 0)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=epochs,
-            num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
-            drop_last=drop_last,
-            persistent_workers=workers > 0 and train,
-            prefetch_factor=4 if workers > 0 else None,
-        )
+    def dataset(self, samples: list[tuple[str, int]], train: bool, seed: int) -> KeyedSamples:
+        erase = train and self.datamodule.random_erasing > 0
+        return ImageFolderSamples(samples, self.transform(train), seed, self.contrast(samples, train), erase)
 
 
 def deit_transform(train: bool, crop_size: int, resize_size: int, flip: bool) -> Callable[[Any], Any]:
@@ -355,7 +392,7 @@ class ImageNet(KDDataModule):
         contrast_k: int = 0,
         contrast_mode: Literal["exact", "relax"] = "exact",
     ) -> None:
-        super().__init__(root, batch_size, eval_batch_size, seed, drop_last)
+        super().__init__(root, batch_size, eval_batch_size, seed, drop_last, contrast_k, contrast_mode)
         settings = pipeline_settings(self.dataset_name, self.PIPELINES, pipeline, flip=flip)
         self.pipeline = pipeline
         self.train_crop: str = settings["train_crop"]
@@ -368,8 +405,6 @@ class ImageNet(KDDataModule):
         self.backend_name = backend
         self.backend: ImageNetBackend = BACKENDS[backend](self)
         self.num_workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
-        self.contrast_k = contrast_k
-        self.contrast_mode = contrast_mode
 
     @classmethod
     def check_root(cls, root: str, download: bool = False) -> None:

@@ -186,13 +186,6 @@ class InMemoryBatches:
         count = self.labels.shape[0]
         return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
-    def _epoch(self) -> int:
-        epoch = self.current_epoch()
-        if epoch is None:  # used outside a Trainer: count passes ourselves
-            epoch = self._own_epoch
-            self._own_epoch += 1
-        return epoch
-
     def state_dict(self) -> dict[str, int]:
         """Where the current pass is: its epoch and how many batches it handed out (Lightning saves it)."""
         return {"epoch": self._served[0], "batches": self._served[1]}
@@ -202,7 +195,9 @@ class InMemoryBatches:
         self._resume = (int(state["epoch"]), int(state["batches"]))
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        epoch = self._epoch()
+        epoch = self.current_epoch()
+        if epoch is None:  # used outside a Trainer: count passes ourselves
+            epoch, self._own_epoch = self._own_epoch, self._own_epoch + 1
         skip = 0
         if self._resume is not None:
             if self._resume[0] == epoch:
@@ -221,17 +216,15 @@ class InMemoryBatches:
         for b in range(len(self)):
             positions = slice(b * self.batch_size, (b + 1) * self.batch_size)
             index = order_on_device[positions]
+            extra: dict[str, Tensor] = {}
+            if self.sample_extra is not None:
+                assert extra_generator is not None
+                extra = self.sample_extra(index.to(self.labels.device), extra_generator)
             if b < skip:  # resumed mid-epoch: batches trained before the checkpoint, drawn but not handed out
-                if self.sample_extra is not None:
-                    assert extra_generator is not None
-                    self.sample_extra(index.to(self.labels.device), extra_generator)
                 continue
             batch = {"images": self.images[index], "labels": self.labels[index], "indices": index}
             for key, value in params.items():
                 batch[key] = value[positions]
-            if self.sample_extra is not None:
-                assert extra_generator is not None
-                extra = self.sample_extra(index.to(self.labels.device), extra_generator)
-                batch.update({k: v.to(device) for k, v in extra.items()})
+            batch.update({k: v.to(device) for k, v in extra.items()})
             self._served = (epoch, b + 1)
             yield batch

@@ -20,6 +20,7 @@ times, or the zip's CRCs, plus ``wnids.txt`` and the annotations), and later run
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import pickle
 import warnings
@@ -27,7 +28,6 @@ import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal
 
@@ -137,18 +137,13 @@ class _Listing:
         return self._by_folder[depth].get(folder.rstrip("/"), [])
 
 
-def _wnids(listing: _Listing) -> list[str]:
-    wnids = sorted({line.strip() for line in listing.read_text("wnids.txt").splitlines() if line.strip()})
-    if not wnids:
-        raise DatasetError(f"{listing.source.describe()}/wnids.txt lists no classes")
-    return wnids
-
-
 def _index(listing: _Listing, split: str) -> list[tuple[str, int]]:
     """(relative file, class index) of ``split`` ('train' or 'val') in ImageFolder order."""
-    wnids = _wnids(listing)
-    class_of = {wnid: i for i, wnid in enumerate(wnids)}
     where = listing.source.describe()
+    wnids = sorted({line.strip() for line in listing.read_text("wnids.txt").splitlines() if line.strip()})
+    if not wnids:
+        raise DatasetError(f"{where}/wnids.txt lists no classes")
+    class_of = {wnid: i for i, wnid in enumerate(wnids)}
     samples: list[tuple[str, int]] = []
     if split == "train":
         for wnid in wnids:
@@ -242,17 +237,11 @@ def decode_images(source: TinySource, members: Sequence[str], workers: int | Non
     if workers <= 1 or len(chunks) <= 1:
         return _decode_chunk(source, members)
     # fork: the workers need neither torch nor a re-import, and start instantly.
-    context = get_context("fork") if "fork" in _start_methods() else None
+    context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
     with ProcessPoolExecutor(
         max_workers=min(workers, len(chunks)), mp_context=context, initializer=_start_decoding_worker
     ) as pool:
         return np.concatenate(list(pool.map(_decode_chunk, [source] * len(chunks), chunks)))
-
-
-def _start_methods() -> list[str]:
-    import multiprocessing
-
-    return multiprocessing.get_all_start_methods()
 
 
 # ----------------------------------------------------------------------------------------------------- cache
@@ -265,12 +254,6 @@ def _fingerprint(listing: _Listing, split: str, samples: list[tuple[str, int]]) 
         size, stamp = listing.files.get(member, (-1, -1))
         sha.update(f"{member}|{label}|{size}|{stamp}\n".encode())
     return sha.hexdigest()[:16]
-
-
-def _cache_folder(source: TinySource, cache_dir: str | None) -> Path:
-    if cache_dir:
-        return Path(cache_dir)
-    return source.path.parent / f"{TINY_FOLDER}.kdbench-cache"
 
 
 def read_tiny_imagenet_split(
@@ -291,7 +274,8 @@ def read_tiny_imagenet_split(
             f"{len(missing)} Tiny-ImageNet {split} images are missing from {source.describe()}, e.g. {missing[0]}"
         )
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-    cache = _cache_folder(source, cache_dir) / f"{split}-{_fingerprint(listing, split, samples)}.pt"
+    folder = Path(cache_dir) if cache_dir else source.path.parent / f"{TINY_FOLDER}.kdbench-cache"
+    cache = folder / f"{split}-{_fingerprint(listing, split, samples)}.pt"
     if use_cache and cache.is_file():
         try:
             cached = torch.load(cache, map_location="cpu", weights_only=True)
@@ -309,15 +293,6 @@ def read_tiny_imagenet_split(
         except OSError as error:
             warnings.warn(f"could not cache decoded Tiny-ImageNet {split} at {cache}: {error}", stacklevel=2)
     return images, labels
-
-
-def is_full_tiny_imagenet(root: str | Path) -> bool:
-    """Whether the official 100,000 train and 10,000 labelled val images are listed (a fixture has fewer)."""
-    try:
-        listing = _Listing(find_tiny_imagenet(root))
-        return all(len(_index(listing, split)) == n for split, n in TINY_SIZES.items())
-    except DatasetError:
-        return False
 
 
 def val_halves(labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -394,14 +369,7 @@ class TinyImageNet(InMemoryDataModule):
         contrast_mode: Literal["exact", "relax"] = "exact",
     ) -> None:
         super().__init__(
-            root,
-            batch_size,
-            eval_batch_size,
-            seed,
-            drop_last,
-            on_device=on_device,
-            contrast_k=contrast_k,
-            contrast_mode=contrast_mode,
+            root, batch_size, eval_batch_size, seed, drop_last, on_device, contrast_k, contrast_mode, download
         )
         if val_split not in ("full", "halves"):
             raise DatasetError(f"Tiny-ImageNet val_split {val_split!r} is not one of: full, halves")
@@ -412,14 +380,18 @@ class TinyImageNet(InMemoryDataModule):
         self.rotation_degrees = float(settings["rotation_degrees"])
         self.flip = bool(settings["flip"])
         self.val_split = val_split
-        self.download = download
         self.cache_dir = cache_dir
         self.decode_workers = decode_workers
         self.train_augmentation()
 
     @classmethod
     def is_available(cls, root: str) -> bool:
-        return is_full_tiny_imagenet(root)
+        """Whether the official 100,000 train and 10,000 labelled val images are listed (a fixture has fewer)."""
+        try:
+            listing = _Listing(find_tiny_imagenet(root))
+            return all(len(_index(listing, split)) == n for split, n in TINY_SIZES.items())
+        except DatasetError:
+            return False
 
     @classmethod
     def check_root(cls, root: str, download: bool = False) -> None:
@@ -440,10 +412,6 @@ class TinyImageNet(InMemoryDataModule):
         from datamodules import download
 
         return download.download_tiny_imagenet(root)
-
-    def prepare_data(self) -> None:
-        if self.download:
-            self.download_dataset(self.root)
 
     def load_split(self, split: str) -> tuple[Tensor, Tensor]:
         """``train``; ``test`` = the official labelled val split; ``val_half1``/``val_half2`` = its 25/25 halves."""

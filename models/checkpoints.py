@@ -40,6 +40,7 @@ __all__ = [
     "read_state_dict",
     "export_network",
     "file_digest",
+    "fitted_state",
     "identify_architecture",
     "map_reference_keys",
 ]
@@ -154,20 +155,26 @@ def _difference(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[
     return "; ".join(parts)
 
 
-def load_network(arch: str, num_classes: int, path: str | Path) -> KDNet:
-    """Build ``arch`` and load the weights in ``path``, refusing a checkpoint of another architecture."""
-    network = create_model(arch, num_classes)
+def fitted_state(path: str | Path, arch: str, network: KDNet) -> dict[str, torch.Tensor]:
+    """The weights in ``path`` mapped onto ``network`` (an ``arch``), refusing a checkpoint of another architecture
+    (:class:`CheckpointMismatchError` naming the one it holds)."""
     state, saved_arch = read_state_dict(path)
     if saved_arch is not None and saved_arch != arch:
         raise CheckpointMismatchError(f"checkpoint {path} holds a {saved_arch}, but the teacher architecture is {arch}")
     expected = _signature(network.state_dict())
     mapped = map_reference_keys(state, expected)
     if _signature(mapped) != expected:
-        found = saved_arch or identify_architecture(state, num_classes, model_entry(arch).dataset)
+        found = saved_arch or identify_architecture(state, network.num_classes, model_entry(arch).dataset)
         if found is None:
             found = "an unrecognised network"
         raise CheckpointMismatchError(f"checkpoint {path} holds {found}, not {arch} ({_difference(mapped, expected)})")
-    network.load_state_dict(mapped)
+    return mapped
+
+
+def load_network(arch: str, num_classes: int, path: str | Path) -> KDNet:
+    """Build ``arch`` and load the weights in ``path``, refusing a checkpoint of another architecture."""
+    network = create_model(arch, num_classes)
+    network.load_state_dict(fitted_state(path, arch, network))
     return network
 
 

@@ -19,7 +19,6 @@ Only the standard library's ``urllib`` is used, so ``file://`` and ``http://127.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -29,7 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from models.checkpoints import CheckpointError
+from models.checkpoints import CheckpointError, file_digest
 
 __all__ = [
     "ChecksumError",
@@ -56,11 +55,8 @@ class ChecksumError(CheckpointError):
 
 
 def sha256_of(path: str | Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
+    """The file's full SHA-256 (hex)."""
+    return file_digest(path, length=64)
 
 
 def hash_prefix_of(filename: str) -> str | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.contract import FeatureShape
+from models.contract import FeatureShape, KDNet
 
 __all__ = [
     "BasicBlock",
@@ -32,6 +32,7 @@ __all__ = [
     "identity_activation",
     "kaiming_init",
     "projection",
+    "relu_stages",
     "residual_stage",
 ]
 
@@ -47,10 +48,13 @@ def projection(in_channels: int, out_channels: int, stride: int) -> nn.Sequentia
 class _ResidualBlock(nn.Module):
     """Common part of the post-activation blocks: the named projection and the final (optional) ReLU."""
 
-    def _set_projection(self, name: str, module: nn.Module | None) -> None:
-        # Registered under the reference's name so that state-dict keys match key for key.
+    def _set_shortcut(self, name: str, in_channels: int, out_channels: int, stride: int, final_relu: bool) -> None:
+        """A projection whenever the stride or the width changes (else the identity), registered under the
+        reference's name so that state-dict keys match key for key."""
+        needs_projection = stride != 1 or in_channels != out_channels
         self._projection_name = name
-        setattr(self, name, module)
+        setattr(self, name, projection(in_channels, out_channels, stride) if needs_projection else None)
+        self.final_relu = final_relu
 
     def _finish(self, residual: Tensor, x: Tensor) -> Tensor:
         shortcut_module = getattr(self, self._projection_name)
@@ -76,9 +80,7 @@ class BasicBlock(_ResidualBlock):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        needs_projection = stride != 1 or in_channels != channels
-        self._set_projection(projection_name, projection(in_channels, channels, stride) if needs_projection else None)
-        self.final_relu = final_relu
+        self._set_shortcut(projection_name, in_channels, channels, stride, final_relu)
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -111,11 +113,7 @@ class Bottleneck(_ResidualBlock):
         self.conv3 = nn.Conv2d(width, out_channels, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        needs_projection = stride != 1 or in_channels != out_channels
-        self._set_projection(
-            projection_name, projection(in_channels, out_channels, stride) if needs_projection else None
-        )
-        self.final_relu = final_relu
+        self._set_shortcut(projection_name, in_channels, out_channels, stride, final_relu)
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -138,12 +136,8 @@ def residual_stage(
     """``num_blocks`` blocks (the first strided), the last returning its pre-ReLU sum; returns (stage, out width)."""
     blocks = []
     for index in range(num_blocks):
-        last = index == num_blocks - 1
-        blocks.append(
-            block(
-                in_channels, channels, stride if index == 0 else 1, final_relu=not last, projection_name=projection_name
-            )
-        )
+        final_relu = index < num_blocks - 1
+        blocks.append(block(in_channels, channels, stride if index == 0 else 1, final_relu, projection_name))
         in_channels = channels * block.expansion
     return nn.Sequential(*blocks), in_channels
 
@@ -238,6 +232,19 @@ def identity_activation(x: Tensor) -> Tensor:
     """Stage activation of linear-bottleneck networks (MobileNetV2): the stage output is not activated, so
     ``post == pre``."""
     return x
+
+
+def relu_stages(
+    net: KDNet, stages: list[nn.Sequential], stem: FeatureShape, channels: list[int] | tuple[int, ...], first_size: int
+) -> None:
+    """Set the contract's stage attributes of a post-activation network (``post = relu(pre)``) whose stages halve
+    the resolution one after another from ``first_size``: stages, activations, stem and stage shapes, and the final
+    map, the last stage's output."""
+    net.stages = stages
+    net.stage_activations = [torch.relu] * len(stages)
+    net.stem_shape = stem
+    net.stage_shapes = halving_shapes(channels, first_size)
+    net.final_shape = net.stage_shapes[-1]
 
 
 def halving_shapes(channels: list[int] | tuple[int, ...], first_size: int) -> list[FeatureShape]:

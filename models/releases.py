@@ -12,8 +12,8 @@ Every release is a file under the data root (``--data-root``, ``data/`` by defau
   e.g. ND's ``bn`` -> ``bn1``).  Neither source publishes a checksum: the digest seen at the first download is
   recorded in ``teachers/checksums.json`` beside the files (trust on first use) and every later use must match it.
 * **ImageNet** (§F.2): torchvision's ResNet-18/34/50/101/152 and MobileNetV2 ``IMAGENET1K_V1`` weights, named by
-  torchvision's weight enums (``ResNet50_Weights.IMAGENET1K_V1``: its top-1, parameter count and licence come from
-  the enum's metadata).  The file is the one mdistiller, NORM and ND hard-code (``resnet50-19c8e357.pth``, from
+  torchvision's weight enums (``ResNet50_Weights.IMAGENET1K_V1``, whose metadata holds its top-1, parameter count
+  and licence).  The file is the one mdistiller, NORM and ND hard-code (``resnet50-19c8e357.pth``, from
   ``download.pytorch.org/models``); torchvision >= 0.13's enum URL names a re-saved file of the same V1 weights
   (``resnet50-0676ba61.pth``), which would be a different file and so a different teacher identity.  Both carry
   the first hex digits of their SHA-256 in the name, and the check is torch.hub's (``check_hash``): the file's
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from models.checkpoints import CheckpointError, read_state_dict
+from models.checkpoints import CheckpointError
 from models.download import ChecksumError, DownloadError, download, extract_member, hash_prefix_of, sha256_of
 
 __all__ = [
@@ -119,13 +119,6 @@ class Release:
         return f"without network access, download {self.urls[0]} to {target}"
 
 
-def _torchvision_enum_meta(enum_name: str) -> dict:
-    import torchvision.models as tvm
-
-    cls_name, member = enum_name.split(".")
-    return dict(getattr(getattr(tvm, cls_name), member).meta)
-
-
 def _build_releases() -> dict[str, Release]:
     releases: dict[str, Release] = {}
     for arch in CIFAR_TEACHERS:
@@ -177,22 +170,9 @@ def find_release(path: str) -> Release | None:
     return next((r for r in RELEASES.values() if r.path == normalised), None)
 
 
-def published_accuracy(release: Release) -> float | None:
-    """The release's published top-1 (torchvision's enum metadata for ImageNet weights)."""
-    if release.accuracy is not None:
-        return release.accuracy
-    if release.weights_enum:
-        return float(_torchvision_enum_meta(release.weights_enum)["_metrics"]["ImageNet-1K"]["acc@1"])
-    return None
-
-
 # ------------------------------------------------------------------------------------------ recorded digests
-def _checksums_file(root: str | Path) -> Path:
-    return Path(root) / CHECKSUMS
-
-
 def recorded_digest(root: str | Path, release_path: str) -> str | None:
-    record = _checksums_file(root)
+    record = Path(root) / CHECKSUMS
     if not record.is_file():
         return None
     try:
@@ -202,7 +182,7 @@ def recorded_digest(root: str | Path, release_path: str) -> str | None:
 
 
 def record_digest(root: str | Path, release_path: str, digest: str) -> None:
-    record = _checksums_file(root)
+    record = Path(root) / CHECKSUMS
     record.parent.mkdir(parents=True, exist_ok=True)
     digests = json.loads(record.read_text()) if record.is_file() else {}
     digests[release_path] = digest
@@ -214,21 +194,13 @@ def record_digest(root: str | Path, release_path: str, digest: str) -> None:
 # ------------------------------------------------------------------------------------------------- checking
 def _check_architecture(path: Path, arch: str, num_classes: int) -> None:
     """Raise :class:`ReleaseProblem` unless the file's weights fit ``arch`` (after reference key mapping)."""
-    from models.checkpoints import _difference, _signature, identify_architecture, map_reference_keys
+    from models.checkpoints import fitted_state
     from models.profile import meta_model
-    from models.zoo import model_entry
 
     try:
-        state, saved_arch = read_state_dict(path)
+        fitted_state(path, arch, meta_model(arch, num_classes))
     except CheckpointError as error:
         raise ReleaseProblem(str(error)) from None
-    if saved_arch is not None and saved_arch != arch:
-        raise ReleaseProblem(f"{path} holds a {saved_arch}, not a {arch}")
-    expected = _signature(meta_model(arch, num_classes).state_dict())
-    mapped = map_reference_keys(state, expected)
-    if _signature(mapped) != expected:
-        found = identify_architecture(state, num_classes, model_entry(arch).dataset) or "an unrecognised network"
-        raise ReleaseProblem(f"{path} holds {found}, not {arch} ({_difference(mapped, expected)})")
 
 
 @lru_cache(maxsize=64)

@@ -57,24 +57,17 @@ for _depth, _k in ((16, 2), (40, 1), (40, 2)):
     register_model(f"wrn_{_depth}_{_k}_tiny", dataset="tiny-imagenet")(
         lambda num_classes=200, _d=_depth, _w=_k: WideResNet(_d, _w, num_classes, input_size=TINY)
     )
-register_model("ShuffleV1_tiny", dataset="tiny-imagenet")(
-    lambda num_classes=200: ShuffleNetV1(num_classes, input_size=TINY)
-)
-register_model("ShuffleV2_tiny", dataset="tiny-imagenet")(
-    lambda num_classes=200: ShuffleNetV2(num_classes, input_size=TINY)
-)
-register_model("MobileNetV2_tiny", dataset="tiny-imagenet")(
-    lambda num_classes=200: MobileNetV2(num_classes, input_size=TINY)
-)
-register_model("ResNet50_tiny", dataset="tiny-imagenet")(
-    lambda num_classes=200: CifarResNetV2(Bottleneck, (3, 4, 6, 3), num_classes, input_size=TINY)
-)
-register_model("ResNet18_tiny", dataset="tiny-imagenet")(
-    lambda num_classes=200: CifarResNetV2(BasicBlock, (2, 2, 2, 2), num_classes, input_size=TINY)
-)
-register_model("resnet18_torchvision_tiny", dataset="tiny-imagenet")(
-    lambda num_classes=200: torchvision_resnet(18, num_classes, input_size=TINY)
-)
+#: The letKD / mdistiller Tiny-ImageNet variants of other families' networks (table in the module docs).
+_VARIANTS = {
+    "ShuffleV1_tiny": lambda num_classes=200: ShuffleNetV1(num_classes, input_size=TINY),
+    "ShuffleV2_tiny": lambda num_classes=200: ShuffleNetV2(num_classes, input_size=TINY),
+    "MobileNetV2_tiny": lambda num_classes=200: MobileNetV2(num_classes, input_size=TINY),
+    "ResNet50_tiny": lambda num_classes=200: CifarResNetV2(Bottleneck, (3, 4, 6, 3), num_classes, input_size=TINY),
+    "ResNet18_tiny": lambda num_classes=200: CifarResNetV2(BasicBlock, (2, 2, 2, 2), num_classes, input_size=TINY),
+    "resnet18_torchvision_tiny": lambda num_classes=200: torchvision_resnet(18, num_classes, input_size=TINY),
+}
+for _name, _build in _VARIANTS.items():
+    register_model(_name, dataset="tiny-imagenet")(_build)
 
 
 class LinearBottleneck(nn.Module):
@@ -107,6 +100,7 @@ def _linear_stage(count: int, in_channels: int, out_channels: int, stride: int, 
     return nn.Sequential(*blocks)
 
 
+@register_model("MobileNetV2_mdistiller_tiny", dataset="tiny-imagenet")
 class MdistillerTinyMobileNetV2(KDNet):
     """mdistiller's ``mobilenetv2_tinyimagenet`` (spec §C, §G.10): width 1.0, ReLU6, conv biases, a **1x1 stem conv
     with padding 1** (64 -> 66x66), strided stages 2/3/4 (66 -> 33 -> 17 -> 9), stages 5-7 stride 1, 1x1 conv ->
@@ -161,8 +155,3 @@ class MdistillerTinyMobileNetV2(KDNet):
         """The last BN of each stage (linear bottlenecks), by analogy with CRD's CIFAR MobileNetV2."""
         ends = [self.stage2[-1], self.stage3[-1], self.stage4[-1], self.stage7]
         return [block.residual[-1] for block in ends]  # type: ignore[misc]
-
-
-register_model("MobileNetV2_mdistiller_tiny", dataset="tiny-imagenet")(
-    lambda num_classes=200: MdistillerTinyMobileNetV2(num_classes)
-)

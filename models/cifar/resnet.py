@@ -15,11 +15,10 @@ AvgPool2d(16) for 64x64 inputs; ``input_size=64`` builds exactly that.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from models.contract import FeatureShape, KDNet
-from models.layers import BasicBlock, fixed_pool, halving_shapes, kaiming_init, residual_stage
+from models.layers import BasicBlock, fixed_pool, kaiming_init, relu_stages, residual_stage
 from models.registry import register_model
 
 __all__ = ["BasicBlock", "CifarResNet"]
@@ -51,13 +50,9 @@ class CifarResNet(KDNet):
         self.fc = nn.Linear(widths[3], num_classes)
         kaiming_init(self)
 
-        self.stages = [self.layer1, self.layer2, self.layer3]
-        self.stage_activations = [torch.relu] * 3
         self.input_size = input_size
         s = input_size
-        self.stem_shape = FeatureShape(widths[0], s, s)
-        self.stage_shapes = halving_shapes(widths[1:], s)
-        self.final_shape = self.stage_shapes[-1]
+        relu_stages(self, [self.layer1, self.layer2, self.layer3], FeatureShape(widths[0], s, s), widths[1:], s)
 
     @property
     def classifier(self) -> nn.Linear:  # type: ignore[override]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from models.contract import FeatureShape, KDNet
-from models.layers import BasicBlock, Bottleneck, halving_shapes, kaiming_init, residual_stage
+from models.layers import BasicBlock, Bottleneck, kaiming_init, relu_stages, residual_stage
 from models.registry import register_model
 
 __all__ = ["CifarResNetV2"]
@@ -43,18 +43,14 @@ class CifarResNetV2(KDNet):
             stage, in_channels = residual_stage(block, in_channels, width, count, stride, projection_name="shortcut")
             layers.append(stage)
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))  # the reference's; KDNet.pool computes the same
         self.linear = nn.Linear(in_channels, num_classes)
         kaiming_init(self)
 
-        self.stages = [self.layer1, self.layer2, self.layer3, self.layer4]
-        self.stage_activations = [torch.relu] * 4
+        stages = [self.layer1, self.layer2, self.layer3, self.layer4]
         self.input_size = input_size
         s = input_size
-        e = block.expansion
-        self.stem_shape = FeatureShape(64, s, s)
-        self.stage_shapes = halving_shapes([w * e for w in (64, 128, 256, 512)], s)
-        self.final_shape = self.stage_shapes[-1]
+        relu_stages(self, stages, FeatureShape(64, s, s), [w * block.expansion for w in (64, 128, 256, 512)], s)
 
     @property
     def classifier(self) -> nn.Linear:  # type: ignore[override]
@@ -62,9 +58,6 @@ class CifarResNetV2(KDNet):
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return torch.relu(self.bn1(self.conv1(x)))
-
-    def pool(self, final_map: Tensor) -> Tensor:
-        return torch.flatten(self.avgpool(final_map), 1)
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         return [stage[-1].last_bn for stage in self.stages]

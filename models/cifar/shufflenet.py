@@ -68,7 +68,8 @@ class _ShuffleNetBase(KDNet):
 
     linear: nn.Linear
 
-    def _stem(self) -> None:
+    def __init__(self) -> None:
+        super().__init__()
         self.conv1 = nn.Conv2d(3, 24, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(24)
 
@@ -108,7 +109,6 @@ class ShuffleNetV1(_ShuffleNetBase):
         input_size: int = 32,
     ) -> None:
         super().__init__()
-        self._stem()
         in_channels = 24
         layers = []
         for width, count in zip(widths, blocks):
@@ -192,7 +192,6 @@ class ShuffleNetV2(_ShuffleNetBase):
         input_size: int = 32,
     ) -> None:
         super().__init__()
-        self._stem()
         in_channels = 24
         layers = []
         for width, count in zip(widths[:3], blocks):

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from models.contract import FeatureShape, KDNet
-from models.layers import fan_out_normal_init
+from models.layers import fan_out_normal_init, halving_shapes
 from models.registry import register_model
 
 __all__ = ["VGG", "VGG_CONFIGS"]
@@ -63,7 +63,7 @@ class VGG(KDNet):
         self.pool1 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool2 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool3 = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
+        self.pool4 = nn.AdaptiveAvgPool2d((1, 1))  # the reference's; KDNet.pool computes the same
         self.classifier = nn.Linear(512, num_classes)
         fan_out_normal_init(self, linear_std=0.01)
 
@@ -83,12 +83,7 @@ class VGG(KDNet):
         s = input_size
         last = s // 16 if uses_pool3 else s // 8
         self.stem_shape = FeatureShape(cfg[0][-1], s, s)
-        self.stage_shapes = [
-            FeatureShape(cfg[1][-1], s // 2, s // 2),
-            FeatureShape(cfg[2][-1], s // 4, s // 4),
-            FeatureShape(cfg[3][-1], s // 8, s // 8),
-            FeatureShape(cfg[4][-1], last, last),
-        ]
+        self.stage_shapes = [*halving_shapes([c[-1] for c in cfg[1:4]], s // 2), FeatureShape(cfg[4][-1], last, last)]
         self.final_shape = self.stage_shapes[-1]
 
     def forward_stem(self, x: Tensor) -> Tensor:
@@ -98,9 +93,6 @@ class VGG(KDNet):
                 f"max-pools before block4 depends on the input size); got {tuple(x.shape[-2:])}"
             )
         return torch.relu(self.block0(x))
-
-    def pool(self, final_map: Tensor) -> Tensor:
-        return torch.flatten(self.pool4(final_map), 1)
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         return [self.block1[-1], self.block2[-1], self.block3[-1], self.block4[-1]]  # type: ignore[list-item]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.contract import FeatureShape, KDNet
-from models.layers import fan_out_normal_init, fixed_pool, halving_shapes
+from models.layers import fan_out_normal_init, fixed_pool, relu_stages
 from models.registry import register_model
 
 __all__ = ["WideBlock", "WideResNet"]
@@ -72,17 +72,9 @@ class NetworkBlock(nn.Module):
 
     def __init__(self, num_blocks: int, in_channels: int, out_channels: int, stride: int, activated: bool) -> None:
         super().__init__()
-        self.layer = nn.Sequential(
-            *(
-                WideBlock(
-                    in_channels if j == 0 else out_channels,
-                    out_channels,
-                    stride if j == 0 else 1,
-                    input_activated=activated and j == 0,
-                )
-                for j in range(num_blocks)
-            )
-        )
+        blocks = [WideBlock(in_channels, out_channels, stride, input_activated=activated)]
+        blocks += [WideBlock(out_channels, out_channels, 1) for _ in range(num_blocks - 1)]
+        self.layer = nn.Sequential(*blocks)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layer(x)
@@ -115,14 +107,11 @@ class WideResNet(KDNet):
         self.fc = nn.Linear(widths[3], num_classes)
         fan_out_normal_init(self, linear_std=None)
 
-        self.stages = [self.block1.layer, self.block2.layer, self.block3.layer]
-        self.stage_activations = [torch.relu] * 3
+        stages = [self.block1.layer, self.block2.layer, self.block3.layer]
         self._transition_bns = [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
         self.input_size = input_size
         s = input_size
-        self.stem_shape = FeatureShape(widths[0], s, s)
-        self.stage_shapes = halving_shapes(widths[1:], s)
-        self.final_shape = self.stage_shapes[-1]
+        relu_stages(self, stages, FeatureShape(widths[0], s, s), widths[1:], s)
 
     @property
     def classifier(self) -> nn.Linear:  # type: ignore[override]

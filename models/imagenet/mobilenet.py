@@ -20,12 +20,11 @@ as CRD's CIFAR MobileNetV2 taps do — settings 0-1 (``features.1-3``, 56x56), 2
 
 from __future__ import annotations
 
-import torch
 import torchvision
 from torch import Tensor, nn
 
 from models.contract import FeatureShape, KDNet
-from models.layers import LinearHead, fixed_pool, halving_shapes, identity_activation
+from models.layers import LinearHead, fixed_pool, halving_shapes, identity_activation, relu_stages
 from models.registry import register_model
 
 __all__ = ["MobileNetV1", "TorchvisionMobileNetV2"]
@@ -68,12 +67,9 @@ class MobileNetV1(KDNet):
         self.fc = nn.Linear(1024, num_classes)
 
         starts = [1] + [end + 1 for end in _V1_STAGE_ENDS[:-1]]
-        self.stages = [self.model[start : end + 1] for start, end in zip(starts, _V1_STAGE_ENDS)]
-        self.stage_activations = [torch.relu] * 4
+        stages = [self.model[start : end + 1] for start, end in zip(starts, _V1_STAGE_ENDS)]
         self.input_size = 224
-        self.stem_shape = FeatureShape(32, 112, 112)
-        self.stage_shapes = halving_shapes([128, 256, 512, 1024], 56)
-        self.final_shape = self.stage_shapes[-1]
+        relu_stages(self, stages, FeatureShape(32, 112, 112), [128, 256, 512, 1024], 56)
 
     @property
     def classifier(self) -> nn.Linear:  # type: ignore[override]
@@ -89,8 +85,7 @@ class MobileNetV1(KDNet):
         return [self.model[end][4] for end in _V1_STAGE_ENDS]  # type: ignore[index]
 
 
-# Slices of torchvision's ``features`` forming the stem, the four stages and the neck.
-_V2_STEM = slice(0, 1)
+# Slices of torchvision's ``features`` forming the four stages (``features.0`` is the stem), and the neck.
 _V2_STAGES = [slice(1, 4), slice(4, 7), slice(7, 14), slice(14, 18)]
 _V2_NECK = 18
 
@@ -116,7 +111,7 @@ class TorchvisionMobileNetV2(KDNet):
         self.final_shape = FeatureShape(self.features[_V2_NECK].out_channels, size // 16, size // 16)
 
     def forward_stem(self, x: Tensor) -> Tensor:
-        return self.features[_V2_STEM](x)
+        return self.features[0](x)
 
     def forward_neck(self, x: Tensor) -> Tensor:
         return self.features[_V2_NECK](x)

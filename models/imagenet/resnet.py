@@ -21,11 +21,10 @@ max-pool runs at the start of stage 1 (inside its first unit, so ``"stage1.0"`` 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from models.contract import FeatureShape, KDNet
-from models.layers import BasicBlock, Bottleneck, halving_shapes, kaiming_init, residual_stage
+from models.layers import BasicBlock, Bottleneck, kaiming_init, relu_stages, residual_stage
 from models.registry import register_model
 
 __all__ = ["TorchvisionResNet"]
@@ -54,21 +53,17 @@ class TorchvisionResNet(KDNet):
             stage, in_channels = residual_stage(block, in_channels, width, count, stride)
             layers.append(stage)
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))  # the reference's; KDNet.pool computes the same
         self.fc = nn.Linear(in_channels, num_classes)
         kaiming_init(self)
 
         # Stage 1 starts with the stem's max-pool, folded into its first unit (unregistered containers: the
         # state-dict keys stay torchvision's).
         first_unit = nn.Sequential(self.maxpool, self.layer1[0])
-        self.stages = [nn.Sequential(first_unit, *self.layer1[1:]), self.layer2, self.layer3, self.layer4]
-        self.stage_activations = [torch.relu] * 4
+        stages = [nn.Sequential(first_unit, *self.layer1[1:]), self.layer2, self.layer3, self.layer4]
         self.input_size = input_size
         s = input_size // 2
-        e = block.expansion
-        self.stem_shape = FeatureShape(stem_width, s, s)
-        self.stage_shapes = halving_shapes([w * e for w in widths], s // 2)
-        self.final_shape = self.stage_shapes[-1]
+        relu_stages(self, stages, FeatureShape(stem_width, s, s), [w * block.expansion for w in widths], s // 2)
 
     @property
     def classifier(self) -> nn.Linear:  # type: ignore[override]
@@ -76,9 +71,6 @@ class TorchvisionResNet(KDNet):
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.relu(self.bn1(self.conv1(x)))
-
-    def pool(self, final_map: Tensor) -> Tensor:
-        return torch.flatten(self.avgpool(final_map), 1)
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         return [stage[-1].last_bn for stage in (self.layer1, self.layer2, self.layer3, self.layer4)]

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from models.contract import FeatureOutput, FeatureShape, FeatureUnavailable, KDNet
+from models.layers import halving_shapes, identity_activation
 from models.registry import register_model
 
 __all__ = ["TimmViT", "TimmRegNet", "TokenStage"]
@@ -78,10 +79,6 @@ class TokenStage(nn.Module):
         return tokens_to_map(tokens)
 
 
-def _identity(x: Tensor) -> Tensor:
-    return x
-
-
 class TimmViT(KDNet):
     """A timm Vision Transformer (optionally DeiT's distilled variant) behind the contract (module docs).
 
@@ -112,7 +109,7 @@ class TimmViT(KDNet):
         per = depth // num_stages
         blocks = list(vit.blocks)
         self.stages = [nn.Sequential(TokenStage(blocks[i : i + per])) for i in range(0, depth, per)]
-        self.stage_activations = [_identity] * num_stages
+        self.stage_activations = [identity_activation] * num_stages
         self.input_size = int(vit.patch_embed.img_size[0])
         tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
         shape = FeatureShape(vit.embed_dim, 1, tokens)
@@ -214,10 +211,8 @@ class TimmRegNet(KDNet):
         self.stages = [nn.Sequential(*list(s.children())[:-1], _PreActivation(list(s.children())[-1])) for s in stages]
         self.stage_activations: list[Callable[[Tensor], Tensor]] = [torch.relu] * 4
         self.input_size = 224
-        widths = [int(s.b1.conv3.conv.out_channels) for s in stages]
-        stem_width = int(net.stem.conv.out_channels)
-        self.stem_shape = FeatureShape(stem_width, 112, 112)
-        self.stage_shapes = [FeatureShape(w, 56 // 2**k, 56 // 2**k) for k, w in enumerate(widths)]
+        self.stem_shape = FeatureShape(int(net.stem.conv.out_channels), 112, 112)
+        self.stage_shapes = halving_shapes([int(s.b1.conv3.conv.out_channels) for s in stages], 56)
         self.final_shape = self.stage_shapes[-1]
 
     @property
@@ -242,16 +237,8 @@ _VITS = {
 }
 
 
-def _register_vit(name: str, timm_name: str) -> None:
-    @register_model(name, dataset="imagenet")
-    def build(num_classes: int = 1000) -> KDNet:
-        return TimmViT(timm_name, num_classes)
-
-    build.__doc__ = f"timm ``{timm_name}`` behind the contract (token maps)."
-
-
 for _name, _timm_name in _VITS.items():
-    _register_vit(_name, _timm_name)
+    register_model(_name, dataset="imagenet")(lambda num_classes=1000, _t=_timm_name: TimmViT(_t, num_classes))
 
 
 @register_model("regnety_16gf", dataset="imagenet")
