@@ -18,12 +18,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["code_state", "teacher_digest"]
+__all__ = ["code_state", "git", "teacher_digest"]
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _git(*args: str) -> subprocess.CompletedProcess[bytes] | None:
+def git(*args: str) -> subprocess.CompletedProcess[bytes] | None:
+    """``git <args>`` in the kdbench checkout; None when git is missing, fails or this is no checkout."""
     try:
         result = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
@@ -34,11 +35,11 @@ def _git(*args: str) -> subprocess.CompletedProcess[bytes] | None:
 @lru_cache(maxsize=1)
 def code_state() -> dict[str, Any]:
     """The code tree: commit, dirty flag and a digest of the uncommitted changes (once per process)."""
-    head = _git("rev-parse", "HEAD")
+    head = git("rev-parse", "HEAD")
     if head is None:
         return {"commit": None, "dirty": None, "diff_sha256": None, "note": "not a git checkout"}
-    diff = _git("diff", "HEAD", "--binary")
-    untracked = _git("ls-files", "--others", "--exclude-standard", "-z")
+    diff = git("diff", "HEAD", "--binary")
+    untracked = git("ls-files", "--others", "--exclude-standard", "-z")
     sha = hashlib.sha256(diff.stdout if diff else b"")
     names = [n for n in (untracked.stdout.split(b"\0") if untracked else []) if n]
     for name in sorted(names):
