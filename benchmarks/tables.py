@@ -379,46 +379,12 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-TABLE_KEYS = {
-    "title",
-    "paper",
-    "dataset",
-    "recipe",
-    "pair_recipes",
-    "teacher_recipe",
-    "teacher_checkpoints",
-    "trials",
-    "trials_note",
-    "metric",
-    "metrics",
-    "pairs",
-    "paper_pairs",
-    "quoted_columns",
-    "rows",
-    "notes",
-    "data_roots",
-    "preset",
-    "teachers",
-    "column_notes",
-}
-ROW_KEYS = {
-    "label",
-    "method",
-    "config",
-    "init_args",
-    "pair_init_args",
-    "overrides",
-    "pair_overrides",
-    "recipe",
-    "metric",
-    "teacher_seed",
-    "paper",
-    "quoted_only",
-    "note",
-    "pairs",
-}
-REF_KEYS = {"source", "method", "note", "not_note", "label", "absent", "pairs"}
-QUOTED_KEYS = {"label", "paper_pair", "note", "not_note"}
+#: The keys a table file, a row, a paper reference and a quoted column may have: the fields of their classes
+#: (``name`` and ``path`` of a table come from its file).
+TABLE_KEYS = {f.name for f in dataclasses.fields(Table)} - {"name", "path"}
+ROW_KEYS = {f.name for f in dataclasses.fields(Row)}
+REF_KEYS = {f.name for f in dataclasses.fields(PaperRef)}
+QUOTED_KEYS = {f.name for f in dataclasses.fields(QuotedColumn)}
 
 
 def _check_keys(raw: Any, valid: set[str], where: str) -> dict[str, Any]:
@@ -598,22 +564,8 @@ class PaperNumber:
 @lru_cache(maxsize=1)
 def paper_numbers() -> tuple[PaperNumber, ...]:
     with open(PAPER_CSV, newline="") as handle:
-        return tuple(
-            PaperNumber(
-                paper=r["paper"],
-                table=r["table"],
-                dataset=r["dataset"],
-                metric=r["metric"],
-                teacher=r["teacher"],
-                student=r["student"],
-                method=r["method"],
-                value=r["value"],
-                std=r["std"],
-                trials=r["trials"],
-                note=r["note"],
-            )
-            for r in csv.DictReader(handle)
-        )
+        names = [f.name for f in dataclasses.fields(PaperNumber)]
+        return tuple(PaperNumber(**{name: row[name] for name in names}) for row in csv.DictReader(handle))
 
 
 @lru_cache(maxsize=1)
