@@ -39,9 +39,9 @@ from typing import Any
 
 from benchmarks.cli_errors import writable_problem
 from benchmarks.errors import KDBenchError, user_errors
-from benchmarks.plan import Plan, RunSpec, build_plan, list_presets, load_preset, merge_runs, recipe
+from benchmarks.plan import Plan, RunSpec, build_plan, list_presets, load_preset, merge_runs, method_or_none, recipe
 from benchmarks.store import RunStore
-from benchmarks.tables import REPO_ROOT, Table, list_tables, load_table
+from benchmarks.tables import REPO_ROOT, Pair, Table, list_tables, load_table
 
 __all__ = ["main", "plan_tables", "print_plan", "coverage"]
 
@@ -400,19 +400,20 @@ def print_plan(
             by_status = Counter(statuses[c.run_id] for c in students)
             print("    students: " + ", ".join(f"{n} {status}" for status, n in sorted(by_status.items())))
 
+    verbose = getattr(args, "verbose", False)
     shared = [s for s in runs if len(s.cells) > 1 or (shared_with and s.run_id in shared_with)]
     if shared:
         print(f"shared runs ({len(shared)}; each trained once):")
-        for spec in shared[: 12 if not getattr(args, "verbose", False) else len(shared)]:
+        for spec in shared if verbose else shared[:12]:
             cells = ", ".join(f"{row} {pair}" for row, pair, _ in spec.cells[:4]) or "none of this table's"
             others = (
                 f"; tables {', '.join(shared_with[spec.run_id])}" if shared_with and spec.run_id in shared_with else ""
             )
             print(f"  {spec.run_id} {spec.kind} {spec.label}: cells {cells}{others}")
-        if len(shared) > 12 and not getattr(args, "verbose", False):
+        if len(shared) > 12 and not verbose:
             print(f"  ... {len(shared) - 12} more (--verbose lists them)")
 
-    if getattr(args, "verbose", False):
+    if verbose:
         print("runs:")
         for spec in runs:
             status = f"blocked: {spec.blocked}" if spec.blocked else statuses[spec.run_id]
@@ -543,15 +544,12 @@ def print_status(args: argparse.Namespace) -> None:
     rows = coverage(args)
     print(f"coverage of the store {args.store or load_preset(args.preset).store or 'results'} (preset {args.preset}):")
     print(f"  {'table':<12} {'cells':>6} {'runnable':>9} {'run':>5} {'vs paper':>9} {'within':>7}")
-    for r in rows:
+    counts = ("cells", "runnable", "run", "compared", "matching")
+    total = {"table": "all", **{k: sum(r[k] for r in rows) for k in counts}}
+    for r in [*rows, total]:
         print(
             f"  {r['table']:<12} {r['cells']:>6} {r['runnable']:>9} {r['run']:>5} {r['compared']:>9} {r['matching']:>7}"
         )
-    total = {k: sum(r[k] for r in rows) for k in ("cells", "runnable", "run", "compared", "matching")}
-    print(
-        f"  {'all':<12} {total['cells']:>6} {total['runnable']:>9} {total['run']:>5} {total['compared']:>9} "
-        f"{total['matching']:>7}"
-    )
     print(
         f"cells: (row, pair) cells of kdbench runs; runnable: not blocked; run: every trial finished; vs paper: run "
         f"and with a published top-1; within: |ours - paper| <= {MATCH_TOLERANCE} pt"
@@ -629,17 +627,10 @@ def _not_applicable(plan: Plan, row_label: str, pair_label: str, reason: str) ->
     """Whether a blocked cell is n/a by definition (no run can ever fill it) rather than not runnable yet: a teacher
     row whose released weights are used, or a method undefined for the pair (its ``pair_problem``; the papers print
     n/a there too)."""
-    from benchmarks.tables import Pair
-    from kd_modules import UnknownMethodError, method_class
-
     if reason.startswith("released ") and reason.endswith("weights are used, not trained here"):
         return True
     row = plan.table.row(row_label)
-    try:
-        cls = method_class(row.method)
-    except UnknownMethodError:
-        return False
-    hook = getattr(cls, "pair_problem", None)
+    hook = getattr(method_or_none(row.method), "pair_problem", None)
     if hook is None:
         return False
     pair = Pair.parse(pair_label)
