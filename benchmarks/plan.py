@@ -204,9 +204,10 @@ def _settings_groups(class_path: str) -> frozenset[str]:
             hints = typing.get_type_hints(vars(klass)["__init__"])
         except Exception:  # an annotation not resolvable at run time: no groups in it
             continue
-        for name, annotation in hints.items():
-            group = _dataclass_type(annotation)
-            if group is not None and issubclass(group, SettingsGroup):
+        for name, annotation in hints.items():  # ``Group`` or ``Group | None``
+            union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+            members = typing.get_args(annotation) if union else (annotation,)
+            if any(isinstance(member, type) and issubclass(member, SettingsGroup) for member in members):
                 groups.add(name)
     return frozenset(groups)
 
@@ -436,19 +437,6 @@ def method_or_none(method: str) -> type | None:
         return None
 
 
-def _dataclass_type(annotation: Any) -> type | None:
-    """The dataclass an annotation names (``Config`` or ``Config | None``), else None."""
-    candidates = (
-        typing.get_args(annotation)
-        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
-        else (annotation,)
-    )
-    for candidate in candidates:
-        if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
-            return candidate
-    return None
-
-
 def _datamodule_class(config: dict[str, Any]) -> type | None:
     return resolve_class(str(get_dotted(config, "data.class_path", "")), "datamodules")
 
@@ -540,7 +528,6 @@ class Planner:
         table: Table,
         preset: Preset,
         store: RunStore,
-        trials: int,
         data_root: str,
         teacher_root: str | None = None,
         teachers: str | None = None,
@@ -549,7 +536,6 @@ class Planner:
         self.teachers = table.teacher_mode(teachers)
         self.preset = preset
         self.store = store
-        self.trials = trials
         self.data_root = data_root
         self.teacher_root = teacher_root if teacher_root is not None else data_root
         self.runs: dict[str, RunSpec] = {}
@@ -709,8 +695,7 @@ class Planner:
             # A row distilling from a teacher of another seed (KCD T3b) trains that teacher: a release has one seed.
             released, problem = self.teacher_source(pair.teacher) if not teacher_seed else (None, None)
             if released is not None:
-                teacher_file = released
-                teacher_problem = problem
+                teacher_file, teacher_problem = released, problem
                 self.released[pair.teacher] = released
             else:
                 teacher_run = self.teacher(pair.teacher, teacher_seed)
@@ -863,7 +848,7 @@ def build_plan(
     if n_trials < 1:
         raise KDBenchError(f"--trials must be at least 1, got {n_trials}")
     chosen_pairs, chosen_rows = _select(table, pairs, methods)
-    planner = Planner(table, preset, store, n_trials, data_root, teacher_root, teachers)
+    planner = Planner(table, preset, store, data_root, teacher_root, teachers)
     cells: dict[tuple[str, str], list[str]] = {}
     blocked_cells: dict[tuple[str, str], str] = {}
     for pair in chosen_pairs:
@@ -880,20 +865,15 @@ def build_plan(
                     cells[key] = []
                     blocked_cells[key] = problem or f"released {pair.teacher} weights are used, not trained here"
                     continue
-                teacher = planner.teacher(pair.teacher, row.teacher_seed or 0)
-                if (row.label, pair.label, 0) not in teacher.cells:
-                    teacher.cells.append((row.label, pair.label, 0))
-                cells[key] = [teacher.run_id]
-                if teacher.blocked:
-                    blocked_cells[key] = teacher.blocked
-                continue
-            ids = []
-            for trial in range(n_trials):
-                spec = planner.student(row, pair, trial)
-                ids.append(spec.run_id)
+                specs = [planner.teacher(pair.teacher, row.teacher_seed or 0)]
+                if (row.label, pair.label, 0) not in specs[0].cells:
+                    specs[0].cells.append((row.label, pair.label, 0))
+            else:
+                specs = [planner.student(row, pair, trial) for trial in range(n_trials)]
+            cells[key] = [spec.run_id for spec in specs]
+            for spec in specs:
                 if spec.blocked:
                     blocked_cells[key] = spec.blocked
-            cells[key] = ids
     # Runs that no runnable cell needs (teachers and stages of blocked students) are dropped from the plan.
     needed = {rid for ids in cells.values() for rid in ids}
     frontier = [s for s in planner.runs.values() if s.kind == "student" and not s.blocked]
