@@ -564,16 +564,14 @@ def _launcher(args: argparse.Namespace, printer: Any = None) -> Any:
     if args.launcher == "parallel":
         return ParallelLauncher(per_gpu=args.per_gpu, jobs=args.jobs, **out)
     if args.launcher == "slurm":
-        parameters: dict[str, Any] = {}
-        for name, key in (
-            ("slurm_partition", "slurm_partition"),
-            ("slurm_time", "timeout_min"),
-            ("slurm_cpus", "cpus_per_task"),
-            ("slurm_mem", "mem_gb"),
-            ("slurm_parallelism", "slurm_array_parallelism"),
-        ):
-            if getattr(args, name) is not None:
-                parameters[key] = getattr(args, name)
+        given = {
+            "slurm_partition": args.slurm_partition,
+            "timeout_min": args.slurm_time,
+            "cpus_per_task": args.slurm_cpus,
+            "mem_gb": args.slurm_mem,
+            "slurm_array_parallelism": args.slurm_parallelism,
+        }
+        parameters: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
         for item in args.slurm_param:
             key, sep, value = item.partition("=")
             if not sep:
