@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -212,7 +213,7 @@ class KDBenchCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        numerics = self._numerics()
+        numerics = self._group("numerics", Numerics)
         if not numerics.is_reference:
             self.model.configure_numerics(numerics)
 
@@ -227,9 +228,6 @@ class KDBenchCLI(LightningCLI):
         if isinstance(value, cls):
             return value
         return cls(**(value.as_dict() if hasattr(value, "as_dict") else dict(value or {})))
-
-    def _numerics(self) -> Numerics:
-        return self._group("numerics", Numerics)
 
     # ------------------------------------------------------------------------------------------ run folder
     def _run_info(self) -> RunInfo:
@@ -384,8 +382,6 @@ def close_wandb(status: str) -> None:
     Otherwise the next run in this process would log into it: WandbLogger reuses an active run.  An interrupted
     run is marked as pre-empted first, which is what W&B expects of a run that will be resumed (same id).
     """
-    import sys
-
     wandb = sys.modules.get("wandb")
     run = getattr(wandb, "run", None) if wandb is not None else None
     if run is None:
@@ -405,8 +401,6 @@ def _is_limited(trainer: Any) -> bool:
 
 def main(args: list[str] | None = None) -> None:
     """``python -m benchmarks.cli``: exit 130 / 143 after saving a checkpoint when interrupted."""
-    import sys
-
     from benchmarks.interrupts import RunInterrupted
 
     with user_errors(), interrupts.installed():

@@ -18,6 +18,7 @@ import inspect
 import netrc
 import os
 import re
+import sys
 import typing
 from collections.abc import Iterable
 from dataclasses import fields, is_dataclass
@@ -292,8 +293,6 @@ def _config_paths(args: list[str]) -> list[str]:
 
 def check_config_files(args: Any) -> None:
     """Every ``--config`` file exists and is valid YAML (else one line with the file, line and column)."""
-    import sys
-
     argv = [str(a) for a in (args if isinstance(args, (list, tuple)) else sys.argv[1:] if args is None else [])]
     _CURRENT_ARGS[:] = argv
     for raw in _config_paths(argv):
@@ -368,14 +367,12 @@ def check_config(config: Any, subcommand: str = "fit") -> None:
         problem = writable_problem(run_dir, "run.dir")
         if problem:
             raise KDBenchError(problem)
-    mode = config.get("run.wandb")
-    if mode == "online" and not wandb_credentials():
+    if config.get("run.wandb") == "online" and not wandb_credentials():
         raise KDBenchError(
             "run.wandb is 'online' but no W&B credentials were found (set WANDB_API_KEY or run `wandb login`); "
             "valid without credentials: auto, offline, disabled"
         )
-    data_class = str(config.get("data.class_path") or "")
-    cls = _class_named("data", data_class) if data_class else None
+    cls = _class_named("data", str(config.get("data.class_path") or ""))
     check = getattr(cls, "check_root", None)
     if callable(check):
         check(str(config.get("data.init_args.root", "data")), bool(config.get("data.init_args.download", False)))

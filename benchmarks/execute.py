@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import time
 import traceback
 import warnings
@@ -245,7 +246,6 @@ def failure_kind(store: RunStore, run_id: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.execute <run dir>/config.yaml``: run one planned run; exit 0 when it finished."""
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.execute", description=main.__doc__)
     parser.add_argument("config", help="the config.yaml the runner wrote into the run's folder")
@@ -258,6 +258,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main(sys.argv[1:]))
