@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -44,10 +45,8 @@ def code_state() -> dict[str, Any]:
     names = [n for n in (untracked.stdout.split(b"\0") if untracked else []) if n]
     for name in sorted(names):
         sha.update(b"\0untracked\0" + name + b"\0")
-        try:
+        with contextlib.suppress(OSError):
             sha.update((REPO / name.decode()).read_bytes())
-        except OSError:
-            pass
     dirty = bool(diff and diff.stdout) or bool(names)
     return {
         "commit": head.stdout.decode().strip(),
@@ -57,16 +56,11 @@ def code_state() -> dict[str, Any]:
     }
 
 
-@lru_cache(maxsize=64)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    from models.checkpoints import file_digest
-
-    return file_digest(path)
-
-
 def teacher_digest(path: str | Path | None) -> str | None:
-    """``sha256:<16 hex digits>`` of the teacher checkpoint file, None without one."""
+    """``sha256:<16 hex digits>`` of the teacher checkpoint file (memoised: :func:`kd_modules.offline.teacher_digest`),
+    None without one."""
     if not path or not os.path.isfile(path):
         return None
-    stat = os.stat(path)
-    return "sha256:" + _digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    from kd_modules.offline import teacher_digest as digest
+
+    return "sha256:" + digest(path)

@@ -253,7 +253,7 @@ def process_alive(pid: int, start: str | None = None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        pass
+        pass  # it exists: another user's process
     if _process_stat(pid, 0) == "Z":
         return False
     return start is None or _process_stat(pid, 19) in (None, start)
@@ -305,7 +305,7 @@ class Claim:
         self.store = store
         self.owner = owner
         self.taken_from = taken_from
-        self._lost = False
+        self.lost = False  # another runner took the run over (see :meth:`check`)
         self._released = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -318,16 +318,12 @@ class Claim:
     def generation(self) -> int:
         return self.owner.generation
 
-    @property
-    def lost(self) -> bool:
-        return self._lost
-
     def check(self) -> bool:
         """Whether the claim is still ours (no later generation exists); marks it lost otherwise."""
-        if not self._lost and self.store._generations(self.run_id)[-1:] != [self.generation]:
-            self._lost = True
+        if not self.lost and self.store._generations(self.run_id)[-1:] != [self.generation]:
+            self.lost = True
             self.store._log("lost", self.owner)
-        return not self._lost
+        return not self.lost
 
     def beat(self) -> None:
         with contextlib.suppress(OSError):
@@ -350,7 +346,7 @@ class Claim:
             return
         self._released = True
         self._stop.set()
-        if self._lost:
+        if self.lost:
             return  # another runner owns the run now: its claim must stay as it is
         marker = self.owner.path.with_suffix(".released")
         with contextlib.suppress(OSError):
