@@ -118,9 +118,8 @@ class _ContinuingWriter(ExperimentWriter):
         if os.path.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, newline="") as handle:
                 reader = csv.DictReader(handle)
-                rows = sum(1 for _ in reader)
+                self.rows_written = sum(1 for _ in reader)
                 self.metrics_keys = list(reader.fieldnames or [])
-            self.rows_written = rows
 
     def _check_log_dir_exists(self) -> None:  # Lightning's deletes metrics.csv here
         return
