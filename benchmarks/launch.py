@@ -210,7 +210,6 @@ class Launcher(ABC):
         look_again: dict[str, float] = {}
         elsewhere: dict[str, str] = {}
         done = 0
-        total = report.runnable
         stopping = False
 
         def finish(spec: RunSpec, outcome: RunOutcome) -> None:
@@ -219,7 +218,7 @@ class Launcher(ABC):
             elsewhere.pop(spec.run_id, None)
             if not spec.blocked:
                 done += 1
-                self.printer(f"[{done}/{total}] " + _describe(spec, outcome, store))
+                self.printer(f"[{done}/{report.runnable}] " + _describe(spec, outcome, store))
 
         def ready(spec: RunSpec) -> bool:
             return all(report.ok(d) for d in spec.depends_on if d in planned)
