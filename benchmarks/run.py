@@ -30,6 +30,7 @@ cells are blocked (method or data not available) or not run; 130 / 143 when inte
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -113,8 +114,6 @@ from datamodules.synthetic import GENERATED_MARKER as FIXTURE_MARKER  # noqa: E4
 
 def _fixture_digest(root: Path) -> str:
     """SHA-256 of every file of a generated fixture (they are small), to notice one that was damaged."""
-    import hashlib
-
     sha = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != FIXTURE_MARKER):
         sha.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
@@ -606,7 +605,6 @@ def results_dir(plan: Plan, args: argparse.Namespace) -> Path:
 
 def table_stem(plan: Plan, args: argparse.Namespace) -> str:
     """``render.default_stem``, or ``<stem>.only-<methods>-<pairs>`` for a filtered launch."""
-    import hashlib
     import re
 
     from benchmarks.render import default_stem
