@@ -21,7 +21,9 @@ choices, exit status 2, before anything is loaded or written (:mod:`benchmarks.c
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger, WandbLogger
 
 from benchmarks import interrupts
-from benchmarks.cli_errors import KDBenchArgumentParser, check_config, check_config_files
+from benchmarks.cli_errors import KDBenchArgumentParser, check_ckpt_path, check_config, check_config_files
 from benchmarks.errors import user_errors
 from benchmarks.interrupts import ClaimLost
 from benchmarks.progress import PROGRESS, StepProgress
@@ -154,21 +156,18 @@ class KDBenchCLI(LightningCLI):
         with warnings.catch_warnings():
             # Passing `args` from Python while sys.argv holds the runner's own arguments is intended here.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            self._init_cli(args, run, **kwargs)
-
-    def _init_cli(self, args: Any, run: bool, **kwargs: Any) -> None:
-        super().__init__(
-            model_class=DistillationModule,
-            datamodule_class=KDDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            parser_class=KDBenchArgumentParser,  # errors: one line naming the bad value and the valid choices
-            trainer_defaults={"num_sanity_val_steps": 0, "max_epochs": 240, "log_every_n_steps": 50},
-            args=args,
-            run=run,
-            **kwargs,
-        )
+            super().__init__(
+                model_class=DistillationModule,
+                datamodule_class=KDDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_kwargs={"overwrite": True},
+                parser_class=KDBenchArgumentParser,  # errors: one line naming the bad value and the valid choices
+                trainer_defaults={"num_sanity_val_steps": 0, "max_epochs": 240, "log_every_n_steps": 50},
+                args=args,
+                run=run,
+                **kwargs,
+            )
 
     def setup_parser(
         self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
@@ -196,15 +195,8 @@ class KDBenchCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """A truncated or corrupt ``--ckpt_path`` is one line saying so (LightningCLI loads it right here)."""
-        from benchmarks.cli_errors import KDBenchError
-        from benchmarks.resume import checkpoint_problem
-
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
-            problem = checkpoint_problem(ckpt_path)
-            if problem:
-                raise KDBenchError(f"--ckpt_path: {problem}")
+        check_ckpt_path(self.config[subcommand].get("ckpt_path") if subcommand else None)
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
@@ -221,32 +213,32 @@ class KDBenchCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        numerics = self._numerics()
+        numerics = self._group("numerics", Numerics)
         if not numerics.is_reference:
             self.model.configure_numerics(numerics)
 
-    def _numerics(self) -> Numerics:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        value = config.get("numerics")
-        if isinstance(value, Numerics):
+    @property
+    def _config(self) -> Any:
+        """The parsed config of the subcommand being run."""
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def _group(self, name: str, cls: type) -> Any:
+        """The parsed ``name`` group (``run``, ``numerics``) as a ``cls``."""
+        value = self._config.get(name)
+        if isinstance(value, cls):
             return value
-        return Numerics(**(value.as_dict() if hasattr(value, "as_dict") else dict(value or {})))
+        return cls(**(value.as_dict() if hasattr(value, "as_dict") else dict(value or {})))
 
     # ------------------------------------------------------------------------------------------ run folder
     def _run_info(self) -> RunInfo:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        value = config.get("run")
-        if isinstance(value, RunInfo):
-            return value
-        return RunInfo(**(value.as_dict() if hasattr(value, "as_dict") else dict(value or {})))
+        return self._group("run", RunInfo)
 
     def _plain_config(self) -> dict[str, Any]:
         """The run's complete parsed config as plain data (what ``record.json`` keeps as YAML)."""
         import yaml
 
-        config = self.config[self.subcommand] if self.subcommand else self.config
         parser = self._parser(self.subcommand) if self.subcommand else self.parser
-        return yaml.safe_load(parser.dump(config, skip_none=False, format="yaml")) or {}
+        return yaml.safe_load(parser.dump(self._config, skip_none=False, format="yaml")) or {}
 
     def _run_dir(self) -> Path:
         info = self._run_info()
@@ -262,8 +254,7 @@ class KDBenchCLI(LightningCLI):
         run_dir = self._run_dir()
         info = self._run_info()
         extra_callbacks: list[Callback] = []
-        config_all = self.config[self.subcommand] if self.subcommand else self.config
-        resuming = bool(config_all.get("ckpt_path"))
+        resuming = bool(self._config.get("ckpt_path"))
         csv_logger: ResumableCSVLogger | None = None
         if trainer_config.get("logger") in (None, True):
             plain = self._plain_config()
@@ -294,7 +285,6 @@ class KDBenchCLI(LightningCLI):
                     auto_insert_metric_name=False,
                 )
             )
-        if trainer_config.get("enable_checkpointing", True) is not False:
             self._resumable = ResumableRun(
                 run_dir / "checkpoints",
                 csv_logger=csv_logger,
@@ -377,8 +367,7 @@ class KDBenchCLI(LightningCLI):
     def _provenance(self, config: Any) -> dict[str, Any]:
         from benchmarks.provenance import code_state, teacher_digest
 
-        teacher = config.get("model", {}).get("init_args", {}).get("teacher") if hasattr(config, "get") else None
-        checkpoint = teacher.get("checkpoint") if teacher is not None and hasattr(teacher, "get") else None
+        checkpoint = config.get("model.init_args.teacher.checkpoint")  # a TeacherConfig group, or no teacher
         describe = getattr(self.datamodule, "data_provenance", None)
         return {
             "code": code_state(),
@@ -393,21 +382,15 @@ def close_wandb(status: str) -> None:
     Otherwise the next run in this process would log into it: WandbLogger reuses an active run.  An interrupted
     run is marked as pre-empted first, which is what W&B expects of a run that will be resumed (same id).
     """
-    import sys
-
     wandb = sys.modules.get("wandb")
     run = getattr(wandb, "run", None) if wandb is not None else None
     if run is None:
         return
     if status == "interrupted":
-        try:
+        with contextlib.suppress(Exception):  # offline runs cannot be marked; resuming them works all the same
             run.mark_preempting()
-        except Exception:  # noqa: BLE001 - offline runs cannot be marked; resuming them works all the same
-            pass
-    try:
+    with contextlib.suppress(Exception):  # logging must never turn an outcome into another one
         run.finish(exit_code=0 if status in ("finished", "interrupted") else 1)
-    except Exception:  # noqa: BLE001 - logging must never turn an outcome into another one
-        pass
 
 
 def _is_limited(trainer: Any) -> bool:
@@ -418,8 +401,6 @@ def _is_limited(trainer: Any) -> bool:
 
 def main(args: list[str] | None = None) -> None:
     """``python -m benchmarks.cli``: exit 130 / 143 after saving a checkpoint when interrupted."""
-    import sys
-
     from benchmarks.interrupts import RunInterrupted
 
     with user_errors(), interrupts.installed():

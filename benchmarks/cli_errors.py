@@ -18,6 +18,7 @@ import inspect
 import netrc
 import os
 import re
+import sys
 import typing
 from collections.abc import Iterable
 from dataclasses import fields, is_dataclass
@@ -32,6 +33,7 @@ from benchmarks.errors import KDBenchError
 __all__ = [
     "KDBenchArgumentParser",
     "KDBenchError",
+    "check_ckpt_path",
     "check_config",
     "check_config_files",
     "one_line",
@@ -152,6 +154,14 @@ def _listing(values: Iterable[str], limit: int = 60) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ messages
+def _no_argument(cls: type, group: str, name: str) -> str:
+    """``<Class> has no argument N (did you mean ...?); valid: ...`` for an argument of the selected class."""
+    valid = _init_arguments(cls)
+    near = _nearest(name, valid)
+    hint = f" (did you mean {group}.init_args.{near}?)" if near else ""
+    return f"{cls.__name__} has no argument {name!r}{hint}; valid: {_listing(valid)}"
+
+
 def _unknown_key(key: str, parser: Any) -> str:
     """``unknown key K (did you mean N?); valid: ...`` for a key no parser or class accepts."""
     key = key.lstrip("-").split("=", 1)[0]
@@ -166,18 +176,13 @@ def _unknown_key(key: str, parser: Any) -> str:
         selected = _selected(group)
         cls = _class_named(group, selected) if selected else None
         if cls is not None:
-            valid = _init_arguments(cls)
-            near = _nearest(leaf, valid)
-            hint = f" (did you mean {group}.init_args.{near}?)" if near else ""
-            return f"{cls.__name__} has no argument {leaf!r}{hint}; valid: {_listing(valid)}"
+            return _no_argument(cls, group, leaf)
     top = _parser_keys(_keys_parser(parser))
     pool = list(top)
-    selected_model = _class_named("model", _selected("model") or "")
-    if selected_model is not None:
-        pool += [f"model.init_args.{a}" for a in _init_arguments(selected_model)]
-    selected_data = _class_named("data", _selected("data") or "")
-    if selected_data is not None:
-        pool += [f"data.init_args.{a}" for a in _init_arguments(selected_data)]
+    for name in ("model", "data"):
+        selected = _class_named(name, _selected(name) or "")
+        if selected is not None:
+            pool += [f"{name}.init_args.{a}" for a in _init_arguments(selected)]
     near = _nearest(key, pool)
     hint = f" (did you mean {near}?)" if near else ""
     same_group = [k for k in top if k.split(".", 1)[0] == group]
@@ -219,10 +224,7 @@ def one_line(message: str, parser: Any = None) -> str:
         group = "model" if _class_named("model", match.group(1)) is not None else "data"
         cls = _class_named(group, match.group(1))
         if cls is not None:
-            valid = _init_arguments(cls)
-            near = _nearest(match.group(2), valid)
-            hint = f" (did you mean {group}.init_args.{near}?)" if near else ""
-            return f"{cls.__name__} has no argument {match.group(2)!r}{hint}; valid: {_listing(valid)}"
+            return _no_argument(cls, group, match.group(2))
     match = re.search(r"Option '([^']+)' is not accepted", text) or re.search(r"does not accept option '([^']+)'", text)
     if match:
         key = match.group(1)
@@ -247,15 +249,11 @@ def one_line(message: str, parser: Any = None) -> str:
     match = re.search(r"the following arguments are required: (.+)", text)
     if match:
         missing = [m.strip().split(".", 1)[-1] for m in match.group(1).split(",")]
-        parts = []
-        for name in missing:
-            if name == "model":
-                parts.append(f"--model (a method: {_listing(_methods(), 12)})")
-            elif name == "data":
-                parts.append(f"--data (a dataset: {', '.join(sorted(_datamodules()))})")
-            else:
-                parts.append(f"--{name}")
-        return "missing " + " and ".join(parts)
+        described = {
+            "model": f"--model (a method: {_listing(_methods(), 12)})",
+            "data": f"--data (a dataset: {', '.join(sorted(_datamodules()))})",
+        }
+        return "missing " + " and ".join(described.get(name, f"--{name}") for name in missing)
     if text.startswith("Problems parsing config"):
         detail = " ".join(line.strip() for line in text.splitlines()[1:] if line.strip())
         return f"a config given on the command line is not valid YAML: {detail}"
@@ -295,8 +293,6 @@ def _config_paths(args: list[str]) -> list[str]:
 
 def check_config_files(args: Any) -> None:
     """Every ``--config`` file exists and is valid YAML (else one line with the file, line and column)."""
-    import sys
-
     argv = [str(a) for a in (args if isinstance(args, (list, tuple)) else sys.argv[1:] if args is None else [])]
     _CURRENT_ARGS[:] = argv
     for raw in _config_paths(argv):
@@ -317,25 +313,6 @@ def check_config_files(args: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------ config values
-def _get(config: Any, dotted: str, default: Any = None) -> Any:
-    node = config
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        if isinstance(node, dict):
-            node = node.get(part, default)
-        elif hasattr(node, part):
-            node = getattr(node, part)
-        elif hasattr(node, "get"):
-            try:
-                node = node.get(part, default)
-            except Exception:  # noqa: BLE001
-                return default
-        else:
-            return default
-    return node
-
-
 def writable_problem(folder: str | Path, what: str) -> str | None:
     """Why ``folder`` could not be created or written (checked without writing anything), or None."""
     path = Path(folder).expanduser().absolute()
@@ -363,10 +340,9 @@ def wandb_credentials() -> bool:
 
 
 def check_config(config: Any, subcommand: str = "fit") -> None:
-    """Refuse values that parse but cannot make a run (see the module docstring)."""
-    from benchmarks.resume import checkpoint_problem
-
-    lr = _get(config, "model.init_args.optim.lr")
+    """Refuse values that parse but cannot make a run (see the module docstring); ``config`` is the subcommand's
+    parsed namespace (jsonargparse's ``Namespace.get`` takes dotted keys)."""
+    lr = config.get("model.init_args.optim.lr")
     if isinstance(lr, (int, float)) and not lr > 0:
         raise KDBenchError(f"model.init_args.optim.lr must be > 0 (the SGD learning rate), got {lr}")
     if subcommand == "fit":
@@ -375,7 +351,7 @@ def check_config(config: Any, subcommand: str = "fit") -> None:
             ("trainer.max_steps", "optimiser steps"),
             ("trainer.limit_train_batches", "training batches per epoch"),
         ):
-            value = _get(config, key)
+            value = config.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
                 raise KDBenchError(
                     f"{key} is 0: the run would train no {what} and record no metrics; give a positive value "
@@ -383,26 +359,30 @@ def check_config(config: Any, subcommand: str = "fit") -> None:
                     if key != "trainer.limit_train_batches"
                     else f"{key} is 0: the run would train nothing; give a positive count or fraction"
                 )
-        max_epochs, max_steps = _get(config, "trainer.max_epochs"), _get(config, "trainer.max_steps")
+        max_epochs, max_steps = config.get("trainer.max_epochs"), config.get("trainer.max_steps")
         if max_epochs == -1 and max_steps in (None, -1):
             raise KDBenchError("trainer.max_epochs is -1 and trainer.max_steps is -1: the run would never end")
-    run_dir = _get(config, "run.dir")
+    run_dir = config.get("run.dir")
     if run_dir:
         problem = writable_problem(run_dir, "run.dir")
         if problem:
             raise KDBenchError(problem)
-    mode = _get(config, "run.wandb")
-    if mode == "online" and not wandb_credentials():
+    if config.get("run.wandb") == "online" and not wandb_credentials():
         raise KDBenchError(
             "run.wandb is 'online' but no W&B credentials were found (set WANDB_API_KEY or run `wandb login`); "
             "valid without credentials: auto, offline, disabled"
         )
-    data_class = str(_get(config, "data.class_path") or "")
-    cls = _class_named("data", data_class) if data_class else None
+    cls = _class_named("data", str(config.get("data.class_path") or ""))
     check = getattr(cls, "check_root", None)
     if callable(check):
-        check(str(_get(config, "data.init_args.root", "data")), bool(_get(config, "data.init_args.download", False)))
-    ckpt = _get(config, "ckpt_path")
+        check(str(config.get("data.init_args.root", "data")), bool(config.get("data.init_args.download", False)))
+    check_ckpt_path(config.get("ckpt_path"))
+
+
+def check_ckpt_path(ckpt: Any) -> None:
+    """A truncated or corrupt ``--ckpt_path`` file is one line saying so (Lightning's own names pass)."""
+    from benchmarks.resume import checkpoint_problem
+
     if ckpt and ckpt not in ("last", "best", "hpc", "registry"):
         problem = checkpoint_problem(ckpt)
         if problem:

@@ -29,6 +29,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from benchmarks.errors import KDBenchError
+from benchmarks.tables import REPO_ROOT
 
 __all__ = [
     "deep_merge",
@@ -91,9 +92,9 @@ def get_dotted(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
     return node
 
 
-def load_yaml(path: str | Path, root: Path) -> dict[str, Any]:
-    """A YAML config file (relative to ``root``), parsed once per version of the file."""
-    path = root / path if not Path(path).is_absolute() else Path(path)
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file (a relative path is relative to the repository), parsed once per version of the file."""
+    path = REPO_ROOT / path if not Path(path).is_absolute() else Path(path)
     if not path.is_file():
         raise KDBenchError(f"config file not found: {path}")
     stat = path.stat()

@@ -12,7 +12,7 @@ from kd_modules.errors import MethodConfigError
 from models import UnknownModelError
 from models.checkpoints import CheckpointError
 
-__all__ = ["KDBenchError", "USER_ERRORS", "user_errors"]
+__all__ = ["KDBenchError", "USER_ERRORS", "find_cause", "user_errors"]
 
 
 class KDBenchError(ValueError):
@@ -29,12 +29,15 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _find_user_error(error: BaseException) -> BaseException | None:
-    """The user error behind ``error``, following ``raise ... from`` and implicit chains (jsonargparse wraps)."""
+def find_cause(
+    error: BaseException, kinds: type[BaseException] | tuple[type[BaseException], ...] = USER_ERRORS
+) -> BaseException | None:
+    """The error of ``kinds`` (default: a user error) behind ``error``, following ``raise ... from`` and implicit
+    chains (jsonargparse wraps)."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
-        if isinstance(current, USER_ERRORS):
+        if isinstance(current, kinds):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
@@ -47,7 +50,7 @@ def user_errors(program: str = "kdbench") -> Iterator[None]:
     try:
         yield
     except BaseException as error:  # noqa: BLE001 - we re-raise what is not ours
-        found = _find_user_error(error) if not isinstance(error, (SystemExit, KeyboardInterrupt)) else None
+        found = find_cause(error) if not isinstance(error, (SystemExit, KeyboardInterrupt)) else None
         if found is None:
             raise
         message = str(found).strip().splitlines()[0] if str(found).strip() else type(found).__name__

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import time
 import traceback
 import warnings
@@ -105,13 +106,6 @@ def write_config(spec: RunSpec, store: RunStore) -> Path:
     return path
 
 
-def cli_args(config_path: Path, resume_from: Path | None) -> list[str]:
-    args = ["fit", "--config", str(config_path)]
-    if resume_from is not None:
-        args += ["--ckpt_path", str(resume_from)]
-    return args
-
-
 def execute_run(spec: RunSpec, store: RunStore, note: str = "") -> RunOutcome:
     """Run ``spec`` in this process unless its record exists; resume from ``last.ckpt`` when there is one.
 
@@ -188,8 +182,9 @@ def execute_config(
         resume_from = _usable_checkpoint(run_dir)
         failed_marker.unlink(missing_ok=True)
         signals = (signal.SIGINT, signal.SIGTERM) if stop_signals is None else stop_signals
+        args = ["fit", "--config", str(config_path)] + (["--ckpt_path", str(resume_from)] if resume_from else [])
         with interrupts.installed(stop=signals, checkpoint=checkpoint_signals), quiet_lightning():
-            KDBenchCLI(args=cli_args(config_path, resume_from), claim=claim)
+            KDBenchCLI(args=args, claim=claim)
         seconds = time.perf_counter() - started
         if not store.is_finished(run_id):
             message = "fit ended without a result record"
@@ -209,20 +204,14 @@ def execute_config(
         seconds = time.perf_counter() - started
         if isinstance(error, (SIGTERMException, KeyboardInterrupt)):
             signum = signal.SIGTERM if isinstance(error, SIGTERMException) else signal.SIGINT
-            outcome = RunOutcome(
-                run_id,
-                "interrupted",
-                seconds,
-                f"interrupted by {interrupts.signal_name(signum)}",
-                resume_from is not None,
-                signum,
-            )
+            message = f"interrupted by {interrupts.signal_name(signum)}"
+            outcome = RunOutcome(run_id, "interrupted", seconds, message, resume_from is not None, signum)
         else:
-            from benchmarks.errors import _find_user_error
+            from benchmarks.errors import find_cause
             from kd_modules.base import TrainingDivergedError
 
-            kind = "diverged" if _caused_by(error, TrainingDivergedError) else "failed"
-            cause = _find_user_error(error) or error
+            kind = "diverged" if find_cause(error, TrainingDivergedError) else "failed"
+            cause = find_cause(error) or error
             message = (f"{type(cause).__name__}: {cause}".strip().splitlines() or [type(cause).__name__])[0]
             _write_failure(failed_marker, message, kind, traceback.format_exc())
             outcome = RunOutcome(run_id, kind, seconds, message, resume_from is not None)
@@ -232,17 +221,6 @@ def execute_config(
         close_wandb(outcome.status)
         claim.release(outcome.status)
     return outcome
-
-
-def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
 
 
 def failure_message(store: RunStore, run_id: str) -> str | None:
@@ -268,7 +246,6 @@ def failure_kind(store: RunStore, run_id: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.execute <run dir>/config.yaml``: run one planned run; exit 0 when it finished."""
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.execute", description=main.__doc__)
     parser.add_argument("config", help="the config.yaml the runner wrote into the run's folder")
@@ -281,6 +258,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main(sys.argv[1:]))

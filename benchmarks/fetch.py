@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from benchmarks.errors import KDBenchError, user_errors
-from benchmarks.tables import TEACHER_CHOICES, ReleasedTeacher, Table, list_tables, load_table
+from benchmarks.tables import TEACHER_CHOICES, Pair, ReleasedTeacher, Table, list_tables, load_table
 from models.checkpoints import CheckpointError
 from models.download import hash_prefix_of
 from models.releases import RELEASES, Release, check_release, fetch_release, find_release, recorded_digest
@@ -71,8 +71,6 @@ def released_teachers(
     names: Iterable[str], teachers: str | None = None, pairs: Sequence[str] | None = None
 ) -> dict[str, Release]:
     """path -> release of every released teacher the tables' plans would read (``teachers`` as ``--teachers``)."""
-    from benchmarks.tables import Pair
-
     wanted_pairs = {Pair.parse(p).label for p in pairs} if pairs else None
     found: dict[str, Release] = {}
     for name in names:
@@ -185,8 +183,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             _list(args.data_root)
             return 0
         names = list_tables() if not args.table or args.table == ["all"] else args.table
-        for name in names:
-            load_table(name)  # an unknown table: one line, exit 2
         releases = released_teachers(names, args.teachers, args.pairs)
         if not releases:
             print("no released teachers needed")

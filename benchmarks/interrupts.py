@@ -82,14 +82,11 @@ def _handler(signum: int, frame: Any) -> None:
     if signum in _STATE.checkpoint_signals:
         _STATE.checkpoint = True
         return
-    first = _STATE.stop is None
-    if first:
+    if _STATE.stop is None:
         _STATE.stop = signum
     for forward in list(_STATE.forward):
-        try:
+        with contextlib.suppress(Exception):  # a handler must never raise into the interrupted code
             forward(signum)
-        except Exception:  # noqa: BLE001 - a handler must never raise into the interrupted code
-            pass
 
 
 def requested() -> int | None:
@@ -172,12 +169,3 @@ def installed(
             if outermost:
                 _STATE.stop = None
                 _STATE.checkpoint = False
-
-
-def reset_after_fork() -> None:
-    """A fresh process (lane, child) starts without its parent's request."""
-    _STATE.stop = None
-    _STATE.checkpoint = False
-    _STATE.stop_signals = ()
-    _STATE.checkpoint_signals = ()
-    _STATE.forward = []

@@ -52,7 +52,7 @@ import submitit
 
 from benchmarks import interrupts
 from benchmarks.errors import KDBenchError
-from benchmarks.execute import RunOutcome, execute_config, execute_run, failure_message, write_config
+from benchmarks.execute import RunOutcome, execute_config, execute_run, failure_kind, failure_message, write_config
 from benchmarks.plan import RunSpec
 from benchmarks.store import RunStore
 from benchmarks.tables import REPO_ROOT
@@ -64,7 +64,6 @@ __all__ = [
     "ParallelLauncher",
     "SubmititLauncher",
     "SubmititRun",
-    "submitit_job",
     "visible_gpus",
 ]
 
@@ -128,11 +127,9 @@ class LaunchReport:
 
     def interrupted_line(self) -> str:
         assert self.interrupted_by is not None
-        from benchmarks.interrupts import signal_name
-
         elsewhere = f" ({len(self.elsewhere)} of them running elsewhere)" if self.elsewhere else ""
         return (
-            f"interrupted ({signal_name(self.interrupted_by)}): {self.finished} finished, {len(self.left)} left"
+            f"interrupted ({interrupts.signal_name(self.interrupted_by)}): {self.finished} finished, {len(self.left)} left"
             f"{elsewhere}; run the same command to resume"
         )
 
@@ -206,15 +203,13 @@ class Launcher(ABC):
         ``poll(handle)`` returns the run's outcome once it ended; ``stop_running(signum)`` tells every running
         run to stop (called once, when a stop signal arrives).
         """
-        report = LaunchReport()
-        report.runnable = sum(1 for spec in runs if not spec.blocked)
+        report = LaunchReport(runnable=sum(1 for spec in runs if not spec.blocked))
         pending = list(runs)
         planned = {s.run_id for s in runs}
         running: dict[str, tuple[Any, RunSpec]] = {}
         look_again: dict[str, float] = {}
         elsewhere: dict[str, str] = {}
         done = 0
-        total = report.runnable
         stopping = False
 
         def finish(spec: RunSpec, outcome: RunOutcome) -> None:
@@ -223,7 +218,7 @@ class Launcher(ABC):
             elsewhere.pop(spec.run_id, None)
             if not spec.blocked:
                 done += 1
-                self.printer(f"[{done}/{total}] " + _describe(spec, outcome, store))
+                self.printer(f"[{done}/{report.runnable}] " + _describe(spec, outcome, store))
 
         def ready(spec: RunSpec) -> bool:
             return all(report.ok(d) for d in spec.depends_on if d in planned)
@@ -433,18 +428,6 @@ class ParallelLauncher(Launcher):
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             log.close()
 
-    @staticmethod
-    def _returncode(handle: Any) -> int | None:
-        """None while the run is going on, else its exit status (a lane's run: 0 when it finished)."""
-        if isinstance(handle, Future):
-            if not handle.done():
-                return None
-            try:
-                return 0 if handle.result().status in ("finished", "skipped") else 1
-            except Exception:  # noqa: BLE001 - a lane that died (killed, out of memory) fails only its run
-                return 1
-        return handle.poll()
-
     def _launch(
         self, runs: list[RunSpec], store: RunStore, lanes: ProcessPoolExecutor | None, stop: tuple[Any, Any] | None
     ) -> LaunchReport:
@@ -517,8 +500,6 @@ class ParallelLauncher(Launcher):
     @staticmethod
     def _outcome(spec: RunSpec, store: RunStore, returncode: int, seconds: float) -> RunOutcome:
         """How a run in a child process ended, from its exit status and what it left in the store."""
-        from benchmarks.execute import failure_kind, failure_message
-
         if store.is_finished(spec.run_id):
             return RunOutcome(spec.run_id, "finished", seconds)
         if returncode in (130, 143) or returncode in (-2, -15):
@@ -610,11 +591,6 @@ class SubmititRun(submitit.helpers.Checkpointable):
         return vars(outcome)
 
 
-def submitit_job(config_path: str) -> dict[str, Any]:
-    """What one SLURM array task runs: the run whose config the launcher wrote (see :class:`SubmititRun`)."""
-    return SubmititRun(config_path)()
-
-
 def _levels(runs: list[RunSpec]) -> list[list[RunSpec]]:
     """Runs grouped by dependency depth: level k depends only on levels < k."""
     level: dict[str, int] = {}
@@ -657,8 +633,6 @@ class SubmititLauncher(Launcher):
         self.wait = wait
 
     def _executor(self, devices: int, dependency: str | None) -> Any:
-        import submitit
-
         executor = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster=self.cluster)
         parameters: dict[str, Any] = {"name": "kdbench", "timeout_min": 24 * 60, **self.parameters}
         if self.gpu:
@@ -679,8 +653,7 @@ class SubmititLauncher(Launcher):
         paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
         if str(REPO_ROOT) not in paths:
             os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO_ROOT), *paths] if p)
-        report = LaunchReport()
-        report.runnable = sum(1 for spec in runs if not spec.blocked)
+        report = LaunchReport(runnable=sum(1 for spec in runs if not spec.blocked))
         with interrupts.installed():
             self._launch_levels(runs, store, report)
         if report.interrupted_by is not None:
@@ -719,8 +692,7 @@ class SubmititLauncher(Launcher):
                 arrays.append((specs, self._submit(specs, store, devices, dependency), devices))
             if not self.wait:
                 previous_arrays = [jobs[0].job_id.split("_")[0] for _, jobs, _ in arrays] or previous_arrays
-                for specs, _, _ in arrays:
-                    report.counts["submitted"] += len(specs)
+                report.counts["submitted"] += sum(len(specs) for specs, _, _ in arrays)
                 continue
             waiting = [
                 (spec, job, devices) for specs, jobs, devices in arrays for spec, job in zip(specs, jobs, strict=True)
@@ -743,13 +715,8 @@ class SubmititLauncher(Launcher):
                             outcome = RunOutcome(spec.run_id, "skipped")
                         else:
                             self.printer(_describe(spec, outcome, store))
-                            still.append(
-                                (
-                                    spec,
-                                    _Later(spec, store, lambda s=spec, d=devices: self._submit([s], store, d, None)[0]),
-                                    devices,
-                                )
-                            )
+                            later = _Later(spec, store, lambda s=spec, d=devices: self._submit([s], store, d, None)[0])
+                            still.append((spec, later, devices))
                             continue
                     report.add(outcome)
                     self.printer(_describe(spec, outcome, store))

@@ -41,8 +41,7 @@ def teacher_cache_problem(config: dict[str, Any]) -> str | None:
     module_name, _, class_name = str(data.get("class_path", "")).rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name or "datamodules"), class_name)
-        args = {k: v for k, v in (data.get("init_args") or {}).items()}
-        datamodule = cls(**args)
+        datamodule = cls(**dict(data.get("init_args") or {}))
     except Exception as error:  # an unknown or misconfigured datamodule: the planner reports it elsewhere
         return f"datamodule {class_name} could not be built ({type(error).__name__})"
     augment = getattr(datamodule, "train_augmentation", lambda: False)()
@@ -54,10 +53,8 @@ def teacher_cache_problem(config: dict[str, Any]) -> str | None:
 def normalize_numerics(config: dict[str, Any]) -> None:
     """Leave in ``config["numerics"]`` only what changes the run (in place; the group goes when empty)."""
     group = config.get("numerics")
-    if group is None:
-        return
     if not isinstance(group, dict):
-        return  # not ours to fix: the CLI rejects it with its own message
+        return  # none, or not ours to fix: the CLI rejects it with its own message
     defaults = _defaults()
     kept = {k: v for k, v in group.items() if k not in defaults or v != defaults[k]}
     if kept.get("teacher_cache") and teacher_cache_problem(config) is not None:

@@ -64,7 +64,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -89,6 +88,7 @@ from benchmarks.configs import (
 )
 from benchmarks.errors import KDBenchError
 from benchmarks.numerics import normalize_numerics
+from benchmarks.provenance import teacher_digest
 from benchmarks.store import RunStore
 from benchmarks.tables import REPO_ROOT, TEACHER_CHOICES, Pair, ReleasedTeacher, Row, Table
 
@@ -167,13 +167,6 @@ _STORE_WEIGHTS = re.compile(r"runs/([0-9a-f]{16})/final\.pth$")
 _STORE_PATH = re.compile(r"(?:^|[/\\])runs[/\\]([0-9a-f]{16})[/\\](.+)$")
 
 
-@lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    from models.checkpoints import file_digest
-
-    return file_digest(path)
-
-
 def teacher_identity(checkpoint: str) -> str:
     """A teacher checkpoint's identity: the run that produced it, else the file's digest, else its path."""
     match = _STORE_WEIGHTS.search(checkpoint.replace("\\", "/"))
@@ -181,10 +174,7 @@ def teacher_identity(checkpoint: str) -> str:
         return f"run:{match.group(1)}"
     if checkpoint.startswith("run:"):
         return checkpoint
-    if Path(checkpoint).is_file():
-        stat = os.stat(checkpoint)
-        return f"sha256:{_file_digest(str(Path(checkpoint).resolve()), stat.st_size, stat.st_mtime_ns)}"
-    return f"path:{checkpoint}"
+    return teacher_digest(checkpoint) or f"path:{checkpoint}"
 
 
 def _canonical_paths(value: Any) -> Any:
@@ -205,22 +195,19 @@ def _settings_groups(class_path: str) -> frozenset[str]:
     """The arguments of a method that are :class:`kd_modules.base.SettingsGroup` s (flattened in identities)."""
     from kd_modules.base import SettingsGroup
 
-    module_name, _, class_name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name or "kd_modules"), class_name)
-    except (ImportError, AttributeError, ValueError):
-        return frozenset()
+    cls = resolve_class(class_path, "kd_modules")
     groups = set()
-    for klass in cls.__mro__:
+    for klass in cls.__mro__ if cls is not None else ():
         if "__init__" not in vars(klass) or klass is object:
             continue
         try:
             hints = typing.get_type_hints(vars(klass)["__init__"])
         except Exception:  # an annotation not resolvable at run time: no groups in it
             continue
-        for name, annotation in hints.items():
-            group = _dataclass_type(annotation)
-            if group is not None and issubclass(group, SettingsGroup):
+        for name, annotation in hints.items():  # ``Group`` or ``Group | None``
+            union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+            members = typing.get_args(annotation) if union else (annotation,)
+            if any(isinstance(member, type) and issubclass(member, SettingsGroup) for member in members):
                 groups.add(name)
     return frozenset(groups)
 
@@ -263,10 +250,6 @@ def run_identity(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _load_yaml(path: str | Path) -> dict[str, Any]:
-    return load_yaml(path, REPO_ROOT)
-
-
 # --------------------------------------------------------------------------------------------------- presets
 @dataclass
 class Preset:
@@ -304,20 +287,17 @@ def load_preset(name: str) -> Preset:
     if not path.is_file():
         raise KDBenchError(f"unknown preset {name!r}; valid: {', '.join(list_presets())}, or a preset file's path")
     name = path.stem if path.parent != PRESETS_DIR else name
-    raw = _load_yaml(path)
+    raw = load_yaml(path)
     unknown = sorted(set(raw) - PRESET_KEYS)
     if unknown:
         raise KDBenchError(f"preset {name}: unknown key {unknown[0]!r}; valid: {', '.join(sorted(PRESET_KEYS))}")
-    launcher = raw.get("launcher")
-    if launcher is not None and launcher not in LAUNCHERS:
-        raise KDBenchError(f"preset {name}: unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
-    on_divergence = raw.get("on_divergence")
-    if on_divergence is not None and on_divergence not in DIVERGENCE:
-        raise KDBenchError(f"preset {name}: unknown on_divergence {on_divergence!r}; valid: {', '.join(DIVERGENCE)}")
+    for key, valid in (("launcher", LAUNCHERS), ("on_divergence", DIVERGENCE)):
+        if raw.get(key) is not None and raw[key] not in valid:
+            raise KDBenchError(f"preset {name}: unknown {key} {raw[key]!r}; valid: {', '.join(valid)}")
     return Preset(
         name=name,
-        launcher=launcher,
-        on_divergence=on_divergence,
+        launcher=raw.get("launcher"),
+        on_divergence=raw.get("on_divergence"),
         config=raw.get("config") or {},
         trials=raw.get("trials"),
         store=raw.get("store"),
@@ -329,7 +309,7 @@ def load_preset(name: str) -> Preset:
 
 @lru_cache(maxsize=1)
 def recipes() -> dict[str, dict[str, Any]]:
-    return _load_yaml(RECIPES_FILE)
+    return load_yaml(RECIPES_FILE)
 
 
 def recipe(name: str) -> dict[str, Any]:
@@ -337,10 +317,6 @@ def recipe(name: str) -> dict[str, Any]:
     if name not in known:
         raise KDBenchError(f"unknown recipe {name!r}; valid: {', '.join(sorted(known))}")
     return known[name]
-
-
-def _recipe_config(name: str) -> dict[str, Any]:
-    return _load_yaml(recipe(name)["config"])
 
 
 # ------------------------------------------------------------------------------------------------ run specs
@@ -417,11 +393,6 @@ class Prerequisite:
     seed: int | None = None  # default: the dependent run's seed (student) or 0 (teacher)
     route: tuple[float, ...] = ()  # fractions of its steps at which the stage run saves its network (run.route)
 
-    KEYS = (
-        "name", "pass_as", "method", "init_args", "overrides", "config", "output", "description", "network", "seed",
-        "route",
-    )  # fmt: skip
-
     @classmethod
     def parse(cls, raw: Any, owner: str) -> Prerequisite:
         usage = (
@@ -429,17 +400,14 @@ class Prerequisite:
             f"method (for the student network) and optionally init_args, overrides, config, output, description, network "
             f"(student | teacher), seed, route"
         )
-        if not isinstance(raw, dict) or not {"name", "pass_as"} <= set(raw) or set(raw) - set(cls.KEYS):
+        keys = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(raw, dict) or not {"name", "pass_as"} <= set(raw) or set(raw) - keys:
             raise KDBenchError(usage)
         network = str(raw.get("network", "student"))
         if network not in ("student", "teacher") or (network == "student" and "method" not in raw):
             raise KDBenchError(usage)
-        if network == "teacher" and (
-            raw.get("init_args")
-            or raw.get("overrides")
-            or raw.get("config")
-            or raw.get("method", "Vanilla") != "Vanilla"
-        ):
+        arguments = any(raw.get(key) for key in ("init_args", "overrides", "config"))
+        if network == "teacher" and (arguments or raw.get("method", "Vanilla") != "Vanilla"):
             raise KDBenchError(
                 f"{usage}; a teacher-network prerequisite is the pair's teacher run itself (Vanilla, no arguments)"
             )
@@ -459,26 +427,14 @@ class Prerequisite:
 
 
 # ------------------------------------------------------------------------------------------- availability
-def _method_class(method: str) -> type | None:
+def method_or_none(method: str) -> type | None:
+    """The ``kd_modules`` class of ``method`` (:func:`kd_modules.method_class`), None while kdbench has none."""
     from kd_modules import UnknownMethodError, method_class
 
     try:
         return method_class(method)
     except UnknownMethodError:
         return None
-
-
-def _dataclass_type(annotation: Any) -> type | None:
-    """The dataclass an annotation names (``Config`` or ``Config | None``), else None."""
-    candidates = (
-        typing.get_args(annotation)
-        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
-        else (annotation,)
-    )
-    for candidate in candidates:
-        if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
-            return candidate
-    return None
 
 
 def _datamodule_class(config: dict[str, Any]) -> type | None:
@@ -515,14 +471,12 @@ def _trainer_problem(config: dict[str, Any], preset: Preset) -> str | None:
     return check_arguments(Trainer, trainer, "trainer")
 
 
-def _complete(config: dict[str, Any], method_cls: type | None) -> None:
-    """Fill in the method's and the datamodule's argument defaults, as jsonargparse reads them."""
-    if method_cls is not None:
-        args = config.setdefault("model", {}).setdefault("init_args", {})
-        complete_arguments(method_cls, args, skip=MODEL_LINKED, keep=MODEL_NOT_COMPLETED)
-    data_cls = _datamodule_class(config)
-    if data_cls is not None:
-        complete_arguments(data_cls, config.setdefault("data", {}).setdefault("init_args", {}))
+def _complete(config: dict[str, Any], method_cls: type) -> None:
+    """Fill in the method's and the datamodule's argument defaults, as jsonargparse reads them (of a config whose
+    method and datamodule exist and accept its arguments)."""
+    args = config["model"].setdefault("init_args", {})
+    complete_arguments(method_cls, args, skip=MODEL_LINKED, keep=MODEL_NOT_COMPLETED)
+    complete_arguments(_datamodule_class(config), config["data"].setdefault("init_args", {}))
 
 
 def _networks_problem(archs: list[str]) -> str | None:
@@ -533,16 +487,6 @@ def _networks_problem(archs: list[str]) -> str | None:
             model_entry(arch)
         except UnknownModelError:
             return f"network {arch} is not in the model zoo yet"
-    return None
-
-
-def _availability(method: str, archs: list[str]) -> str | None:
-    """Why a run of ``method`` on these networks cannot be made yet, or None."""
-    problem = _networks_problem(archs)
-    if problem:
-        return problem
-    if _method_class(method) is None:
-        return f"method {method} is not implemented yet"
     return None
 
 
@@ -558,11 +502,8 @@ def _cached_pair_problem(cls: type, student: str, teacher: str, encoded: str) ->
 
 
 def _optional_classmethod(cls: type | None, name: str, init_args: dict[str, Any]) -> list[Any]:
-    hook = getattr(cls, name, None) if cls is not None else None
-    if hook is None:
-        return []
-    result = hook(dict(init_args))
-    return list(result or [])
+    hook = getattr(cls, name, None)
+    return list(hook(dict(init_args)) or []) if hook is not None else []
 
 
 # -------------------------------------------------------------------------------------------------- planner
@@ -587,7 +528,6 @@ class Planner:
         table: Table,
         preset: Preset,
         store: RunStore,
-        trials: int,
         data_root: str,
         teacher_root: str | None = None,
         teachers: str | None = None,
@@ -596,7 +536,6 @@ class Planner:
         self.teachers = table.teacher_mode(teachers)
         self.preset = preset
         self.store = store
-        self.trials = trials
         self.data_root = data_root
         self.teacher_root = teacher_root if teacher_root is not None else data_root
         self.runs: dict[str, RunSpec] = {}
@@ -635,11 +574,9 @@ class Planner:
 
     def _base_config(self, recipe_name: str, student: str) -> dict[str, Any]:
         spec = recipe(recipe_name)
-        config = _recipe_config(recipe_name)
-        for arch, overrides in (spec.get("student_overrides") or {}).items():
-            if arch == student:
-                for dotted, value in overrides.items():
-                    set_dotted(config, dotted, value)
+        config = load_yaml(spec["config"])
+        for dotted, value in ((spec.get("student_overrides") or {}).get(student) or {}).items():
+            set_dotted(config, dotted, value)
         set_dotted(config, "data.init_args.root", self.data_root)
         return config
 
@@ -687,12 +624,12 @@ class Planner:
         set_dotted(config, "model.init_args.student", arch)
         blocked = (
             _datamodule_problem(self.table.dataset, config)
-            or _availability("Vanilla", [arch])
-            or _method_problem(_method_class("Vanilla"), config)
+            or _networks_problem([arch])
+            or _method_problem(method_or_none("Vanilla"), config)
             or _trainer_problem(config, self.preset)
         )
         if blocked is None:
-            _complete(config, _method_class("Vanilla"))
+            _complete(config, method_or_none("Vanilla"))
         config = _finish(config, self.preset, seed=seed)
         run_id = run_identity(config)
         self._info(config, run_id, f"{self.table.name}/teacher/{arch}/s{seed}", "teacher", None, seed, recipe_name)
@@ -726,7 +663,7 @@ class Planner:
         config_problem = None
         if config_file:
             try:
-                fragment = _load_yaml(config_file)
+                fragment = load_yaml(config_file)
             except KDBenchError:
                 config_problem = f"method config {config_file} not written yet"
             else:
@@ -736,15 +673,13 @@ class Planner:
                     config_problem = f"method config {config_file} is written for {written_for}, not {method}"
         set_dotted(config, "model.class_path", f"kd_modules.{method}")
         set_dotted(config, "model.init_args.student", pair.student)
-        for key, value in init_args.items():
-            merge_dotted(config, f"model.init_args.{key}", value)
         # A preset may shrink one method's settings (e.g. small letKD codebooks in smoke runs), after the row's own.
-        for key, value in self.preset.method_init_args.get(method, {}).items():
+        for key, value in [*init_args.items(), *self.preset.method_init_args.get(method, {}).items()]:
             merge_dotted(config, f"model.init_args.{key}", value)
         for dotted, value in overrides.items():
             set_dotted(config, dotted, value)
 
-        cls = _method_class(method)
+        cls = method_or_none(method)
         needs_teacher = True if cls is None else bool(getattr(cls, "requires_teacher", False))
         sized_by_teacher = cls is not None and bool(getattr(cls, "sized_by_teacher_arch", False))
         given = get_dotted(config, "model.init_args", {})
@@ -760,8 +695,7 @@ class Planner:
             # A row distilling from a teacher of another seed (KCD T3b) trains that teacher: a release has one seed.
             released, problem = self.teacher_source(pair.teacher) if not teacher_seed else (None, None)
             if released is not None:
-                teacher_file = released
-                teacher_problem = problem
+                teacher_file, teacher_problem = released, problem
                 self.released[pair.teacher] = released
             else:
                 teacher_run = self.teacher(pair.teacher, teacher_seed)
@@ -774,8 +708,8 @@ class Planner:
         model_args = {k: v for k, v in get_dotted(config, "model.init_args", {}).items() if k not in BASE_ARGS}
         invalid = (
             _datamodule_problem(self.table.dataset, config)
-            or _availability(method, [pair.student] + ([pair.teacher] if needs_teacher or sized_by_teacher else []))
-            or (_method_problem(cls, config) if cls is not None else None)
+            or _networks_problem([pair.student] + ([pair.teacher] if needs_teacher or sized_by_teacher else []))
+            or (_method_problem(cls, config) if cls is not None else f"method {method} is not implemented yet")
             or _pair_problem(cls, pair, model_args)
             or config_problem
         )
@@ -914,12 +848,12 @@ def build_plan(
     if n_trials < 1:
         raise KDBenchError(f"--trials must be at least 1, got {n_trials}")
     chosen_pairs, chosen_rows = _select(table, pairs, methods)
-    planner = Planner(table, preset, store, n_trials, data_root, teacher_root, teachers)
+    planner = Planner(table, preset, store, data_root, teacher_root, teachers)
     cells: dict[tuple[str, str], list[str]] = {}
     blocked_cells: dict[tuple[str, str], str] = {}
     for pair in chosen_pairs:
         for row in chosen_rows:
-            if row.quoted_only and _method_class(row.method) is None:
+            if row.quoted_only and method_or_none(row.method) is None:
                 continue  # published numbers only, until kdbench has the method
             if not row.has_cell(pair):
                 continue  # the row has no cell in this column
@@ -931,20 +865,15 @@ def build_plan(
                     cells[key] = []
                     blocked_cells[key] = problem or f"released {pair.teacher} weights are used, not trained here"
                     continue
-                teacher = planner.teacher(pair.teacher, row.teacher_seed or 0)
-                if (row.label, pair.label, 0) not in teacher.cells:
-                    teacher.cells.append((row.label, pair.label, 0))
-                cells[key] = [teacher.run_id]
-                if teacher.blocked:
-                    blocked_cells[key] = teacher.blocked
-                continue
-            ids = []
-            for trial in range(n_trials):
-                spec = planner.student(row, pair, trial)
-                ids.append(spec.run_id)
+                specs = [planner.teacher(pair.teacher, row.teacher_seed or 0)]
+                if (row.label, pair.label, 0) not in specs[0].cells:
+                    specs[0].cells.append((row.label, pair.label, 0))
+            else:
+                specs = [planner.student(row, pair, trial) for trial in range(n_trials)]
+            cells[key] = [spec.run_id for spec in specs]
+            for spec in specs:
                 if spec.blocked:
                     blocked_cells[key] = spec.blocked
-            cells[key] = ids
     # Runs that no runnable cell needs (teachers and stages of blocked students) are dropped from the plan.
     needed = {rid for ids in cells.values() for rid in ids}
     frontier = [s for s in planner.runs.values() if s.kind == "student" and not s.blocked]

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -18,12 +19,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["code_state", "teacher_digest"]
+__all__ = ["code_state", "git", "teacher_digest"]
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _git(*args: str) -> subprocess.CompletedProcess[bytes] | None:
+def git(*args: str) -> subprocess.CompletedProcess[bytes] | None:
+    """``git <args>`` in the kdbench checkout; None when git is missing, fails or this is no checkout."""
     try:
         result = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
@@ -34,19 +36,17 @@ def _git(*args: str) -> subprocess.CompletedProcess[bytes] | None:
 @lru_cache(maxsize=1)
 def code_state() -> dict[str, Any]:
     """The code tree: commit, dirty flag and a digest of the uncommitted changes (once per process)."""
-    head = _git("rev-parse", "HEAD")
+    head = git("rev-parse", "HEAD")
     if head is None:
         return {"commit": None, "dirty": None, "diff_sha256": None, "note": "not a git checkout"}
-    diff = _git("diff", "HEAD", "--binary")
-    untracked = _git("ls-files", "--others", "--exclude-standard", "-z")
+    diff = git("diff", "HEAD", "--binary")
+    untracked = git("ls-files", "--others", "--exclude-standard", "-z")
     sha = hashlib.sha256(diff.stdout if diff else b"")
     names = [n for n in (untracked.stdout.split(b"\0") if untracked else []) if n]
     for name in sorted(names):
         sha.update(b"\0untracked\0" + name + b"\0")
-        try:
+        with contextlib.suppress(OSError):
             sha.update((REPO / name.decode()).read_bytes())
-        except OSError:
-            pass
     dirty = bool(diff and diff.stdout) or bool(names)
     return {
         "commit": head.stdout.decode().strip(),
@@ -56,16 +56,11 @@ def code_state() -> dict[str, Any]:
     }
 
 
-@lru_cache(maxsize=64)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    from models.checkpoints import file_digest
-
-    return file_digest(path)
-
-
 def teacher_digest(path: str | Path | None) -> str | None:
-    """``sha256:<16 hex digits>`` of the teacher checkpoint file, None without one."""
+    """``sha256:<16 hex digits>`` of the teacher checkpoint file (memoised: :func:`kd_modules.offline.teacher_digest`),
+    None without one."""
     if not path or not os.path.isfile(path):
         return None
-    stat = os.stat(path)
-    return "sha256:" + _digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    from kd_modules.offline import teacher_digest as digest
+
+    return "sha256:" + digest(path)

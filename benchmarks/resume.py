@@ -54,7 +54,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from benchmarks import interrupts
 from benchmarks.interrupts import ClaimLost, RunInterrupted
-from benchmarks.store import _test_write_delay
+from benchmarks.store import atomic_file, atomic_write_bytes
 
 __all__ = ["ResumableRun", "ResumableCSVLogger", "AtomicCheckpointIO", "checkpoint_problem", "LAST", "FINAL_CHECKPOINT"]
 
@@ -75,19 +75,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            _test_write_delay()
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as handle:
+            torch.save(checkpoint, handle)
 
 
 def checkpoint_problem(path: str | Path) -> str | None:
@@ -128,9 +118,8 @@ class _ContinuingWriter(ExperimentWriter):
         if os.path.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, newline="") as handle:
                 reader = csv.DictReader(handle)
-                rows = sum(1 for _ in reader)
+                self.rows_written = sum(1 for _ in reader)
                 self.metrics_keys = list(reader.fieldnames or [])
-            self.rows_written = rows
 
     def _check_log_dir_exists(self) -> None:  # Lightning's deletes metrics.csv here
         return
@@ -154,8 +143,6 @@ class _ContinuingWriter(ExperimentWriter):
         writer = csv.DictWriter(buffer, fieldnames=fieldnames)
         writer.writeheader()
         writer.writerows(kept)
-        from benchmarks.store import atomic_write_bytes
-
         atomic_write_bytes(self.metrics_file_path, buffer.getvalue().encode())
         self.metrics_keys = fieldnames
         self.rows_written = len(kept)
@@ -342,7 +329,8 @@ class ResumableRun(Callback):
             self._add_back_sums(trainer)
         self._guard(trainer)
         stop = interrupts.requested()
-        due = stop is not None or interrupts.checkpoint_requested() or self._epoch_checkpoint_due(trainer, batch_idx)
+        # the end-of-epoch checkpoint is written at the first exact point of the next epoch
+        due = stop is not None or interrupts.checkpoint_requested() or trainer.current_epoch > self._saved_epoch
         if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
             due = True
         if self.every_minutes > 0 and time.monotonic() - self._last_save >= 60.0 * self.every_minutes:
@@ -373,10 +361,6 @@ class ResumableRun(Callback):
             return not loop.epoch_loop._should_check_val_fx(loop._data_fetcher)
         except Exception:  # noqa: BLE001 - a Lightning without this private check: do not save mid-step at all
             return False
-
-    def _epoch_checkpoint_due(self, trainer: Any, batch_idx: int) -> bool:
-        """The end-of-epoch checkpoint, written at the first exact point of the next epoch."""
-        return trainer.current_epoch > self._saved_epoch
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._pending_sums = {}  # a new epoch: nothing of the interrupted one is left to add back

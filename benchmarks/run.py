@@ -30,6 +30,7 @@ cells are blocked (method or data not available) or not run; 130 / 143 when inte
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -39,9 +40,9 @@ from typing import Any
 
 from benchmarks.cli_errors import writable_problem
 from benchmarks.errors import KDBenchError, user_errors
-from benchmarks.plan import Plan, RunSpec, build_plan, list_presets, load_preset, merge_runs, recipe
+from benchmarks.plan import Plan, RunSpec, build_plan, list_presets, load_preset, merge_runs, method_or_none, recipe
 from benchmarks.store import RunStore
-from benchmarks.tables import REPO_ROOT, Table, list_tables, load_table
+from benchmarks.tables import REPO_ROOT, Pair, Table, list_tables, load_table
 
 __all__ = ["main", "plan_tables", "print_plan", "coverage"]
 
@@ -113,8 +114,6 @@ from datamodules.synthetic import GENERATED_MARKER as FIXTURE_MARKER  # noqa: E4
 
 def _fixture_digest(root: Path) -> str:
     """SHA-256 of every file of a generated fixture (they are small), to notice one that was damaged."""
-    import hashlib
-
     sha = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != FIXTURE_MARKER):
         sha.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
@@ -400,19 +399,20 @@ def print_plan(
             by_status = Counter(statuses[c.run_id] for c in students)
             print("    students: " + ", ".join(f"{n} {status}" for status, n in sorted(by_status.items())))
 
+    verbose = getattr(args, "verbose", False)
     shared = [s for s in runs if len(s.cells) > 1 or (shared_with and s.run_id in shared_with)]
     if shared:
         print(f"shared runs ({len(shared)}; each trained once):")
-        for spec in shared[: 12 if not getattr(args, "verbose", False) else len(shared)]:
+        for spec in shared if verbose else shared[:12]:
             cells = ", ".join(f"{row} {pair}" for row, pair, _ in spec.cells[:4]) or "none of this table's"
             others = (
                 f"; tables {', '.join(shared_with[spec.run_id])}" if shared_with and spec.run_id in shared_with else ""
             )
             print(f"  {spec.run_id} {spec.kind} {spec.label}: cells {cells}{others}")
-        if len(shared) > 12 and not getattr(args, "verbose", False):
+        if len(shared) > 12 and not verbose:
             print(f"  ... {len(shared) - 12} more (--verbose lists them)")
 
-    if getattr(args, "verbose", False):
+    if verbose:
         print("runs:")
         for spec in runs:
             status = f"blocked: {spec.blocked}" if spec.blocked else statuses[spec.run_id]
@@ -543,15 +543,12 @@ def print_status(args: argparse.Namespace) -> None:
     rows = coverage(args)
     print(f"coverage of the store {args.store or load_preset(args.preset).store or 'results'} (preset {args.preset}):")
     print(f"  {'table':<12} {'cells':>6} {'runnable':>9} {'run':>5} {'vs paper':>9} {'within':>7}")
-    for r in rows:
+    counts = ("cells", "runnable", "run", "compared", "matching")
+    total = {"table": "all", **{k: sum(r[k] for r in rows) for k in counts}}
+    for r in [*rows, total]:
         print(
             f"  {r['table']:<12} {r['cells']:>6} {r['runnable']:>9} {r['run']:>5} {r['compared']:>9} {r['matching']:>7}"
         )
-    total = {k: sum(r[k] for r in rows) for k in ("cells", "runnable", "run", "compared", "matching")}
-    print(
-        f"  {'all':<12} {total['cells']:>6} {total['runnable']:>9} {total['run']:>5} {total['compared']:>9} "
-        f"{total['matching']:>7}"
-    )
     print(
         f"cells: (row, pair) cells of kdbench runs; runnable: not blocked; run: every trial finished; vs paper: run "
         f"and with a published top-1; within: |ours - paper| <= {MATCH_TOLERANCE} pt"
@@ -566,16 +563,14 @@ def _launcher(args: argparse.Namespace, printer: Any = None) -> Any:
     if args.launcher == "parallel":
         return ParallelLauncher(per_gpu=args.per_gpu, jobs=args.jobs, **out)
     if args.launcher == "slurm":
-        parameters: dict[str, Any] = {}
-        for name, key in (
-            ("slurm_partition", "slurm_partition"),
-            ("slurm_time", "timeout_min"),
-            ("slurm_cpus", "cpus_per_task"),
-            ("slurm_mem", "mem_gb"),
-            ("slurm_parallelism", "slurm_array_parallelism"),
-        ):
-            if getattr(args, name) is not None:
-                parameters[key] = getattr(args, name)
+        given = {
+            "slurm_partition": args.slurm_partition,
+            "timeout_min": args.slurm_time,
+            "cpus_per_task": args.slurm_cpus,
+            "mem_gb": args.slurm_mem,
+            "slurm_array_parallelism": args.slurm_parallelism,
+        }
+        parameters: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
         for item in args.slurm_param:
             key, sep, value = item.partition("=")
             if not sep:
@@ -610,7 +605,6 @@ def results_dir(plan: Plan, args: argparse.Namespace) -> Path:
 
 def table_stem(plan: Plan, args: argparse.Namespace) -> str:
     """``render.default_stem``, or ``<stem>.only-<methods>-<pairs>`` for a filtered launch."""
-    import hashlib
     import re
 
     from benchmarks.render import default_stem
@@ -629,17 +623,10 @@ def _not_applicable(plan: Plan, row_label: str, pair_label: str, reason: str) ->
     """Whether a blocked cell is n/a by definition (no run can ever fill it) rather than not runnable yet: a teacher
     row whose released weights are used, or a method undefined for the pair (its ``pair_problem``; the papers print
     n/a there too)."""
-    from benchmarks.tables import Pair
-    from kd_modules import UnknownMethodError, method_class
-
     if reason.startswith("released ") and reason.endswith("weights are used, not trained here"):
         return True
     row = plan.table.row(row_label)
-    try:
-        cls = method_class(row.method)
-    except UnknownMethodError:
-        return False
-    hook = getattr(cls, "pair_problem", None)
+    hook = getattr(method_or_none(row.method), "pair_problem", None)
     if hook is None:
         return False
     pair = Pair.parse(pair_label)

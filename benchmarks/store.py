@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -50,7 +49,9 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from benchmarks.provenance import git
 
 __all__ = [
     "RunStore",
@@ -62,6 +63,7 @@ __all__ = [
     "read_record",
     "record_problem",
     "software_versions",
+    "atomic_file",
     "atomic_write_bytes",
     "CLAIM_TIMEOUT",
     "HEARTBEAT_SECONDS",
@@ -86,14 +88,16 @@ def _test_write_delay() -> None:
         time.sleep(float(delay))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``path`` so that readers see the old content or the new one, never a part (a kill mid-write leaves
-    at most a ``<name>.tmp-<pid>`` file beside it)."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A file to write ``path`` through, so that readers see the old content or the new one, never a part: it is
+    a ``<name>.tmp-<pid>-<hex>`` file beside ``path``, renamed into place once written (a kill mid-write leaves at
+    most that file behind; :meth:`RunStore.sweep_temporaries` removes it)."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         _test_write_delay()
@@ -101,7 +105,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------------- versions
@@ -118,22 +128,10 @@ def software_versions() -> dict[str, str]:
         "cuda": str(torch.version.cuda),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
     }
-    try:
-        root = Path(__file__).resolve().parent.parent
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        if sha.returncode == 0:
-            versions["kdbench"] = sha.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    sha = git("rev-parse", "--short", "HEAD")
+    if sha is not None:
+        versions["kdbench"] = sha.stdout.decode().strip()
     return versions
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 # ----------------------------------------------------------------------------------------------- records
@@ -160,6 +158,8 @@ def write_record(
     (:func:`benchmarks.provenance.provenance`); ``diverged``: the divergence that ended a run recorded under
     ``run.on_divergence: record`` (smoke runs); further keyword arguments are stored as they are.
     """
+    import torch
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {
@@ -169,7 +169,7 @@ def write_record(
         "epochs": epochs,
         "steps": steps,
         "wall_seconds": round(fit_seconds, 3),
-        "cpu_threads": _torch_threads(),  # wall_seconds on a CPU depends on it (the launcher shares the cores)
+        "cpu_threads": torch.get_num_threads(),  # wall_seconds on a CPU depends on it (the launcher shares the cores)
         "smoke": bool(fast_dev_run or limited),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": software_versions(),
@@ -232,21 +232,16 @@ def _boot_id() -> str:
 
 HOST = socket.gethostname()
 BOOT_ID = _boot_id()
+#: What a claim file says about its owner (the fields of :class:`ClaimOwner` written at claim time).
+OWNER_FIELDS = ("host", "boot_id", "pid", "pid_start", "token", "claimed_at", "note")
 
 
-def _process_start(pid: int) -> str | None:
-    """The start time of ``pid`` in clock ticks since boot (Linux), to tell a pid from its reuse."""
+def _process_stat(pid: int, field: int) -> str | None:
+    """A field of ``/proc/<pid>/stat`` (Linux) counted after the command name: 0 the state (``Z``: a zombie),
+    19 the start time in clock ticks since boot (to tell a pid from its reuse)."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _process_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0]
+            return handle.read().rsplit(")", 1)[1].split()[field]
     except (OSError, IndexError):
         return None
 
@@ -258,10 +253,10 @@ def process_alive(pid: int, start: str | None = None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        pass
-    if _process_state(pid) == "Z":
+        pass  # it exists: another user's process
+    if _process_stat(pid, 0) == "Z":
         return False
-    return start is None or _process_start(pid) in (None, start)
+    return start is None or _process_stat(pid, 19) in (None, start)
 
 
 @dataclass
@@ -310,7 +305,7 @@ class Claim:
         self.store = store
         self.owner = owner
         self.taken_from = taken_from
-        self._lost = False
+        self.lost = False  # another runner took the run over (see :meth:`check`)
         self._released = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -323,16 +318,12 @@ class Claim:
     def generation(self) -> int:
         return self.owner.generation
 
-    @property
-    def lost(self) -> bool:
-        return self._lost
-
     def check(self) -> bool:
         """Whether the claim is still ours (no later generation exists); marks it lost otherwise."""
-        if not self._lost and self.store._generations(self.run_id)[-1:] != [self.generation]:
-            self._lost = True
+        if not self.lost and self.store._generations(self.run_id)[-1:] != [self.generation]:
+            self.lost = True
             self.store._log("lost", self.owner)
-        return not self._lost
+        return not self.lost
 
     def beat(self) -> None:
         with contextlib.suppress(OSError):
@@ -355,7 +346,7 @@ class Claim:
             return
         self._released = True
         self._stop.set()
-        if self._lost:
+        if self.lost:
             return  # another runner owns the run now: its claim must stay as it is
         marker = self.owner.path.with_suffix(".released")
         with contextlib.suppress(OSError):
@@ -477,7 +468,7 @@ class RunStore:
             return owner
         except (OSError, ValueError):
             data = {}  # being written right now (or its writer died at once): judged by its heartbeat alone
-        for key in ("host", "boot_id", "pid", "pid_start", "token", "claimed_at", "note"):
+        for key in OWNER_FIELDS:
             if key in data:
                 setattr(owner, key, data[key])
         owner.released = path.with_suffix(".released").exists()
@@ -518,16 +509,15 @@ class RunStore:
                 host=HOST,
                 boot_id=BOOT_ID,
                 pid=os.getpid(),
-                pid_start=_process_start(os.getpid()),
+                pid_start=_process_stat(os.getpid(), 19),
                 token=uuid.uuid4().hex,
                 claimed_at=time.time(),
                 note=note,
             )
             # Written aside, then hard-linked into place: the link appears with its content (a reader never sees
             # a half-written claim) and fails when another runner created this generation first.
-            fields = ("host", "boot_id", "pid", "pid_start", "token", "claimed_at", "note")
             aside = folder / f".{generation:06d}.{mine.token}.tmp"
-            aside.write_text(json.dumps({k: getattr(mine, k) for k in fields}))
+            aside.write_text(json.dumps({k: getattr(mine, k) for k in OWNER_FIELDS}))
             try:
                 os.link(aside, path)
             except FileExistsError:

@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -336,21 +337,18 @@ class Table:
 
     def columns(self, pairs: list[Pair] | None = None) -> list[Column]:
         """The printed columns: each (chosen) pair, then each quoted column, once per paper metric."""
-        columns = []
+        # (key, header, pair, CSV teacher, CSV student, note, not_note) of each column, before its metrics
+        sources = []
         for pair in self.pairs if pairs is None else pairs:
             teacher, student = self.paper_pairs.get(pair.label) or (paper_name(pair.teacher), paper_name(pair.student))
             notes = self.column_notes.get(pair.label, {})
+            sources.append((pair.label, pair.display, pair, teacher, student, notes.get("note"), notes.get("not_note")))
+        sources += [(q.label, q.label, None, *q.paper_pair, q.note, q.not_note) for q in self.quoted_columns]
+        columns = []
+        for key, header, pair, teacher, student, note, not_note in sources:
             for metric in self.metrics:
-                label = pair.display + (f" {metric}" if len(self.metrics) > 1 else "")
-                columns.append(
-                    Column(pair.label, label, pair, metric, teacher, student, notes.get("note"), notes.get("not_note"))
-                )
-        for quoted in self.quoted_columns:
-            for metric in self.metrics:
-                label = quoted.label + (f" {metric}" if len(self.metrics) > 1 else "")
-                columns.append(
-                    Column(quoted.label, label, None, metric, *quoted.paper_pair, quoted.note, quoted.not_note)
-                )
+                label = header + (f" {metric}" if len(self.metrics) > 1 else "")
+                columns.append(Column(key, label, pair, metric, teacher, student, note, not_note))
         return columns
 
 
@@ -379,46 +377,12 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-TABLE_KEYS = {
-    "title",
-    "paper",
-    "dataset",
-    "recipe",
-    "pair_recipes",
-    "teacher_recipe",
-    "teacher_checkpoints",
-    "trials",
-    "trials_note",
-    "metric",
-    "metrics",
-    "pairs",
-    "paper_pairs",
-    "quoted_columns",
-    "rows",
-    "notes",
-    "data_roots",
-    "preset",
-    "teachers",
-    "column_notes",
-}
-ROW_KEYS = {
-    "label",
-    "method",
-    "config",
-    "init_args",
-    "pair_init_args",
-    "overrides",
-    "pair_overrides",
-    "recipe",
-    "metric",
-    "teacher_seed",
-    "paper",
-    "quoted_only",
-    "note",
-    "pairs",
-}
-REF_KEYS = {"source", "method", "note", "not_note", "label", "absent", "pairs"}
-QUOTED_KEYS = {"label", "paper_pair", "note", "not_note"}
+#: The keys a table file, a row, a paper reference and a quoted column may have: the fields of their classes
+#: (``name`` and ``path`` of a table come from its file).
+TABLE_KEYS = {f.name for f in dataclasses.fields(Table)} - {"name", "path"}
+ROW_KEYS = {f.name for f in dataclasses.fields(Row)}
+REF_KEYS = {f.name for f in dataclasses.fields(PaperRef)}
+QUOTED_KEYS = {f.name for f in dataclasses.fields(QuotedColumn)}
 
 
 def _check_keys(raw: Any, valid: set[str], where: str) -> dict[str, Any]:
@@ -471,20 +435,17 @@ def _row(raw: Any, where: str) -> Row:
 def _validate(table: Table) -> None:
     where = f"table {table.name}"
     presets = sorted(p.stem for p in (REPO_ROOT / "configs" / "presets").glob("*.yaml"))
-    if table.preset is not None and table.preset not in presets:
-        raise KDBenchError(f"{where}: preset {table.preset!r} is not one of {', '.join(presets)}")
-    if table.teachers is not None and table.teachers not in TEACHER_CHOICES:
-        raise KDBenchError(f"{where}: teachers {table.teachers!r} is not one of {', '.join(TEACHER_CHOICES)}")
-    if table.metric not in PROTOCOLS:
-        raise KDBenchError(f"{where}: metric {table.metric!r} is not one of {', '.join(PROTOCOLS)}")
+    for key, valid in (("preset", presets), ("teachers", TEACHER_CHOICES), ("metric", PROTOCOLS)):
+        value = getattr(table, key)
+        if value is not None and value not in valid:
+            raise KDBenchError(f"{where}: {key} {value!r} is not one of {', '.join(valid)}")
     valid_metrics = (*METRICS, *ANALYSIS_METRICS)
     bad_metrics = [m for m in table.metrics if m not in valid_metrics]
     if bad_metrics or not table.metrics:
         raise KDBenchError(f"{where}: metrics {table.metrics!r} must be a non-empty list of {', '.join(valid_metrics)}")
     if table.trials < 1:
         raise KDBenchError(f"{where}: trials must be at least 1, got {table.trials}")
-    labels = [r.label for r in table.rows]
-    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    duplicates = sorted(label for label, n in Counter(r.label for r in table.rows).items() if n > 1)
     if duplicates:
         raise KDBenchError(f"{where}: row label {duplicates[0]!r} is used twice (row labels must be unique)")
     keys = table.column_keys()
@@ -598,22 +559,8 @@ class PaperNumber:
 @lru_cache(maxsize=1)
 def paper_numbers() -> tuple[PaperNumber, ...]:
     with open(PAPER_CSV, newline="") as handle:
-        return tuple(
-            PaperNumber(
-                paper=r["paper"],
-                table=r["table"],
-                dataset=r["dataset"],
-                metric=r["metric"],
-                teacher=r["teacher"],
-                student=r["student"],
-                method=r["method"],
-                value=r["value"],
-                std=r["std"],
-                trials=r["trials"],
-                note=r["note"],
-            )
-            for r in csv.DictReader(handle)
-        )
+        names = [f.name for f in dataclasses.fields(PaperNumber)]
+        return tuple(PaperNumber(**{name: row[name] for name in names}) for row in csv.DictReader(handle))
 
 
 @lru_cache(maxsize=1)

@@ -36,16 +36,12 @@ def wandb_config(info: Any, config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from benchmarks.plan import teacher_identity
+    from benchmarks.provenance import teacher_digest
     from benchmarks.store import software_versions
 
     resolved = {k: v for k, v in config.items() if k not in ("run", "config")}
     teacher = ((config.get("model") or {}).get("init_args") or {}).get("teacher") or {}
     checkpoint = teacher.get("checkpoint") if isinstance(teacher, dict) else None
-    digest = None
-    if checkpoint and Path(str(checkpoint)).is_file():
-        from kd_modules.offline import teacher_digest
-
-        digest = f"sha256:{teacher_digest(str(checkpoint))}"
     trainer = resolved.get("trainer") or {}
     return {
         "run_id": info.run_id,
@@ -58,7 +54,7 @@ def wandb_config(info: Any, config: dict[str, Any]) -> dict[str, Any]:
         "cells": info.cells,
         "seed": config.get("seed_everything"),
         **resolved,
-        "teacher_digest": digest,
+        "teacher_digest": teacher_digest(str(checkpoint)) if checkpoint else None,
         "teacher_identity": teacher_identity(str(checkpoint)) if checkpoint else None,
         "numerics": {
             "precision": trainer.get("precision"),

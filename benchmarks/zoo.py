@@ -80,8 +80,7 @@ def render_csv(rows: Sequence[ZooRow]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(ZooRow.__dataclass_fields__), lineterminator="\n")
     writer.writeheader()
-    for row in rows:
-        writer.writerow(asdict(row))
+    writer.writerows(asdict(row) for row in rows)
     return buffer.getvalue()
 
 
