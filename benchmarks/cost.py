@@ -321,12 +321,8 @@ class StepTimer(Callback):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.train: list[float] = []
-        self.eval: list[float] = []
-        self.train_cpu: list[float] = []
-        self.eval_cpu: list[float] = []
-        self._started = 0.0
-        self._started_cpu = 0.0
+        self.timings: dict[str, list[float]] = {"train": [], "eval": [], "train_cpu": [], "eval_cpu": []}
+        self._started = self._started_cpu = 0.0
 
     def _sync(self, module: Any) -> None:
         if torch.cuda.is_available() and getattr(module, "device", torch.device("cpu")).type == "cuda":
@@ -336,26 +332,25 @@ class StepTimer(Callback):
         self._sync(module)
         self._started, self._started_cpu = time.perf_counter(), time.process_time()
 
-    def _stop(self, module: Any, wall: list[float], cpu: list[float]) -> None:
+    def _stop(self, module: Any, kind: str) -> None:
         self._sync(module)
-        wall.append(time.perf_counter() - self._started)
-        cpu.append(time.process_time() - self._started_cpu)
+        self.timings[kind].append(time.perf_counter() - self._started)
+        self.timings[f"{kind}_cpu"].append(time.process_time() - self._started_cpu)
 
     def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
         self._start(module)
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._stop(module, self.train, self.train_cpu)
+        self._stop(module, "train")
 
     def on_validation_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int, *args: Any) -> None:
         self._start(module)
 
     def on_validation_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, *args: Any) -> None:
-        self._stop(module, self.eval, self.eval_cpu)
+        self._stop(module, "eval")
 
     def on_fit_end(self, trainer: Any, module: Any) -> None:
-        timings = {"train": self.train, "eval": self.eval, "train_cpu": self.train_cpu, "eval_cpu": self.eval_cpu}
-        Path(self.path).write_text(json.dumps(timings))
+        Path(self.path).write_text(json.dumps(self.timings))
 
 
 class NotMeasurable(Exception):
@@ -584,11 +579,7 @@ def calibrate_gpu(results: list[Path], out: Path = GPU_CALIBRATION) -> list[dict
                     f"{path} was measured on {result.get('device')}, not a GPU: it cannot calibrate GPU estimates"
                 )
             args = argparse.Namespace(
-                table=result["table"],
-                method=result["method"],
-                pair=result["pair"],
-                preset=result["preset"],
-                data_root="data",
+                **{key: result[key] for key in ("table", "method", "pair", "preset")}, data_root="data"
             )
             for key, entry in result["arms"].items():
                 arm = entry.get("arm", key)

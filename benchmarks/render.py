@@ -268,22 +268,17 @@ def collect(plan: Plan) -> pd.DataFrame:
 def best_cells(frame: pd.DataFrame, plan: Plan) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
     """(row, column, metric) of the best of ours and the best published number per column (teachers excluded); the
     best is the smallest for a metric where lower is better (distances)."""
-    best_ours: set[tuple[str, str, str]] = set()
-    best_paper: set[tuple[str, str, str]] = set()
+    best: dict[str, set[tuple[str, str, str]]] = {"mean": set(), "paper": set()}
     if not len(frame):
-        return best_ours, best_paper
+        return best["mean"], best["paper"]
     students = frame[[not plan.table.row(r).is_teacher for r in frame["row"]]]
     for (pair, metric), group in students.groupby(["pair", "metric"]):
         pick = max if higher_is_better(str(metric)) else min
-        ours = group.dropna(subset=["mean"])
-        if len(ours) > 1:
-            top = pick(ours["mean"])
-            best_ours |= {(r, pair, metric) for r in ours[ours["mean"] == top]["row"]}
-        paper = group.dropna(subset=["paper"])
-        if len(paper) > 1:
-            top = pick(paper["paper"])
-            best_paper |= {(r, pair, metric) for r in paper[paper["paper"] == top]["row"]}
-    return best_ours, best_paper
+        for column, cells in best.items():
+            known = group.dropna(subset=[column])
+            if len(known) > 1:
+                cells |= {(r, pair, metric) for r in known[known[column] == pick(known[column])]["row"]}
+    return best["mean"], best["paper"]
 
 
 def _spread(entry: pd.Series, ci: bool) -> float | None:
