@@ -126,8 +126,7 @@ def _wandb_link(run_dir: Path, site: Path) -> tuple[str, str] | None:
             data = {}
         if data.get("url"):
             return ("W&B", str(data["url"]))
-    folders = sorted((run_dir / "wandb").glob("*run-*")) if (run_dir / "wandb").is_dir() else []
-    folders = [f for f in folders if f.is_dir() and f.name != "latest-run"]
+    folders = sorted(f for f in (run_dir / "wandb").glob("*run-*") if f.is_dir() and f.name != "latest-run")
     if folders:
         return ("W&B offline", _href(folders[-1], site))
     return None
@@ -252,22 +251,18 @@ def table_page(plan: Plan, frame: pd.DataFrame, site: Path, ci: bool = False) ->
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _environment() -> Any:
+def write_site(plans: list[Plan], out: Path, ci: bool = False) -> Path:
+    """Write the site for ``plans`` into ``out``; returns the index page."""
     import jinja2
 
-    return jinja2.Environment(
+    out.mkdir(parents=True, exist_ok=True)
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-
-
-def write_site(plans: list[Plan], out: Path, ci: bool = False) -> Path:
-    """Write the site for ``plans`` into ``out``; returns the index page."""
-    out.mkdir(parents=True, exist_ok=True)
-    env = _environment()
     site = out.resolve()
     pages = []
     generated = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
