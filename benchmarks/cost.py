@@ -109,8 +109,8 @@ def dataset_sizes(dataset: str) -> tuple[int, int, int]:
 
     if dataset in DATASETS:
         cls = DATASETS[dataset]
-        fallback = DATASET_SIZES.get(dataset, (cls.train_size, 10_000, cls.num_classes))
-        return cls.train_size, int(getattr(cls, "eval_size", fallback[1])), cls.num_classes
+        eval_size = getattr(cls, "eval_size", DATASET_SIZES.get(dataset, (0, 10_000))[1])
+        return cls.train_size, int(eval_size), cls.num_classes
     return DATASET_SIZES.get(dataset, (50_000, 10_000, 100))
 
 
@@ -127,9 +127,7 @@ def run_steps(config: dict[str, Any], train_size: int) -> tuple[int, int]:
     elif isinstance(limit, float):
         steps_per_epoch = max(1, int(steps_per_epoch * limit))
     max_steps = trainer.get("max_steps")
-    max_epochs = trainer.get("max_epochs")
-    if max_epochs is None:
-        max_epochs = 240
+    max_epochs = 240 if trainer.get("max_epochs") is None else trainer["max_epochs"]
     if isinstance(max_steps, int) and max_steps > 0:
         steps = max_steps if max_epochs in (-1, None) else min(max_steps, steps_per_epoch * max_epochs)
     else:
