@@ -209,9 +209,8 @@ def table_page(plan: Plan, frame: pd.DataFrame, site: Path, ci: bool = False) ->
                 )
                 cell.ours_sort = float(entry["mean"])
                 cell.bold_ours = key in best_ours
-                cell.stale = str(entry["stale"] or "")
-                if cell.stale:
-                    cell.stale = STALE_NOTE + cell.stale
+                if entry["stale"]:
+                    cell.stale = STALE_NOTE + str(entry["stale"])
                     cell.notes.append(footnotes.setdefault(cell.stale, len(footnotes) + 1))
                 if entry["diverged"]:
                     cell.diverged = DIVERGED_NOTE + str(entry["diverged"])
