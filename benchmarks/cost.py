@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from benchmarks.probe import OpCount
 from models import UnknownModelError, create_model
 from models.profile import count_macs, meta_model
 
@@ -57,7 +58,6 @@ __all__ = [
     "GPU_ASSUMPTIONS",
     "run_steps",
     "EFFECTIVE_FLOPS",
-    "STEP_OVERHEAD_S",
     "DATASET_SIZES",
     "StepTimer",
     "measure_run",
@@ -65,7 +65,6 @@ __all__ = [
 ]
 
 EFFECTIVE_FLOPS = 100e12  # fp32 (TF32 convolutions): the reference numerics
-STEP_OVERHEAD_S = 3e-3  # the former flat per-step overhead, kept for callers; the model now counts operators
 #: Assumed H100-class figures (spec performance.md §1.4), replaced in effect by a GPU calibration when one exists.
 GPU_ASSUMPTIONS: dict[str, Any] = {
     "flops": {"32-true": 100e12, "bf16-mixed": 200e12, "16-mixed": 200e12},
@@ -110,8 +109,8 @@ def dataset_sizes(dataset: str) -> tuple[int, int, int]:
 
     if dataset in DATASETS:
         cls = DATASETS[dataset]
-        fallback = DATASET_SIZES.get(dataset, (cls.train_size, 10_000, cls.num_classes))
-        return cls.train_size, int(getattr(cls, "eval_size", fallback[1])), cls.num_classes
+        eval_size = getattr(cls, "eval_size", DATASET_SIZES.get(dataset, (0, 10_000))[1])
+        return cls.train_size, int(eval_size), cls.num_classes
     return DATASET_SIZES.get(dataset, (50_000, 10_000, 100))
 
 
@@ -128,9 +127,7 @@ def run_steps(config: dict[str, Any], train_size: int) -> tuple[int, int]:
     elif isinstance(limit, float):
         steps_per_epoch = max(1, int(steps_per_epoch * limit))
     max_steps = trainer.get("max_steps")
-    max_epochs = trainer.get("max_epochs")
-    if max_epochs is None:
-        max_epochs = 240
+    max_epochs = 240 if trainer.get("max_epochs") is None else trainer["max_epochs"]
     if isinstance(max_steps, int) and max_steps > 0:
         steps = max_steps if max_epochs in (-1, None) else min(max_steps, steps_per_epoch * max_epochs)
     else:
@@ -143,14 +140,6 @@ def network_ops(arch: str, num_classes: int, train: bool) -> int | None:
     """aten operators of one forward (eval, ``train=False``) or one training forward + cross-entropy + backward of
     ``arch``, dispatched on the meta device (the count does not depend on the batch or the device)."""
     import torch.nn.functional as F
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class _Count(TorchDispatchMode):
-        count = 0
-
-        def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-            self.count += 1
-            return func(*args, **(kwargs or {}))
 
     try:
         model = meta_model(arch, num_classes)
@@ -158,7 +147,7 @@ def network_ops(arch: str, num_classes: int, train: bool) -> int | None:
         return None
     channels = int(getattr(model, "input_channels", 3))
     images = torch.zeros(2, channels, model.input_size, model.input_size, device="meta")
-    counter = _Count()
+    counter = OpCount()
     if train:
         model.train()
         with counter:
@@ -206,10 +195,17 @@ def _teacher_cached(config: dict[str, Any]) -> bool:
     return bool((config.get("numerics") or {}).get("teacher_cache"))
 
 
-def step_model(config: dict[str, Any], num_classes: int) -> dict[str, float] | None:
-    """The modelled GPU step of a run: FLOPs, operators (network / other) and seconds (None: a network unknown)."""
+def _gpu_rates(config: dict[str, Any]) -> tuple[float, float]:
+    """(FLOP/s of the run's precision, host seconds per network operator under its compile mode), as assumed."""
     from benchmarks.numerics import numerics_of
 
+    numerics = numerics_of(config)
+    rate = GPU_ASSUMPTIONS["flops"].get(numerics["precision"], EFFECTIVE_FLOPS)
+    return rate, GPU_ASSUMPTIONS["seconds_per_op"].get(numerics["compile"], GPU_ASSUMPTIONS["eager_seconds_per_op"])
+
+
+def step_model(config: dict[str, Any], num_classes: int) -> dict[str, float] | None:
+    """The modelled GPU step of a run: FLOPs, operators (network / other) and seconds (None: a network unknown)."""
     model_args = config.get("model", {}).get("init_args", {})
     student = model_args.get("student")
     teacher = (model_args.get("teacher") or {}).get("arch") if _uses_teacher(config) else None
@@ -235,9 +231,7 @@ def step_model(config: dict[str, Any], num_classes: int) -> dict[str, float] | N
     }
     default_extra = statistics.median(extras.values()) if extras else 60.0
     other_ops = float(extras.get(method, default_extra)) + float(counts.get("data_ops", 8))
-    numerics = numerics_of(config)
-    rate = GPU_ASSUMPTIONS["flops"].get(numerics["precision"], EFFECTIVE_FLOPS)
-    net_cost = GPU_ASSUMPTIONS["seconds_per_op"].get(numerics["compile"], GPU_ASSUMPTIONS["eager_seconds_per_op"])
+    rate, net_cost = _gpu_rates(config)
     compute = batch * 2.0 * macs / rate
     host = net_ops * net_cost + other_ops * GPU_ASSUMPTIONS["eager_seconds_per_op"] + GPU_ASSUMPTIONS["step_overhead_s"]
     return {"flops": batch * 2.0 * macs, "network_ops": net_ops, "other_ops": other_ops, "seconds": max(compute, host)}
@@ -246,7 +240,7 @@ def step_model(config: dict[str, Any], num_classes: int) -> dict[str, float] | N
 def estimate_gpu_seconds(config: dict[str, Any], train_size: int, num_classes: int) -> float | None:
     """Modelled GPU seconds of a whole run (training steps and evaluations), scaled by a GPU calibration of its
     numerics when one exists; None when a network is not in the zoo."""
-    from benchmarks.numerics import numerics_label, numerics_of
+    from benchmarks.numerics import numerics_label
 
     step = step_model(config, num_classes)
     if step is None:
@@ -255,9 +249,7 @@ def estimate_gpu_seconds(config: dict[str, Any], train_size: int, num_classes: i
     student = config["model"]["init_args"]["student"]
     eval_size = dataset_eval_size(config)
     eval_batch = int(config.get("data", {}).get("init_args", {}).get("eval_batch_size", 500))
-    numerics = numerics_of(config)
-    rate = GPU_ASSUMPTIONS["flops"].get(numerics["precision"], EFFECTIVE_FLOPS)
-    net_cost = GPU_ASSUMPTIONS["seconds_per_op"].get(numerics["compile"], GPU_ASSUMPTIONS["eager_seconds_per_op"])
+    rate, net_cost = _gpu_rates(config)
     forward_ops = network_ops(student, num_classes, False) or 0
     batches = -(-eval_size // eval_batch)
     evaluation = max(
@@ -327,12 +319,8 @@ class StepTimer(Callback):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.train: list[float] = []
-        self.eval: list[float] = []
-        self.train_cpu: list[float] = []
-        self.eval_cpu: list[float] = []
-        self._started = 0.0
-        self._started_cpu = 0.0
+        self.timings: dict[str, list[float]] = {"train": [], "eval": [], "train_cpu": [], "eval_cpu": []}
+        self._started = self._started_cpu = 0.0
 
     def _sync(self, module: Any) -> None:
         if torch.cuda.is_available() and getattr(module, "device", torch.device("cpu")).type == "cuda":
@@ -342,26 +330,25 @@ class StepTimer(Callback):
         self._sync(module)
         self._started, self._started_cpu = time.perf_counter(), time.process_time()
 
-    def _stop(self, module: Any, wall: list[float], cpu: list[float]) -> None:
+    def _stop(self, module: Any, kind: str) -> None:
         self._sync(module)
-        wall.append(time.perf_counter() - self._started)
-        cpu.append(time.process_time() - self._started_cpu)
+        self.timings[kind].append(time.perf_counter() - self._started)
+        self.timings[f"{kind}_cpu"].append(time.process_time() - self._started_cpu)
 
     def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
         self._start(module)
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._stop(module, self.train, self.train_cpu)
+        self._stop(module, "train")
 
     def on_validation_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int, *args: Any) -> None:
         self._start(module)
 
     def on_validation_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, *args: Any) -> None:
-        self._stop(module, self.eval, self.eval_cpu)
+        self._stop(module, "eval")
 
     def on_fit_end(self, trainer: Any, module: Any) -> None:
-        timings = {"train": self.train, "eval": self.eval, "train_cpu": self.train_cpu, "eval_cpu": self.eval_cpu}
-        Path(self.path).write_text(json.dumps(timings))
+        Path(self.path).write_text(json.dumps(self.timings))
 
 
 class NotMeasurable(Exception):
@@ -482,15 +469,6 @@ def dataset_classes(config: dict[str, Any]) -> int:
 def _optimizer_ops(module: Any) -> tuple[int, int]:
     """Operators of one SGD step over the module's trainable tensors: per-tensor loop (the CPU default) and
     ``foreach`` (the CUDA default), counted on copies of the weights."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class _Count(TorchDispatchMode):
-        count = 0
-
-        def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-            self.count += 1
-            return func(*args, **(kwargs or {}))
-
     params = [p for m in module.trainable_modules() for p in m.parameters() if p.requires_grad]
     counts = []
     for foreach in (False, True):
@@ -502,7 +480,7 @@ def _optimizer_ops(module: Any) -> tuple[int, int]:
             copies, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, foreach=foreach
         )
         sgd.step()  # the first step creates the momentum buffers
-        counter = _Count()
+        counter = OpCount()
         with counter:
             sgd.step()
         counts.append(counter.count)
@@ -520,6 +498,7 @@ def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
     """
     import os
     import platform
+    from unittest import mock
 
     from benchmarks.execute import quiet_lightning
     from benchmarks.probe import PAIR, CountOps, probe_fit, probe_module, probe_setting, probe_student
@@ -534,9 +513,7 @@ def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
     other_ops: dict[str, int] = {}
     optimizer_ops: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="kdbench-ops-") as tmp:
-        previous = os.environ.get("KDBENCH_CACHE")
-        os.environ["KDBENCH_CACHE"] = str(Path(tmp) / "cache")
-        try:
+        with mock.patch.dict(os.environ, {"KDBENCH_CACHE": str(Path(tmp) / "cache")}):
             setting = probe_setting(Path(tmp))
             for method in method_names():
                 if issubclass(method_class(method), Diagnostic):
@@ -544,7 +521,7 @@ def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
                 module, data_args = probe_module(method, setting)
                 counter = CountOps(skip=1)
                 with quiet_lightning():
-                    probe_fit(module, data_args, setting, 2, [counter.callback])
+                    probe_fit(module, data_args, setting, 2, [counter])
                 step_ops[method] = counter.counts[2]
                 uses_teacher = bool(method_class(method).requires_teacher)
                 with probe_student(method) as arch:  # DeiT++: the probe's small ViT, not PAIR's student
@@ -559,25 +536,9 @@ def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
             datamodule = CIFAR100(root=str(setting["data"]), batch_size=8, seed=0)
             datamodule.setup("fit")
             batch = next(iter(datamodule.train_dataloader()))
-            from torch.utils._python_dispatch import TorchDispatchMode
-
-            class _Count(TorchDispatchMode):
-                count = 0
-
-                def __torch_dispatch__(
-                    self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
-                ) -> Any:
-                    self.count += 1
-                    return func(*args, **(kwargs or {}))
-
-            counter_mode = _Count()
+            counter_mode = OpCount()
             with counter_mode:
                 datamodule.on_after_batch_transfer(batch, 0)
-        finally:
-            if previous is None:
-                os.environ.pop("KDBENCH_CACHE", None)
-            else:
-                os.environ["KDBENCH_CACHE"] = previous
     result = {
         "what": "aten operators per steady-state training step (step 2), counted with a TorchDispatchMode on the CPU",
         "pair": f"{teacher}->{student}",
@@ -616,11 +577,7 @@ def calibrate_gpu(results: list[Path], out: Path = GPU_CALIBRATION) -> list[dict
                     f"{path} was measured on {result.get('device')}, not a GPU: it cannot calibrate GPU estimates"
                 )
             args = argparse.Namespace(
-                table=result["table"],
-                method=result["method"],
-                pair=result["pair"],
-                preset=result["preset"],
-                data_root="data",
+                **{key: result[key] for key in ("table", "method", "pair", "preset")}, data_root="data"
             )
             for key, entry in result["arms"].items():
                 arm = entry.get("arm", key)

@@ -53,30 +53,27 @@ def build_workspace(table: str, entity: str, project: str, name: str | None = No
             is_open=True,
         )
         for section, panels in LINE_METRICS
-    ]
-    sections.append(
+    ] + [
         ws.Section(
             name="Loss terms",
             panels=[wr.LinePlot(title="every training loss term", x="Step", metric_regex="train/.*")],
             is_open=False,
-        )
-    )
-    sections.append(
+        ),
         ws.Section(
             name="Method x pair",
             panels=[
                 wr.BarPlot(
-                    title=f"{label} top-1 (%) per method, within each pair",
+                    title=f"{key} top-1 (%) per method, within each pair",
                     metrics=[wr.SummaryMetric(f"{key}_top1")],
                     groupby=wr.Config("method"),
                     groupby_aggfunc="mean",
                     groupby_rangefunc="stddev",
                 )
-                for key, label in (("best", "best"), ("last", "last"))
+                for key in ("best", "last")
             ],
             is_open=True,
-        )
-    )
+        ),
+    ]
     runset = ws.RunsetSettings(
         filters=[ws.Config("table") == table],
         groupby=[ws.Config("pair")],

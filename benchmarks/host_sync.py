@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -140,13 +141,7 @@ class HostSyncGuard:
             mode.__exit__(*exc)
 
 
-try:
-    from lightning.pytorch.callbacks import Callback as _Callback
-except ImportError:  # pragma: no cover
-    _Callback = object  # type: ignore[assignment,misc]
-
-
-class StepSyncCheck(_Callback):  # type: ignore[misc,valid-type]
+class StepSyncCheck(Callback):
     """Guards every training batch after the first ``skip`` ones; ``found[step]`` lists that step's syncs."""
 
     def __init__(self, skip: int = 1, cuda_debug: bool = False) -> None:

@@ -56,8 +56,25 @@ def _grid(panels: int, rows_per_panel: int, width: float = 5.2) -> tuple[int, in
     return lines, columns, (width * columns, height * lines)
 
 
-def _title(name: str, smoke: bool, what: str) -> str:
-    return f"{name}: {what}" + ("  —  SMOKE RUN: not results" if smoke else "")
+def _style(axis, pair: str, xlabel: str) -> None:  # type: ignore[no-untyped-def]
+    """A pair's panel: its title, the x label and a light vertical grid."""
+    axis.set_title(str(pair).replace("->", "→"), fontsize=9)
+    axis.set_xlabel(xlabel, fontsize=8)
+    axis.grid(axis="x", color="#e5e7eb", linewidth=0.8)
+    axis.set_axisbelow(True)
+    axis.tick_params(labelsize=7)
+
+
+def _save(figure, axes, panels: int, path: Path, title: str, smoke: bool, top: float) -> Path:  # type: ignore[no-untyped-def]
+    """Blank the panels beyond the first ``panels``, title the figure (marked when it shows a smoke run), write it
+    to ``path`` and close it."""
+    for axis in list(axes.flat)[panels:]:
+        axis.axis("off")
+    figure.suptitle(title + ("  —  SMOKE RUN: not results" if smoke else ""), fontsize=10, x=0.01, ha="left")
+    figure.tight_layout(rect=(0, 0, 1, top))
+    figure.savefig(path)
+    _pyplot().close(figure)
+    return path
 
 
 def plot_vs_paper(
@@ -93,13 +110,7 @@ def plot_vs_paper(
                     capsize=2,
                     zorder=4,
                 )
-        axis.set_title(str(pair).replace("->", "→"), fontsize=9)
-        axis.grid(axis="x", color="#e5e7eb", linewidth=0.8)
-        axis.set_axisbelow(True)
-        axis.set_xlabel("top-1 (%)", fontsize=8)
-        axis.tick_params(labelsize=7)
-    for axis in list(axes.flat)[len(pairs) :]:
-        axis.axis("off")
+        _style(axis, pair, "top-1 (%)")
     for axis in axes[:, 0]:
         axis.set_yticks(range(len(rows)))
         axis.set_yticklabels(list(reversed(rows)), fontsize=7)
@@ -110,11 +121,7 @@ def plot_vs_paper(
         plt.Line2D([], [], marker="D", color=PAPER, markerfacecolor="white", linestyle="none", label="paper"),
     ]
     figure.legend(handles=handles, loc="upper right", fontsize=8, frameon=False, ncol=2)
-    figure.suptitle(_title(name, smoke, "ours vs the paper, top-1 per pair"), fontsize=10, x=0.01, ha="left")
-    figure.tight_layout(rect=(0, 0, 1, 0.96))
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, axes, len(pairs), path, f"{name}: ours vs the paper, top-1 per pair", smoke, 0.96)
 
 
 def plot_bars(
@@ -161,19 +168,9 @@ def plot_bars(
         axis.set_yticks(ys)
         axis.set_yticklabels(shown, fontsize=8)
         axis.set_xlim(low, high + 0.25 * (high - low))
-        axis.set_xlabel(f"top-1 (%), axis from {low}", fontsize=8)
-        axis.set_title(str(pair).replace("->", "→"), fontsize=9)
-        axis.grid(axis="x", color="#e5e7eb", linewidth=0.8)
-        axis.set_axisbelow(True)
-        axis.tick_params(labelsize=7)
-    for axis in list(axes.flat)[len(pairs) :]:
-        axis.axis("off")
+        _style(axis, pair, f"top-1 (%), axis from {low}")
     what = "top-1 per method" + (" (mean ± 95% CI)" if ci else " (mean ± std over trials)")
-    figure.suptitle(_title(name, smoke, what), fontsize=10, x=0.01, ha="left")
-    figure.tight_layout(rect=(0, 0, 1, 0.95))
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, axes, len(pairs), path, f"{name}: {what}", smoke, 0.95)
 
 
 def plot_table(

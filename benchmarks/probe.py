@@ -21,8 +21,20 @@ from typing import Any
 
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["PAIR", "PROBE_STUDENTS", "probe_student", "probe_setting", "probe_module", "probe_fit", "CountOps"]
+__all__ = [
+    "PAIR",
+    "PROBE_STUDENTS",
+    "probe_student",
+    "probe_setting",
+    "probe_module",
+    "probe_fit",
+    "bare_trainer",
+    "OpCount",
+    "CountOps",
+]
 
 PAIR = ("resnet20", "resnet8")  # teacher, student: the cheapest pair every method is defined on
 #: Argument changes that make a method runnable on the one-image-per-class fixture.
@@ -136,6 +148,22 @@ def probe_module(method: str, setting: dict[str, Any]) -> tuple[Any, dict[str, A
     return module, data_args
 
 
+def bare_trainer(device: str, callbacks: list[Any], **settings: Any) -> Any:
+    """A one-device Trainer on ``device`` ("cpu" | "cuda") without logger, checkpoints, progress bar or summary."""
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        **settings,
+    )
+
+
 def probe_fit(
     module: Any,
     data_args: dict[str, Any],
@@ -145,59 +173,41 @@ def probe_fit(
     device: str = "cpu",
 ) -> Any:
     """``steps`` optimisation steps of ``module`` on the fixture (batch 8); returns the Trainer."""
-    import lightning.pytorch as pl
-
     from datamodules import CIFAR100
 
     datamodule = CIFAR100(root=str(setting["data"]), batch_size=8, eval_batch_size=100, seed=0, **data_args)
-    trainer = pl.Trainer(
-        max_steps=steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        accelerator="gpu" if device == "cuda" else "cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
+    trainer = bare_trainer(device, callbacks, max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=datamodule)
     return trainer
 
 
-class CountOps:
+class OpCount(TorchDispatchMode):
+    """Counts the aten operators dispatched while it is active (``count``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+class CountOps(Callback):
     """Lightning callback: aten operators dispatched in each training batch after the first ``skip`` ones
     (forward, losses, logging, backward, optimiser step); ``counts[step]``."""
 
     def __init__(self, skip: int = 1) -> None:
-        from lightning.pytorch.callbacks import Callback
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        outer = self
+        self.skip = skip
         self.counts: dict[int, int] = {}
+        self._mode: OpCount | None = None
 
-        class _Mode(TorchDispatchMode):
-            def __init__(self) -> None:
-                super().__init__()
-                self.count = 0
+    def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
+        if trainer.global_step >= self.skip:
+            self._mode = OpCount().__enter__()
 
-            def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-                self.count += 1
-                return func(*args, **(kwargs or {}))
-
-        class _Hook(Callback):
-            mode: _Mode | None = None
-
-            def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
-                if trainer.global_step >= skip:
-                    self.mode = _Mode()
-                    self.mode.__enter__()
-
-            def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
-                if self.mode is not None:
-                    self.mode.__exit__(None, None, None)
-                    outer.counts[trainer.global_step] = self.mode.count
-                    self.mode = None
-
-        self.callback = _Hook()
+    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self.counts[trainer.global_step] = self._mode.count
+            self._mode = None

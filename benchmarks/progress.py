@@ -278,13 +278,10 @@ class LaunchProgress:
         return Snapshot(self.done, self.total, running, eta, elapsed, starts)
 
     # -- drawing
-    def _width(self) -> int:
-        return max(40, shutil.get_terminal_size((120, 24)).columns - 1)
-
     def status_line(self, snapshot: Snapshot) -> str:
         parts = [snapshot.summary()] + [r.describe() for r in snapshot.running]
         line = " │ ".join(parts)
-        width = self._width()
+        width = max(40, shutil.get_terminal_size((120, 24)).columns - 1)
         return line if len(line) <= width else line[: width - 1] + "…"
 
     def _clear(self) -> None:

@@ -17,8 +17,10 @@ footnote.  Quoted-only rows and quoted columns show published numbers only.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +87,7 @@ class CellResult:
     @property
     def std(self) -> float | None:
         """Sample standard deviation over the trials (Bessel's n − 1); None with fewer than two runs."""
-        if len(self.values) < 2:
-            return None
-        m = self.mean
-        assert m is not None
-        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (len(self.values) - 1))
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
 
     @property
     def ci95(self) -> float | None:
@@ -263,54 +261,44 @@ def collect(plan: Plan) -> pd.DataFrame:
             vars(c) | {"mean": c.mean, "std": c.std, "ci95": c.ci95, "delta": c.delta, "n": len(c.values)}
             for c in results
         ],
-        columns=[
-            "row",
-            "pair",
-            "metric",
-            "values",
-            "expected",
-            "paper",
-            "paper_text",
-            "status",
-            "reason",
-            "smoke",
-            "paper_source",
-            "run_ids",
-            "stale",
-            "diverged",
-            "mean",
-            "std",
-            "ci95",
-            "delta",
-            "n",
-        ],
+        columns=[f.name for f in fields(CellResult)] + ["mean", "std", "ci95", "delta", "n"],
     )
 
 
 def best_cells(frame: pd.DataFrame, plan: Plan) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
     """(row, column, metric) of the best of ours and the best published number per column (teachers excluded); the
     best is the smallest for a metric where lower is better (distances)."""
-    best_ours: set[tuple[str, str, str]] = set()
-    best_paper: set[tuple[str, str, str]] = set()
+    best: dict[str, set[tuple[str, str, str]]] = {"mean": set(), "paper": set()}
     if not len(frame):
-        return best_ours, best_paper
+        return best["mean"], best["paper"]
     students = frame[[not plan.table.row(r).is_teacher for r in frame["row"]]]
     for (pair, metric), group in students.groupby(["pair", "metric"]):
         pick = max if higher_is_better(str(metric)) else min
-        ours = group.dropna(subset=["mean"])
-        if len(ours) > 1:
-            top = pick(ours["mean"])
-            best_ours |= {(r, pair, metric) for r in ours[ours["mean"] == top]["row"]}
-        paper = group.dropna(subset=["paper"])
-        if len(paper) > 1:
-            top = pick(paper["paper"])
-            best_paper |= {(r, pair, metric) for r in paper[paper["paper"] == top]["row"]}
-    return best_ours, best_paper
+        for column, cells in best.items():
+            known = group.dropna(subset=[column])
+            if len(known) > 1:
+                cells |= {(r, pair, metric) for r in known[known[column] == pick(known[column])]["row"]}
+    return best["mean"], best["paper"]
 
 
 def _spread(entry: pd.Series, ci: bool) -> float | None:
     value = entry["ci95" if ci else "std"]
     return None if value is None or pd.isna(value) else float(value)
+
+
+def is_smoke(plan: Plan, frame: pd.DataFrame) -> bool:
+    """Whether a table shows smoke numbers: planned under the smoke preset, or any of its cells from a smoke run."""
+    return plan.preset.is_smoke or (bool(frame["smoke"].any()) if len(frame) else False)
+
+
+def shown_rows(plan: Plan) -> Iterator[tuple[Row, bool]]:
+    """(row, planned) of each row a table shows: its planned rows, and its quoted-only rows that are not planned (a
+    method kdbench does not have (yet): the paper's numbers only)."""
+    chosen = {p.label for p in plan.pairs or plan.table.pairs}
+    for row in plan.table.rows:
+        planned = any((row.label, label) in plan.cells for label in chosen)
+        if planned or row.quoted_only:
+            yield row, planned
 
 
 def _format_cell(
@@ -352,19 +340,14 @@ def _quoted_lines(row: Row, columns: list[Column], planned: bool) -> list[list[s
 def render_markdown(plan: Plan, frame: pd.DataFrame, ci: bool = False) -> str:
     table = plan.table
     columns = _columns(plan)
-    smoke = plan.preset.is_smoke or (bool(frame["smoke"].any()) if len(frame) else False)
     footnotes: dict[str, int] = {}
     best_ours, best_paper = best_cells(frame, plan)
     header = ["method"] + [c.label + (" (quoted)" if c.quoted else "") for c in columns]
     lines = [header, ["---"] * len(header)]
     indexed = {(r["row"], r["pair"], r["metric"]): r for _, r in frame.iterrows()}
-    chosen = {p.label for p in plan.pairs or table.pairs}
-    for row in table.rows:
-        planned = any((row.label, label) in plan.cells for label in chosen)
-        if row.quoted_only and not planned:  # a method kdbench does not have (yet): the paper's numbers only
-            lines.extend(_quoted_lines(row, columns, planned=False))
-            continue
+    for row, planned in shown_rows(plan):
         if not planned:
+            lines.extend(_quoted_lines(row, columns, planned=False))
             continue
         cells = []
         for column in columns:
@@ -382,7 +365,7 @@ def render_markdown(plan: Plan, frame: pd.DataFrame, ci: bool = False) -> str:
         lines.extend(_quoted_lines(row, columns, planned=True))
 
     out = [f"# {table.name}: {table.title}", ""]
-    if smoke:
+    if is_smoke(plan, frame):
         out += [
             "> **SMOKE RUN** — synthetic or truncated data, a few optimisation steps per run. These numbers exist to",
             "> show that every cell runs end to end; they say nothing about the methods. Do not cite them.",
@@ -409,9 +392,7 @@ def render_markdown(plan: Plan, frame: pd.DataFrame, ci: bool = False) -> str:
     out += ["| " + " | ".join(line) + " |" for line in lines]
     if footnotes:
         out += [""] + [f"[{n}] {reason}" for reason, n in footnotes.items()]
-    notes = list(table.notes)
-    if table.trials_note:
-        notes.append(f"Trials: {table.trials_note}")
+    notes = list(table.notes) + ([f"Trials: {table.trials_note}"] if table.trials_note else [])
     if notes:
         out += [""] + [f"- {note}" for note in notes]
     return "\n".join(out) + "\n"
@@ -421,9 +402,8 @@ def plot_table(plan: Plan, frame: pd.DataFrame, path: Path, ci: bool = False) ->
     """The table's PNG (:func:`benchmarks.plots.plot_table`): ours vs the paper per pair, or bars per method."""
     from benchmarks.plots import plot_table as plot
 
-    smoke = plan.preset.is_smoke or (bool(frame["smoke"].any()) if len(frame) else False)
     rows = [row.label for row in plan.table.rows]
-    return plot(frame, path, name=plan.table.name, row_order=rows, smoke=smoke, ci=ci)
+    return plot(frame, path, name=plan.table.name, row_order=rows, smoke=is_smoke(plan, frame), ci=ci)
 
 
 def default_stem(plan: Plan) -> str:

@@ -36,9 +36,13 @@ from benchmarks.render import (
     SPREAD_NOTE,
     STALE_NOTE,
     _paper_value,
+    _spread,
     best_cells,
     collect,
     format_ours,
+    is_smoke,
+    plot_table,
+    shown_rows,
 )
 from benchmarks.store import RunStore
 from benchmarks.tables import cell_metric, list_tables, load_table
@@ -122,8 +126,7 @@ def _wandb_link(run_dir: Path, site: Path) -> tuple[str, str] | None:
             data = {}
         if data.get("url"):
             return ("W&B", str(data["url"]))
-    folders = sorted((run_dir / "wandb").glob("*run-*")) if (run_dir / "wandb").is_dir() else []
-    folders = [f for f in folders if f.is_dir() and f.name != "latest-run"]
+    folders = sorted(f for f in (run_dir / "wandb").glob("*run-*") if f.is_dir() and f.name != "latest-run")
     if folders:
         return ("W&B offline", _href(folders[-1], site))
     return None
@@ -165,31 +168,22 @@ def _run_entries(plan: Plan, entry: pd.Series, metric_key: str, site: Path) -> l
     return runs
 
 
-def _coverage(plan: Plan, frame: pd.DataFrame) -> dict[str, Any]:
-    from benchmarks.run import coverage_row
-
-    return coverage_row(plan, frame)
-
-
 def table_page(plan: Plan, frame: pd.DataFrame, site: Path, ci: bool = False) -> TablePage:
     """The content of a table's page from its collected cells (``collect(plan)``)."""
+    from benchmarks.run import coverage_row
+
     table = plan.table
-    smoke = plan.preset.is_smoke or (bool(frame["smoke"].any()) if len(frame) else False)
     best_ours, best_paper = best_cells(frame, plan)
     columns = [c for c in plan.table.columns(plan.pairs or table.pairs) if not c.quoted]
     indexed = {(r["row"], r["pair"], r["metric"]): r for _, r in frame.iterrows()}
-    chosen = {p.label for p in plan.pairs or table.pairs}
     footnotes: dict[str, int] = {}
     rows: list[tuple[str, list[Cell], bool]] = []
     quoted: list[tuple[str, list[str]]] = []
-    for row in table.rows:
-        planned = any((row.label, label) in plan.cells for label in chosen)
-        if row.quoted_only and not planned:
+    for row, planned in shown_rows(plan):
+        if not planned:
             values = [(_paper_value(ref, column)[1] or "–") for ref in row.paper[:1] for column in columns]
             if row.paper:
                 quoted.append((f"{row.label} (quoted: {row.paper[0].display})", values))
-            continue
-        if not planned:
             continue
         cells = []
         for column in columns:
@@ -210,18 +204,13 @@ def table_page(plan: Plan, frame: pd.DataFrame, site: Path, ci: bool = False) ->
             elif cell.status == "missing":
                 cell.ours = "not run"
             else:
-                spread = entry["ci95" if ci else "std"]
                 cell.ours = format_ours(
-                    float(entry["mean"]),
-                    None if pd.isna(spread) else float(spread),
-                    int(entry["n"]),
-                    int(entry["expected"]),
+                    float(entry["mean"]), _spread(entry, ci), int(entry["n"]), int(entry["expected"])
                 )
                 cell.ours_sort = float(entry["mean"])
                 cell.bold_ours = key in best_ours
-                cell.stale = str(entry["stale"] or "")
-                if cell.stale:
-                    cell.stale = STALE_NOTE + cell.stale
+                if entry["stale"]:
+                    cell.stale = STALE_NOTE + str(entry["stale"])
                     cell.notes.append(footnotes.setdefault(cell.stale, len(footnotes) + 1))
                 if entry["diverged"]:
                     cell.diverged = DIVERGED_NOTE + str(entry["diverged"])
@@ -247,7 +236,7 @@ def table_page(plan: Plan, frame: pd.DataFrame, site: Path, ci: bool = False) ->
         title=table.title,
         file=f"{table.name}.html",
         plot=f"{table.name}.png",
-        smoke=smoke,
+        smoke=is_smoke(plan, frame),
         summary=summary,
         spread_note=SPREAD_NOTE[ci],
         columns=[c.label for c in columns],
@@ -255,30 +244,24 @@ def table_page(plan: Plan, frame: pd.DataFrame, site: Path, ci: bool = False) ->
         quoted=quoted,
         footnotes=[(n, reason) for reason, n in footnotes.items()],
         notes=notes,
-        coverage=_coverage(plan, frame),
+        coverage=coverage_row(plan, frame),
         has_paper=any(cell.paper for _, cells, _ in rows for cell in cells),
     )
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _environment() -> Any:
+def write_site(plans: list[Plan], out: Path, ci: bool = False) -> Path:
+    """Write the site for ``plans`` into ``out``; returns the index page."""
     import jinja2
 
-    return jinja2.Environment(
+    out.mkdir(parents=True, exist_ok=True)
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-
-
-def write_site(plans: list[Plan], out: Path, ci: bool = False) -> Path:
-    """Write the site for ``plans`` into ``out``; returns the index page."""
-    from benchmarks.plots import plot_table
-
-    out.mkdir(parents=True, exist_ok=True)
-    env = _environment()
     site = out.resolve()
     pages = []
     generated = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -286,14 +269,7 @@ def write_site(plans: list[Plan], out: Path, ci: bool = False) -> Path:
     for plan in plans:
         frame = collect(plan)
         page = table_page(plan, frame, site, ci)
-        plot_table(
-            frame,
-            out / page.plot,
-            name=plan.table.name,
-            row_order=[r.label for r in plan.table.rows],
-            smoke=page.smoke,
-            ci=ci,
-        )
+        plot_table(plan, frame, out / page.plot, ci)
         html = env.get_template("table.html.j2").render(page=page, generated=generated, assets=assets, ci=ci)
         (out / page.file).write_text(html)
         pages.append(page)

@@ -69,7 +69,8 @@ def measure_ours(dataset: str, images: torch.Tensor, labels: torch.Tensor, batch
 
 
 class _PILDataset(torch.utils.data.Dataset):
-    """What ``torchvision.datasets.CIFAR100`` / ``ImageFolder`` hand the transform: one PIL image per item."""
+    """What ``torchvision.datasets.CIFAR100`` / ``ImageFolder`` hand the transform: one PIL image per item (a
+    one-channel image as a greyscale one)."""
 
     def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
         self.images = images_hwc
@@ -82,7 +83,9 @@ class _PILDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         from PIL import Image
 
-        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+        image = self.images[index]
+        image = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+        return self.transform(image), int(self.labels[index])
 
 
 def _torchvision_transform(dataset: str) -> Callable:

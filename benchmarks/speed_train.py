@@ -43,9 +43,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
+
+from benchmarks.speed import _PILDataset, load_average
 
 __all__ = ["add_commands", "check_args", "run_train", "run_concurrent", "ARMS"]
 
@@ -56,7 +60,6 @@ ARM_WHAT = {
     "cached": "kdbench + teacher-output cache",
     "ce": "cross-entropy only (Vanilla), same student",
 }
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 # ------------------------------------------------------------------------------------------------- arguments
@@ -230,31 +233,25 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-class _Clock:
+class _Clock(Callback):
     """Lightning callback: wall time from the end of step ``warmup`` to the end of step ``warmup + steps``."""
 
     def __init__(self, warmup: int, steps: int, device: str, barrier: Callable[[], None] | None = None) -> None:
-        from lightning.pytorch.callbacks import Callback
-
-        clock = self
-
-        class _Hook(Callback):
-            def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
-                done = trainer.global_step
-                if done == warmup:
-                    _synchronize(device)
-                    if barrier is not None:
-                        barrier()
-                    clock.start, clock.cpu_start = time.perf_counter(), time.process_time()
-                elif done == warmup + steps:
-                    _synchronize(device)
-                    clock.end, clock.cpu_end = time.perf_counter(), time.process_time()
-
-        self.callback = _Hook()
+        self.warmup, self.steps, self.device, self.barrier = warmup, steps, device, barrier
         self.start = self.end = self.cpu_start = self.cpu_end = 0.0
-        self.steps = steps
         if warmup == 0:
             self.start, self.cpu_start = time.perf_counter(), time.process_time()
+
+    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+        done = trainer.global_step
+        if done == self.warmup:
+            _synchronize(self.device)
+            if self.barrier is not None:
+                self.barrier()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
+        elif done == self.warmup + self.steps:
+            _synchronize(self.device)
+            self.end, self.cpu_end = time.perf_counter(), time.process_time()
 
     @property
     def per_step(self) -> tuple[float, float]:
@@ -266,8 +263,6 @@ class LightningArm:
     """An arm trained through Lightning, as ``benchmarks.run`` trains it; the module persists across repetitions."""
 
     def __init__(self, name: str, config: dict[str, Any], data: tuple[Any, ...], device: str, folder: Path) -> None:
-        self.name = name
-        self.config = config
         self.device = device
         self.module, self.datamodule = _instantiate(config, folder, name)
         images, labels, eval_images, eval_labels = data[:4]
@@ -278,20 +273,9 @@ class LightningArm:
         self.trainer_args = {k: trainer[k] for k in ("precision", "benchmark") if trainer.get(k) is not None}
 
     def _trainer(self, callbacks: list[Any], **limits: Any) -> Any:
-        import lightning.pytorch as pl
+        from benchmarks.probe import bare_trainer
 
-        return pl.Trainer(
-            accelerator="gpu" if self.device == "cuda" else "cpu",
-            devices=1,
-            num_sanity_val_steps=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=callbacks,
-            **self.trainer_args,
-            **limits,
-        )
+        return bare_trainer(self.device, callbacks, num_sanity_val_steps=0, **self.trainer_args, **limits)
 
     def run(
         self, warmup: int, steps: int, barrier: Callable[[], None] | None = None, extra: list[Any] | None = None
@@ -300,7 +284,7 @@ class LightningArm:
 
         clock = _Clock(warmup, steps, self.device, barrier)
         with quiet_lightning():
-            trainer = self._trainer([clock.callback, *(extra or [])], max_steps=warmup + steps, limit_val_batches=0)
+            trainer = self._trainer([clock, *(extra or [])], max_steps=warmup + steps, limit_val_batches=0)
             trainer.fit(self.module, datamodule=self.datamodule)
         return clock.per_step
 
@@ -337,28 +321,22 @@ class LightningArm:
         }
 
 
-class _ReferenceDataset(torch.utils.data.Dataset):
+class _ReferenceDataset(_PILDataset):
     """What ``torchvision.datasets.CIFAR100`` (or RepDistiller's ``CIFAR100InstanceSample``) gives its transform:
-    a PIL image per item; with ``contrast_k`` also the positive and ``contrast_k`` negatives of other classes, drawn
-    per item with numpy as RepDistiller does."""
+    a PIL image per item, and its index; with ``contrast_k`` also the positive and ``contrast_k`` negatives of other
+    classes, drawn per item with numpy as RepDistiller does."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Any, contrast_k: int) -> None:
-        self.images, self.labels, self.transform, self.contrast_k = images, labels, transform, contrast_k
+        super().__init__(images, labels, transform)
+        self.contrast_k = contrast_k
         if contrast_k:
             classes = int(labels.max()) + 1
             members = [np.flatnonzero(labels == c) for c in range(classes)]
             self.negatives = [np.concatenate([members[j] for j in range(classes) if j != c]) for c in range(classes)]
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def __getitem__(self, index: int) -> tuple[Any, ...]:
-        from PIL import Image
-
-        image = self.images[index]
-        image = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
-        target = int(self.labels[index])
-        item: tuple[Any, ...] = (self.transform(image), target, index)
+        image, target = super().__getitem__(index)
+        item: tuple[Any, ...] = (image, target, index)
         if self.contrast_k:
             negatives = np.random.choice(self.negatives[target], self.contrast_k, replace=True)
             item += (torch.from_numpy(np.hstack(([index], negatives))),)
@@ -401,8 +379,6 @@ class ReferenceArm:
     """RepDistiller's ``train_distill`` loop around the same method's losses (eager fp32, DataLoader + PIL)."""
 
     def __init__(self, config: dict[str, Any], data: tuple[Any, ...], device: str, folder: Path, workers: int) -> None:
-        import lightning.pytorch as pl
-
         from benchmarks.execute import quiet_lightning
 
         self.arm = LightningArm("reference", config, data, device, folder)
@@ -410,17 +386,7 @@ class ReferenceArm:
         module = self.arm.module
         # One Lightning step runs the method's own setup (memory banks, offline stages) on the same data.
         with quiet_lightning():
-            trainer = pl.Trainer(
-                accelerator="gpu" if device == "cuda" else "cpu",
-                devices=1,
-                max_steps=1,
-                limit_val_batches=0,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-            )
-            trainer.fit(module, datamodule=self.arm.datamodule)
+            self.arm._trainer([], max_steps=1, limit_val_batches=0).fit(module, datamodule=self.arm.datamodule)
         self.optimizer = module.configure_optimizers()["optimizer"]
         images, labels = data[0], data[1]
         contrast_k = int(config.get("data", {}).get("init_args", {}).get("contrast_k", 0) or 0)
@@ -496,17 +462,11 @@ def stand_in_teacher_cache(folder: Path) -> Iterator[None]:
         widths = {name: teacher_cache.FIELDS[name](teacher) for name in fields}
         return {n: torch.randn(images.shape[0], views, w, device=images.device).to(dtype) for n, w in widths.items()}
 
-    original, previous = teacher_cache.compute_teacher_outputs, os.environ.get("KDBENCH_CACHE")
-    teacher_cache.compute_teacher_outputs = random_outputs  # type: ignore[assignment]
-    os.environ["KDBENCH_CACHE"] = str(folder)
-    try:
+    with (
+        mock.patch.object(teacher_cache, "compute_teacher_outputs", random_outputs),
+        mock.patch.dict(os.environ, {"KDBENCH_CACHE": str(folder)}),
+    ):
         yield
-    finally:
-        teacher_cache.compute_teacher_outputs = original  # type: ignore[assignment]
-        if previous is None:
-            os.environ.pop("KDBENCH_CACHE", None)
-        else:
-            os.environ["KDBENCH_CACHE"] = previous
 
 
 def _barrier(path: str | None, count: int) -> Callable[[], None] | None:
@@ -544,7 +504,6 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 def _measure_arms(args: argparse.Namespace, folder: Path, device: str) -> dict[str, Any]:
     from benchmarks.cost import _stand_in_for_earlier_runs, dataset_classes
     from benchmarks.numerics import numerics_label
-    from benchmarks.speed import load_average
 
     methods = [m.strip() for m in str(args.method).split(",") if m.strip()]
     configs = {}
@@ -758,25 +717,16 @@ def run_concurrent(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="kdbench-concurrent-") as tmp:
             env = {**os.environ, "KDBENCH_BARRIER_COUNT": str(k)}
             outputs = [Path(tmp) / f"run{i}.json" for i in range(k)]
+            command = [sys.executable, "-m", "benchmarks.speed", "train", *passed, "--barrier", f"{tmp}/barrier"]
             started = time.perf_counter()
             processes = [
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "benchmarks.speed",
-                        "train",
-                        *passed,
-                        "--barrier",
-                        f"{tmp}/barrier",
-                        "--json",
-                        str(out),
-                    ],
+                    [*command, "--json", str(out)],
                     env=env,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                     text=True,
-                )  # fmt: skip
+                )
                 for out in outputs
             ]
             errors = [p.communicate()[1] for p in processes]

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from benchmarks.errors import KDBenchError, user_errors
-from benchmarks.store import RECORD, RunStore
+from benchmarks.store import RECORD, RunStore, atomic_write_bytes
 
 __all__ = ["ImportReport", "import_wandb", "record_from_wandb", "main"]
 
@@ -136,9 +136,7 @@ def import_wandb(path: str, run_ids: Iterable[str], store: RunStore, api: Any = 
                 continue
             run_dir = store.run_dir(run.id)
             run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = run_dir / (RECORD + ".tmp")
-            tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-            tmp.replace(run_dir / RECORD)
+            atomic_write_bytes(run_dir / RECORD, json.dumps(record, indent=2, sort_keys=True).encode())
             report.imported.append(run.id)
     report.missing = [rid for rid in wanted if rid not in seen]
     return report
