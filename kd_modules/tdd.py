@@ -35,7 +35,7 @@ class TreeSettings(SettingsGroup):
         merge_threshold: a tree node whose KNN accuracy is below this is one coarse group (official 0.2).
         linkage: SciPy linkage of the class means (official Ward; ``average``, ``complete``, ``single``).
         node_mean: a tree node's centre: ``children`` (official: the average of its two children's centres) or
-            ``classes`` (the mean of its class means, the paper's cluster centre).
+            ``classes`` (the mean of its class means, each class counted once).
         balance: weight each group's cross-entropy by 1/|group| (official); false: a plain mean.
         offline_max_images: use only the first N images of the un-augmented training pass for the tree (null: all,
             as the official code; small values are for smoke runs).

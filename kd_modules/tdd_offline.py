@@ -19,7 +19,8 @@ For every constrained teacher layer (officially ``feature_preprocessing.sh``: ``
    weighted mean whose weights are ``x.shape[0]`` — the feature width, the same for both children — so a node's
    centre is the plain average of its two children's centres, recursively (not the mean over its classes).
    ``node_mean="children"`` reproduces that; ``"classes"`` (the mean of the node's class means, each class
-   counted once) is the paper's cluster centre, one argument away.
+   counted once: a cluster centre in the plain sense; the paper's text was not available here to say which one it
+   describes) is one argument away.
 5. **KNN accuracy of every node** (``cluster_tree.KNN``, ``update_knn``): the k (official ``--knn-k 20``)
    training embeddings nearest to the node's centre in squared Euclidean distance, over *all* training images;
    the accuracy is the fraction of them whose label is one of the node's classes.
