@@ -57,7 +57,9 @@ class TreeSettings(SettingsGroup):
         if self.node_mean not in NODE_MEANS:
             raise MethodConfigError(f"unknown tree.node_mean {self.node_mean!r}; valid: {', '.join(NODE_MEANS)}")
         if self.offline_max_images is not None and self.offline_max_images < 1:
-            raise MethodConfigError(f"tree.offline_max_images must be at least 1 or null, got {self.offline_max_images}")
+            raise MethodConfigError(
+                f"tree.offline_max_images must be at least 1 or null, got {self.offline_max_images}"
+            )
 
 
 class DecisionHead(nn.Module):
@@ -123,11 +125,13 @@ class TDD(DistillationModule):
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
         assert self.teacher is not None
-        self.ce_weight, self.kd_weight, self.temperature, self.tdd_weight = ce_weight, kd_weight, temperature, tdd_weight
+        self.ce_weight, self.kd_weight = ce_weight, kd_weight
+        self.temperature, self.tdd_weight = temperature, tdd_weight
         self.tree = tree
         paired = min(self.student.num_stages, self.teacher.num_stages)
         self.stages = list(tree.stages) if tree.stages is not None else list(range(1, paired + 1))
-        if not self.stages or any(not 1 <= k <= paired for k in self.stages) or len(set(self.stages)) < len(self.stages):
+        valid = all(1 <= k <= paired for k in self.stages) and len(set(self.stages)) == len(self.stages)
+        if not self.stages or not valid:
             raise MethodConfigError(
                 f"tree.stages must be distinct stages among 1..{paired} (the stages {type(self.student).__name__} "
                 f"and {type(self.teacher).__name__} both have), got {tree.stages}"
