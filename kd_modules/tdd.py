@@ -83,7 +83,7 @@ class TDD(DistillationModule):
     the label (the teacher's decision at that depth), by 1/|group|-weighted cross-entropy
     (:func:`kd_modules.losses.tdd.decision_loss`).  The heads are training-only: the exported student is the plain
     network.  Official weights (``config/tree/resnet56-resnet20-w-0.1.yml``): CE 0.1, KD 0.9 at T = 4
-    (``DistillKL(KD_T=4)``), decision 0.1.
+    (``DistillKL(KD_T=4)``: batch-mean KL times T², as :func:`kd_modules.losses.kd.kd_loss`), decision 0.1.
 
     Layers (official ``--extract-layers layer1.2.bn2 layer2.2.bn2 layer3.2.bn2`` for the teacher; the student's
     ``feat_s[1..3]``, i.e. the layer name's last digit indexes the RepDistiller feature list): the student side is
@@ -248,10 +248,11 @@ class TDDCRD(ContrastiveTerm, TDD):
     the pooled penultimate vectors with RepDistiller's settings (``configs/methods/tddcrd.yaml``: 16384 negatives,
     exact positives).
 
-    Choice documented: the official TDD code has no CRD combination (its loss registry lists ``CRDLoss`` commented
-    out), and the quoted "TDD+CRD" numbers come from letKD's supplementary tables, which do not describe the
-    combination.  kdbench forms it as CRD+KD is formed (:class:`kd_modules.crd.CRDKD`): the method's own objective
-    unchanged, plus CRD's term at RepDistiller's weight 0.8 (``-b 0.8``).
+    Choice documented: the official TDD code has no CRD combination (its only auxiliary loss is
+    ``HierarchicalLoss``: ``kamal/core/tasks/loss/aux_loss.py``, ``AUX_LOSS_MAP``), and the quoted "TDD+CRD" numbers
+    come from letKD's supplementary tables, which do not describe the combination.  kdbench forms it as CRD+KD is
+    formed (:class:`kd_modules.crd.CRDKD`): the method's own objective unchanged, plus CRD's term at RepDistiller's
+    weight 0.8 (``-b 0.8``).
 
     Args:
         student: network name.
