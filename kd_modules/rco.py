@@ -242,6 +242,7 @@ class RCO(DistillationModule):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self,
@@ -260,13 +261,10 @@ class RCO(DistillationModule):
         reduction: str = "mean",
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
-        assert self.teacher is not None
         for network in (self.student, self.teacher):
             check_layer(network, layer, pre_activation)
         if reduction not in ("mean", "batchmean"):
             raise MethodConfigError(f"unknown reduction {reduction!r}; valid: mean, batchmean")
-        self.layer, self.pre_activation = layer, pre_activation
-        self.ce_weight, self.feat_weight, self.reduction = ce_weight, feat_weight, reduction
         self.route = TeacherRoute.from_fractions(
             teacher.arch, num_classes, route_dir, anchor_fractions, anchor_checkpoints, phase_ends
         )
@@ -290,7 +288,6 @@ class RCO(DistillationModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         phase = self.current_phase()
         if phase != self._loaded_phase:
-            assert self.teacher is not None
             self.route.load_into(self.teacher, phase)
             self._loaded_phase = phase
 
