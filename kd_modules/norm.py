@@ -414,6 +414,7 @@ class NORM(DistillationModule):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self,
@@ -441,20 +442,12 @@ class NORM(DistillationModule):
         if segments_used is not None and not 1 <= segments_used <= n_segments:
             raise NORMConfigError(f"segments_used must be in 1..{n_segments} (N), got {segments_used}")
         default_ce, default_norm, default_scale, default_ramp, reduction = _FORMULATIONS[formulation]
-        self.formulation = formulation
-        self.n_segments = n_segments
-        self.segments_used = segments_used
-        self.distance = distance
         self.reduction = reduction
         self.ce_weight = default_ce if ce_weight is None else ce_weight
         self.norm_weight = default_norm if norm_weight is None else norm_weight
-        self.kd_weight = kd_weight
-        self.temperature = temperature
         self.logit_scale = default_scale if logit_scale is None else (logit_scale or None)
         self.ramp = default_ramp if ramp is None else ramp
-        self.ramp_stretch = ramp_stretch
 
-        assert self.teacher is not None
         teacher_channels = self.teacher.stage_channels[-1]
         if contract_teacher and ft != "none":
             raise NORMConfigError(
