@@ -316,7 +316,6 @@ class KCD(DistillationModule):
             for a in range(anchors):
                 for k in range(t.num_transforms):
                     self.mappings[a, k] = channel_mapping("random", None, (self.c_t, self.c_s), generator)
-        self._loaded_phase: int | None = None
         self._recorded: ConsistencyStatistics | None = None
         self.consistency_report: dict[str, Any] = {}
 
@@ -484,10 +483,7 @@ class KCD(DistillationModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.route is not None:
-            phase = self._phase()
-            if phase != self._loaded_phase:
-                self.route.load_into(self.teacher, phase)
-                self._loaded_phase = phase
+            self.route.follow(self.teacher, self.global_step, self.trainer.estimated_stepping_batches)
 
     def _partition(self, labels: Tensor) -> Tensor:
         return class_partition(labels, self.hparams["num_classes"], self.t.num_transforms)

@@ -161,6 +161,7 @@ class TeacherRoute:
                 f"phase_ends={list(phase_ends or [])} must be {m} increasing fractions in (0, 1] ending at 1.0, one per anchor"
             )
         self.phase_ends = ends
+        self.loaded_phase: int | None = None  # the anchor in the teacher module now (follow)
         self.states: list[dict[str, Tensor]] = [
             load_network(arch, num_classes, path).state_dict() for path in self.checkpoints
         ]
@@ -217,6 +218,13 @@ class TeacherRoute:
         """Copy anchor ``phase``'s weights into the (frozen, eval-mode) teacher module."""
         teacher.load_state_dict(self.states[phase])
 
+    def follow(self, teacher: KDNet, step: int, total_steps: int | float) -> None:
+        """Load the anchor of step ``step``'s phase into ``teacher`` unless it is the one loaded (once per phase)."""
+        phase = self.phase_at(step, total_steps)
+        if phase != self.loaded_phase:
+            self.load_into(teacher, phase)
+            self.loaded_phase = phase
+
 
 # ------------------------------------------------------------------------------------------------------- RCO
 class RCO(DistillationModule):
@@ -268,7 +276,6 @@ class RCO(DistillationModule):
         self.route = TeacherRoute.from_fractions(
             teacher.arch, num_classes, route_dir, anchor_fractions, anchor_checkpoints, phase_ends
         )
-        self._loaded_phase: int | None = None
         c_t = distilled_shape(self.teacher, layer).channels
         c_s = distilled_shape(self.student, layer).channels
         # The teacher's default channel order (the identity transformation) when the widths differ.
@@ -282,14 +289,8 @@ class RCO(DistillationModule):
         return [route_prerequisite(init_args.get("anchor_fractions", DEFAULT_ROUTE))]
 
     # ------------------------------------------------------------------------------------------ the phases
-    def current_phase(self) -> int:
-        return self.route.phase_at(self.global_step, self.trainer.estimated_stepping_batches)
-
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        phase = self.current_phase()
-        if phase != self._loaded_phase:
-            self.route.load_into(self.teacher, phase)
-            self._loaded_phase = phase
+        self.route.follow(self.teacher, self.global_step, self.trainer.estimated_stepping_batches)
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]
