@@ -555,17 +555,15 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
             optimizer = torch.optim.SGD(
                 params, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay
             )
-        interval = optim.unit
+        # The scheduler counts units of `interval`; with per_step it counts steps, per_unit of them per epoch.
+        interval, per_unit = optim.unit, 1
         if optim.unit == "epoch":
             horizon = int(self.trainer.max_epochs or 1)
             if optim.per_step:
-                per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // horizon)
-                interval = "step"
-                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: optim.factor(t / per_epoch, horizon))
-                return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+                interval, per_unit = "step", max(1, int(self.trainer.estimated_stepping_batches) // horizon)
         else:
             horizon = int(self.trainer.estimated_stepping_batches)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: optim.factor(t, horizon))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: optim.factor(t / per_unit, horizon))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": interval, "frequency": 1},
