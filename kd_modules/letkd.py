@@ -20,6 +20,7 @@ network's own GAP+FC.  The offline stages live in :mod:`kd_modules.letkd_offline
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -356,13 +357,12 @@ class _WordDistillation(DistillationModule):
             "max_images": self.targets.offline_max_images,
             "version": _OFFLINE_VERSION,
         }
-        passes: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
+        @functools.cache
         def teacher_pass() -> tuple[dict[str, Any], dict[str, Any]]:
             # Shared by both stages: whichever misses the cache first runs the teacher, the other reuses it.
-            if "done" not in passes:
-                passes["done"] = self._teacher_pass(datamodule, device)
-            return passes["done"]
+            batches, total = normalised_train_batches(datamodule, device, self.targets.offline_max_images)
+            return collect_location_vectors(batches, total, self.teacher_maps)
 
         if self.penultimate:
             self._prepare_codebook(common, teacher_pass, device)
@@ -418,10 +418,6 @@ class _WordDistillation(DistillationModule):
         self.lda_bias = subclasses["lda_bias"].to(device)
         self.subclass_centroids = subclasses["centroids"].to(device)
         self.score_matrix = subclasses["score_matrix"].to(device)
-
-    def _teacher_pass(self, datamodule: Any, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
-        batches, total = normalised_train_batches(datamodule, device, self.targets.offline_max_images)
-        return collect_location_vectors(batches, total, self.teacher_maps)
 
 
 class QuEST(_WordDistillation):

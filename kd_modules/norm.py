@@ -243,10 +243,7 @@ class NORMFeatureTransform(nn.Module):
             bn = block[1]
             if bn.running_mean is None or bn.running_var is None:
                 raise FoldError("the FT's BatchNorm keeps no running statistics: it cannot be folded")
-            gamma = (
-                bn.weight.double() if bn.weight is not None else torch.ones_like(bn.running_mean, dtype=torch.float64)
-            )
-            beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(bn.running_mean, dtype=torch.float64)
+            gamma, beta = bn.weight.double(), bn.bias.double()  # the FT's BatchNorms are affine (built above)
             scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
             scales.append(scale)
             shifts.append(beta - scale * bn.running_mean.double())
@@ -339,10 +336,8 @@ def fold_error(original: KDNet, folded: KDNet, batch: int = 4, seed: int = 0) ->
 
 
 def _input_channels(network: KDNet) -> int:
-    for module in network.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return 3
+    first_conv = next((m for m in network.modules() if isinstance(m, nn.Conv2d)), None)
+    return 3 if first_conv is None else first_conv.in_channels
 
 
 # ----------------------------------------------------------------------------------------------- helpers
