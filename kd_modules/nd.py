@@ -112,7 +112,7 @@ class EmbeddingProjection(nn.Sequential):
     """ND's EmbTrans head: BatchNorm1d(D_s) - Dropout(0.5) - Linear(D_s -> D_t), applied to the student embedding
     for the ND loss only (the classifier still reads the unprojected embedding).
 
-    Initialisation: BN weight 1, bias 0; Linear bias 0 and PyTorch's default weight (``init="cifar"``,
+    Initialisation: BN weight 1, bias 0 (PyTorch's); Linear bias 0 and PyTorch's default weight (``init="cifar"``,
     ``CIFAR/Models/embtrans_cifar.py``) or weight and bias N(0, 0.01^2) (``init="imagenet"``,
     ``ImageNet/Models/embtrans.py``).  The dropout also acts on the norm compared in the dino-loss's max (as in
     the official code).
@@ -120,8 +120,6 @@ class EmbeddingProjection(nn.Sequential):
 
     def __init__(self, in_dim: int, out_dim: int, init: ProjectionInit = "cifar", dropout: float = 0.5) -> None:
         super().__init__(nn.BatchNorm1d(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
-        nn.init.ones_(self[0].weight)
-        nn.init.zeros_(self[0].bias)
         linear = self[2]
         if init == "imagenet":
             nn.init.normal_(linear.weight, mean=0.0, std=0.01)
