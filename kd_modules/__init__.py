@@ -1,8 +1,8 @@
 """Distillation methods: one LightningModule per method (``kd_modules/<method>.py``), losses in ``losses/``.
 
-Every module of this package is imported here, and every concrete :class:`DistillationModule` subclass it
-defines becomes a method selectable by class name (``--model KD`` on the command line, ``method: KD`` in a
-table file).  Adding a method therefore needs no registration line anywhere.
+Every module of this package is imported here, and every concrete, public (not ``_``-prefixed)
+:class:`DistillationModule` subclass it defines becomes a method selectable by class name (``--model KD`` on the
+command line, ``method: KD`` in a table file).  Adding a method therefore needs no registration line anywhere.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def _discover() -> dict[str, type[DistillationModule]]:
                 and issubclass(obj, DistillationModule)
                 and obj.__module__ == module.__name__
                 and not inspect.isabstract(obj)
+                and not name.startswith("_")
             ):
                 found[name] = obj
     return found

@@ -54,6 +54,7 @@ class ABInit(DistillationModule):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self,
@@ -64,8 +65,6 @@ class ABInit(DistillationModule):
         margin: float = 1.0,
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
-        assert self.teacher is not None
-        self.margin = margin
         self.connectors = ab_connectors(self.student, self.teacher)
         self.student.classifier.requires_grad_(False)  # RepDistiller trains get_feat_modules() only
 
@@ -92,8 +91,6 @@ class AB(TwoStageDistillation):
 
     def __init__(self, student: str, teacher: TeacherConfig, margin: float = 1.0, **kwargs: Any) -> None:
         super().__init__(student, teacher, **kwargs)
-        assert self.teacher is not None
-        self.margin = margin
         self.connectors = ab_connectors(self.student, self.teacher) if self.feat_weight != 0 else None
 
     @classmethod

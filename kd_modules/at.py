@@ -34,7 +34,6 @@ class AT(FeatureDistillation):
         **kwargs: Any,
     ) -> None:
         super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
-        self.p = p
 
     def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:
         return {"at": at_loss_layers(student.stages_post, teacher.stages_post, self.p)}

@@ -15,6 +15,7 @@ and, if it changes the student's inference path beyond ``student(images)``, :met
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 import warnings
@@ -40,6 +41,8 @@ __all__ = [
     "TeacherConfig",
     "SettingsGroup",
     "DistillationModule",
+    "LogitDistillation",
+    "loss_ramp",
     "MethodConfigError",
     "TrainingDivergedError",
 ]
@@ -173,6 +176,17 @@ class OptimConfig:
         return value
 
 
+def loss_ramp(epoch: int, warmup_epochs: float, one_based: bool = False) -> float:
+    """Linear loss-weight warm-up ``min(1, epoch / warmup_epochs)`` (1 when ``warmup_epochs`` is 0).
+
+    ``epoch`` is Lightning's 0-based epoch; ``one_based`` adds 1 first (mdistiller's trainer passes 1-based
+    epochs, so its first epoch already has weight ``1/warmup``).  Python float: no tensor, no host sync.
+    """
+    if warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, (epoch + (1 if one_based else 0)) / warmup_epochs)
+
+
 @dataclass(frozen=True)
 class TeacherConfig:
     """A frozen teacher.
@@ -215,6 +229,7 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self._keep_method_args(inspect.currentframe())
         self.optim = optim
         if student_init is None:
             self.student: KDNet = create_model(student, num_classes)
@@ -265,6 +280,28 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
         self._teacher_cache_for: Any = None  # the data module it was built for
         self._step_batch: Batch | None = None  # the training batch being processed (teacher-cache lookups)
         self._step_teacher: dict[str, Tensor] | None = None
+
+    def _keep_method_args(self, frame: Any) -> None:
+        """Make every constructor argument of the method's own classes an attribute of the same name
+        (``self.ce_weight``, ``self.temperature`` ...), so that a constructor states its signature and the checks of
+        its arguments but not a ``self.x = x`` list.
+
+        The values are read from the ``__init__`` frames of the constructor chain (as Lightning's
+        ``save_hyperparameters`` reads them), so an argument a subclass passes on through ``**kwargs`` is found in
+        the class that declares it; the outermost class's value wins, as if it had assigned it after
+        ``super().__init__``.  The base's own arguments are not copied (``self.teacher`` is the network).  A class
+        that keeps a transformed value assigns it after ``super().__init__`` as before.
+        """
+        own = inspect.signature(DistillationModule.__init__).parameters
+        found: dict[str, Any] = {}
+        frame = frame.f_back
+        while frame is not None and frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is self:
+            code = frame.f_code
+            names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+            found.update({name: frame.f_locals[name] for name in names if name not in own})
+            frame = frame.f_back
+        for name, value in found.items():
+            setattr(self, name, value)
 
     # ---------------------------------------------------------------------------------------------- numerics
     def configure_numerics(self, numerics: Numerics) -> None:
@@ -518,17 +555,15 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
             optimizer = torch.optim.SGD(
                 params, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay
             )
-        interval = optim.unit
+        # The scheduler counts units of `interval`; with per_step it counts steps, per_unit of them per epoch.
+        interval, per_unit = optim.unit, 1
         if optim.unit == "epoch":
             horizon = int(self.trainer.max_epochs or 1)
             if optim.per_step:
-                per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // horizon)
-                interval = "step"
-                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: optim.factor(t / per_epoch, horizon))
-                return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+                interval, per_unit = "step", max(1, int(self.trainer.estimated_stepping_batches) // horizon)
         else:
             horizon = int(self.trainer.estimated_stepping_batches)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: optim.factor(t, horizon))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: optim.factor(t / per_unit, horizon))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": interval, "frequency": 1},
@@ -569,3 +604,25 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
         student = sum(p.numel() for p in self.student.parameters())
         trainable = sum(p.numel() for m in self.trainable_modules() for p in m.parameters())
         return trainable - student
+
+
+class LogitDistillation(DistillationModule):
+    """Base of the methods that read only the two networks' logits (KD, DIST, DKD): a step is one teacher forward
+    (or its cached logits), one student forward and the method's :meth:`logit_losses`, whose distillation terms
+    are scaled by :meth:`logit_ramp` (the ND "++" methods pass their own ramp to ``logit_losses``)."""
+
+    requires_teacher = True
+
+    @abstractmethod
+    def logit_losses(self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, ramp: float) -> dict[str, Tensor]:
+        """The method's named, weighted terms; ``ramp`` multiplies its distillation terms."""
+
+    def logit_ramp(self) -> float:
+        """The factor of this step's distillation terms (1: no warm-up)."""
+        return 1.0
+
+    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        images = batch["images"]
+        teacher_logits = self.teacher_logits(images)
+        logits = self.student(images)
+        return logits, self.logit_losses(logits, teacher_logits, batch["labels"], self.logit_ramp())

@@ -10,6 +10,7 @@ from torch import Tensor
 from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.losses.catkd import cat_loss
+from models import KDNet
 
 
 class CATKD(DistillationModule):
@@ -51,6 +52,7 @@ class CATKD(DistillationModule):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self,
@@ -67,10 +69,6 @@ class CATKD(DistillationModule):
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
         if resolution < 1:
             raise MethodConfigError(f"CATKD resolution must be a positive number of cells, got {resolution}")
-        self.ce_weight = ce_weight
-        self.beta = beta
-        self.resolution = resolution
-        self.normalize = normalize
         bias = self.student.classifier.bias
         if not student_bias and bias is not None:
             with torch.no_grad():
@@ -78,7 +76,6 @@ class CATKD(DistillationModule):
             bias.requires_grad_(False)
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        assert self.teacher is not None
         images, labels = batch["images"], batch["labels"]
         teacher = self.teacher_features(images)
         student = self.student.forward_features(images)

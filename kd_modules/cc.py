@@ -36,7 +36,6 @@ class CC(FeatureDistillation):
         **kwargs: Any,
     ) -> None:
         super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
-        assert self.teacher is not None
         self.embed_student = nn.Linear(self.student.embedding_dim, feat_dim)
         self.embed_teacher = nn.Linear(self.teacher.embedding_dim, feat_dim)
 

@@ -181,13 +181,12 @@ class ContrastiveTerm:
     contrast_method_name = "CRD"
     contrast_config = "configs/methods/crd.yaml"
     student: KDNet
-    teacher: KDNet | None
+    teacher: KDNet
     embed_student: ContrastEmbed
     embed_teacher: ContrastEmbed
     memory: ContrastMemory
 
     def build_contrast(self, settings: ContrastSettings) -> None:
-        assert self.teacher is not None
         self.embed_student = ContrastEmbed(self.student.embedding_dim, settings.feat_dim)
         self.embed_teacher = ContrastEmbed(self.teacher.embedding_dim, settings.feat_dim)
         self.memory = ContrastMemory(settings.feat_dim, settings.nce_t, settings.nce_m)

@@ -8,12 +8,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from kd_modules.base import Batch, DistillationModule, MethodConfigError, OptimConfig, TeacherConfig
-from kd_modules.class_means import TRANSFORMS, MeanTransform, teacher_class_means
+from kd_modules.base import Batch, DistillationModule, MethodConfigError, OptimConfig, TeacherConfig, loss_ramp
+from kd_modules.class_means import MeanTransform, teacher_class_means
 from kd_modules.losses.deitpp import dino_loss_to_centers, hard_distillation_loss, mixed_centers
 from kd_modules.losses.kd import kd_loss
 from kd_modules.nd import EmbeddingProjection, ProjectionInit
-from kd_modules.reviewkd import loss_ramp
+from models import KDNet
 
 
 class DeiTPlusPlus(DistillationModule):
@@ -54,6 +54,7 @@ class DeiTPlusPlus(DistillationModule):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
     reads_mixed_targets = True
 
     def __init__(
@@ -72,20 +73,11 @@ class DeiTPlusPlus(DistillationModule):
         class_mean_seed: int = 0,
         projection_init: ProjectionInit = "imagenet",
     ) -> None:
-        if kd_mode not in ("hard", "soft"):
-            raise MethodConfigError(f"kd_mode={kd_mode!r}; valid: hard, soft")
-        if class_mean_transform not in TRANSFORMS:
-            raise MethodConfigError(f"class_mean_transform={class_mean_transform!r}; valid: {', '.join(TRANSFORMS)}")
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
-        assert self.teacher is not None
         from models.imagenet.timm_nets import TimmViT
 
         if not isinstance(self.student, TimmViT):
             raise MethodConfigError(f"DeiT++ distils into a vision transformer; {student} is not one")
-        self.teacher_config = teacher
-        self.ce_weight, self.kd_weight, self.nd_weight = ce_weight, kd_weight, nd_weight
-        self.kd_mode, self.temperature, self.warmup_epochs = kd_mode, temperature, warmup_epochs
-        self.class_mean_transform, self.class_mean_seed = class_mean_transform, class_mean_seed
         self.distilled = bool(getattr(self.student, "distilled", False))
         self.projection: EmbeddingProjection | None = None
         if nd_weight and self.student.embedding_dim != self.teacher.embedding_dim:
@@ -116,7 +108,6 @@ class DeiTPlusPlus(DistillationModule):
 
     def prepare_class_means(self, datamodule: object, device: torch.device | str | None = None) -> None:
         """Load (or compute once and cache) the teacher's class means of its pooled embedding."""
-        assert self.teacher is not None
         device = torch.device(device) if device is not None else next(self.teacher.parameters()).device
         self.teacher.to(device)
         means = teacher_class_means(

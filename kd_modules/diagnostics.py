@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from kd_modules.base import Batch, DistillationModule, MethodConfigError, OptimConfig, SettingsGroup, TeacherConfig
 from kd_modules.losses.kcd import channel_mapping, identity_mapping, statistic_groups, transform_channels
-from kd_modules.offline import progress
+from kd_modules.offline import normalised_train_batches, progress
 from kd_modules.rco import check_layer, distilled_map, distilled_shape
 from models import KDNet, create_model
 from models.checkpoints import CheckpointError, load_network, read_state_dict
@@ -172,7 +172,6 @@ class Diagnostic(DistillationModule):
         if max_images is not None and max_images < 1:
             raise MethodConfigError(f"max_images must be at least 1 or null (all images), got {max_images}")
         self.student = self.load_measured(student, num_classes, checkpoint)
-        self.max_images = max_images
         self.measurements: dict[str, float] = {}
 
     @classmethod
@@ -204,16 +203,8 @@ class Diagnostic(DistillationModule):
         """Normalised batches on the module's device: the un-augmented training split or the evaluation split."""
         datamodule = self.trainer.datamodule
         loader = datamodule.train_eval_dataloader() if split == "train" else datamodule.val_dataloader()
-        limit, seen = self.max_images, 0
-        total = len(loader) if limit is None else min(len(loader), -(-limit // loader.batch_size))
-        for batch in progress(loader, total, f"{type(self).__name__} {split} pass"):
-            if limit is not None and seen >= limit:
-                return
-            if limit is not None and seen + batch["labels"].shape[0] > limit:
-                batch = {k: v[: limit - seen] for k, v in batch.items()}
-            batch = datamodule.on_after_batch_transfer({k: v.to(self.device) for k, v in batch.items()}, 0)
-            seen += batch["labels"].shape[0]
-            yield batch
+        batches, total = normalised_train_batches(datamodule, self.device, self.max_images, loader)
+        yield from progress(batches, total, f"{type(self).__name__} {split} pass")
 
     @abstractmethod
     def measure(self) -> dict[str, float]:
@@ -269,6 +260,7 @@ class ChannelOverlap(Diagnostic):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self,
@@ -292,11 +284,9 @@ class ChannelOverlap(Diagnostic):
             raise MethodConfigError(f"compare={compare!r}; valid: teacher, transformed_teacher, student")
         if not ks or any(k < 1 for k in ks):
             raise MethodConfigError(f"ks={ks!r} must be a non-empty list of positive integers")
-        assert self.teacher is not None
         for network in (self.student, self.teacher):
             check_layer(network, layer, False)
-        self.compare, self.ks, self.layer = compare, list(ks), layer
-        self.mapping_kind, self.consistency = mapping, consistency
+        self.ks = list(ks)
         self.reference: KDNet | None = None
         if compare == "student":
             if reference_checkpoint is None:
@@ -320,16 +310,8 @@ class ChannelOverlap(Diagnostic):
             )
         return stages
 
-    def _mapping(self) -> Tensor:
-        assert self.teacher is not None
-        shape = (distilled_shape(self.teacher, self.layer).channels, distilled_shape(self.student, self.layer).channels)
-        if self.compare != "transformed_teacher":
-            return identity_mapping(*shape)
-        return kcd_mapping(self, self.teacher, self.student, self.layer, self.mapping_kind, self.consistency, shape)
-
     def measure(self) -> dict[str, float]:
-        assert self.teacher is not None
-        mapping = self._mapping().to(self.device)
+        mapping = teacher_mapping(self, self.student if self.compare == "transformed_teacher" else None)
         other = self.reference if self.reference is not None else self.teacher
         num_classes = int(self.hparams["num_classes"])
         sums: list[Tensor] = []
@@ -353,26 +335,33 @@ class ChannelOverlap(Diagnostic):
         return {f"overlap_top{k}": float(top_k_overlap(means[1], means[0], k)) for k in self.ks}
 
 
-def kcd_mapping(
-    module: Diagnostic, teacher: KDNet, student: KDNet, layer: str, kind: str, consistency: str, shape: tuple[int, int]
-) -> Tensor:
-    """KCD's channel mapping of ``teacher`` onto ``student`` at ``layer`` from one pass over the training split."""
+def teacher_mapping(module: ChannelOverlap | OutputConsistency, student: KDNet | None) -> Tensor:
+    """The channel mapping of the teacher onto the measured student at ``module.layer``, on the module's device:
+    the identity without ``student``, else KCD's (``module.mapping``, ``module.consistency``) from one pass of
+    ``student`` and the teacher over the training split."""
     from kd_modules.kcd import consistency_statistics
 
-    groups = statistic_groups([consistency], "sum")
+    assert module.teacher is not None
+    shape = (
+        distilled_shape(module.teacher, module.layer).channels,
+        distilled_shape(module.student, module.layer).channels,
+    )
+    if student is None:
+        return identity_mapping(*shape).to(module.device)
+    groups = statistic_groups([module.consistency], "sum")
     stats = consistency_statistics(
-        teacher,
+        module.teacher,
         student,
         module.batches("train"),
         None,
-        layer=layer,
+        layer=module.layer,
         pre_activation=False,
         groups=groups,
         partitions=1,
         num_classes=int(module.hparams["num_classes"]),
         eps=1e-8,
     )
-    return channel_mapping(kind, stats.matrix(consistency, "sum")[0], shape)
+    return channel_mapping(module.mapping, stats.matrix(module.consistency, "sum")[0], shape).to(module.device)
 
 
 # --------------------------------------------------------------------------------------- KCD Table 11
@@ -401,6 +390,7 @@ class OutputConsistency(Diagnostic):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self,
@@ -418,14 +408,8 @@ class OutputConsistency(Diagnostic):
         mapping_checkpoint: str | None = None,
     ) -> None:
         super().__init__(student, teacher, num_classes, optim, checkpoint, measured, max_images)
-        if mapping not in ("identity", "bipartite", "greedy"):
-            raise MethodConfigError(f"mapping={mapping!r}; valid: identity, bipartite, greedy")
-        if kl_input not in ("features", "logits"):
-            raise MethodConfigError(f"kl_input={kl_input!r}; valid: features, logits")
-        assert self.teacher is not None
         for network in (self.student, self.teacher):
             check_layer(network, layer, False)
-        self.mapping_kind, self.consistency, self.layer, self.kl_input = mapping, consistency, layer, kl_input
         self.mapping_student: KDNet | None = None
         if mapping != "identity":
             if mapping_checkpoint is None:
@@ -447,15 +431,7 @@ class OutputConsistency(Diagnostic):
         return stages
 
     def measure(self) -> dict[str, float]:
-        assert self.teacher is not None
-        shape = (distilled_shape(self.teacher, self.layer).channels, distilled_shape(self.student, self.layer).channels)
-        if self.mapping_student is None:
-            mapping = identity_mapping(*shape)
-        else:
-            mapping = kcd_mapping(
-                self, self.teacher, self.mapping_student, self.layer, self.mapping_kind, self.consistency, shape
-            )
-        mapping = mapping.to(self.device)
+        mapping = teacher_mapping(self, self.mapping_student)
         kl_sum = l2_sum = 0.0
         count = 0
         for batch in self.batches("eval"):
@@ -513,14 +489,11 @@ class LDAProbe(Diagnostic):
         super().__init__(student, teacher, num_classes, optim, checkpoint, measured, max_images)
         from kd_modules.letkd import FeatureTap, first_block_of_last_stage
 
-        if features not in ("input", "output"):
-            raise MethodConfigError(f"features={features!r}; valid: input, output")
         self.point = point or first_block_of_last_stage(self.student)
         if self.point not in self.student.insertion_points():
             raise MethodConfigError(
                 f"point {self.point!r} is not an insertion point of {student}; valid: {self.student.insertion_points()}"
             )
-        self.features, self.solver = features, solver
         key = self.point.replace(".", "_")
         inserted = getattr(self.student, "inserted", None)
         self.layer: nn.Module
@@ -531,10 +504,6 @@ class LDAProbe(Diagnostic):
             self.student.insert(self.point, self.layer)
         self._captured: dict[str, Tensor] = {}
         self.layer.register_forward_hook(self._capture)
-
-    @classmethod
-    def prerequisites(cls, init_args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [cls.trained_stage(init_args)]
 
     def load_measured(self, arch: str, num_classes: int, path: str) -> KDNet:
         return load_with_kd_layers(arch, num_classes, path)

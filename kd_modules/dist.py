@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
+from kd_modules.base import LogitDistillation, OptimConfig, TeacherConfig
 from kd_modules.losses.dist import dist_loss
 
 
-class DIST(DistillationModule):
+class DIST(LogitDistillation):
     """``ce_weight·CE + kd_weight·τ²·(β·inter + γ·intra)`` on the logits' softmax at temperature τ.
 
     DIST's repository (image_classification_sota at the commit DIST_KD pins), CIFAR-100 strategy
@@ -29,8 +29,6 @@ class DIST(DistillationModule):
         tau: softmax temperature (4 on CIFAR, 1 on ImageNet).
     """
 
-    requires_teacher = True
-
     def __init__(
         self,
         student: str,
@@ -44,17 +42,6 @@ class DIST(DistillationModule):
         tau: float = 4.0,
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
-        self.ce_weight = ce_weight
-        self.kd_weight = kd_weight
-        self.beta = beta
-        self.gamma = gamma
-        self.tau = tau
-
-    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        images, labels = batch["images"], batch["labels"]
-        teacher_logits = self.teacher_logits(images)
-        logits = self.student(images)
-        return logits, self.logit_losses(logits, teacher_logits, labels)
 
     def logit_losses(
         self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, ramp: float = 1.0

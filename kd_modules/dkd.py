@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
+from kd_modules.base import LogitDistillation, OptimConfig, TeacherConfig, loss_ramp
 from kd_modules.errors import MethodConfigError
 from kd_modules.losses.dkd import nckd_loss, tckd_loss
 
 
-class DKD(DistillationModule):
+class DKD(LogitDistillation):
     """``ce_weight·CE + min(epoch / warmup_epochs, 1)·(alpha·TCKD + beta·NCKD)``, logits only.
 
     mdistiller's CIFAR settings: CE 1, alpha 1, T 4, warm-up 20 epochs, and beta **per pair** (8 for
@@ -36,8 +36,6 @@ class DKD(DistillationModule):
         warmup_zero_based: ramp from factor 0 in the first epoch instead of mdistiller's 1/warmup_epochs.
     """
 
-    requires_teacher = True
-
     def __init__(
         self,
         student: str,
@@ -54,25 +52,13 @@ class DKD(DistillationModule):
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
         if warmup_epochs < 0:
             raise MethodConfigError(f"DKD warmup_epochs must be 0 (no ramp) or positive, got {warmup_epochs}")
-        self.ce_weight = ce_weight
-        self.alpha = alpha
-        self.beta = beta
-        self.temperature = temperature
-        self.warmup_epochs = warmup_epochs
-        self.warmup_zero_based = warmup_zero_based
 
     def warmup_factor(self, epoch: int) -> float:
         """The ramp factor in (0-based) training epoch ``epoch``."""
-        if self.warmup_epochs == 0:
-            return 1.0
-        counted = epoch if self.warmup_zero_based else epoch + 1
-        return min(counted / self.warmup_epochs, 1.0)
+        return loss_ramp(epoch, self.warmup_epochs, one_based=not self.warmup_zero_based)
 
-    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        images, labels = batch["images"], batch["labels"]
-        teacher_logits = self.teacher_logits(images)
-        logits = self.student(images)
-        return logits, self.logit_losses(logits, teacher_logits, labels, self.warmup_factor(self.schedule_epoch))
+    def logit_ramp(self) -> float:
+        return self.warmup_factor(self.schedule_epoch)
 
     def logit_losses(self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, ramp: float) -> dict[str, Tensor]:
         """``ce_weight * CE + ramp * (alpha * TCKD + beta * NCKD)`` (DKD++ passes ND's 0-based ramp)."""

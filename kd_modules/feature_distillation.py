@@ -28,7 +28,7 @@ from torch import Tensor
 
 from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
 from kd_modules.losses.kd import kd_loss
-from models import FeatureOutput, FeatureShape
+from models import FeatureOutput, FeatureShape, KDNet
 
 __all__ = ["FeatureDistillation"]
 
@@ -54,6 +54,7 @@ class FeatureDistillation(DistillationModule):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self,
@@ -67,21 +68,15 @@ class FeatureDistillation(DistillationModule):
         feat_weight: float = 1.0,
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
-        self.ce_weight = ce_weight
-        self.kd_weight = kd_weight
-        self.temperature = temperature
-        self.feat_weight = feat_weight
 
     # --------------------------------------------------------------------------------------- feature access
     @property
     def num_stage_pairs(self) -> int:
         """How many stages pair up (the shorter network's stage count)."""
-        assert self.teacher is not None
         return min(self.student.num_stages, self.teacher.num_stages)
 
     def stage_shape_pairs(self) -> list[tuple[FeatureShape, FeatureShape]]:
         """(student, teacher) shapes of the paired stage outputs (RepDistiller ``feat[1:-1]``), no forward pass."""
-        assert self.teacher is not None
         return list(zip(self.student.stage_shapes, self.teacher.stage_shapes))
 
     # ----------------------------------------------------------------------------------------- the objective

@@ -44,9 +44,7 @@ class FitNet(FeatureDistillation):
                 f"FitNet hint_layer={hint_layer} is out of range: valid are 0 (stem) to {self.num_stage_pairs} "
                 f"(stage outputs of {student} and {teacher.arch})"
             )
-        self.hint_layer = hint_layer
         tap = "stem" if hint_layer == 0 else f"stage{hint_layer}"
-        assert self.teacher is not None
         self.regressor = ConvReg(self.student.feature_shapes()[tap], self.teacher.feature_shapes()[tap])
 
     def hint(self, features: FeatureOutput) -> Tensor:

@@ -56,14 +56,11 @@ class FitNetKDLayer(_WordDistillation):
         hint_layer: int = 2,
     ) -> None:
         super().__init__(student, teacher, num_classes, optim, targets, penultimate=supervised)
-        assert self.teacher is not None
         stages = min(self.student.num_stages, self.teacher.num_stages)
         if not 0 <= hint_layer <= stages:
             raise MethodConfigError(f"hint_layer={hint_layer} is out of range: valid are 0 (stem) to {stages}")
-        self.hint_layer = hint_layer
         tap = "stem" if hint_layer == 0 else f"stage{hint_layer}"
         self.regressor = ConvReg(self.student.feature_shapes()[tap], self.teacher.feature_shapes()[tap])
-        self.ce_weight, self.feat_weight, self.penult_weight = ce_weight, feat_weight, layers.penult_weight
         self.student.insert("neck", layers.penultimate_layer(self.student_shapes["neck"][0], targets.num_clusters))
 
     def hint(self, features: FeatureOutput) -> Tensor:
@@ -77,11 +74,11 @@ class FitNetKDLayer(_WordDistillation):
             "ce": self.ce_weight * F.cross_entropy(out.logits, labels),
             "hint": self.feat_weight * hint_loss(self.regressor(self.hint(out)), self.hint(teacher)),
         }
-        if self.uses_penultimate:
+        if self.penultimate:
             if self.codebook is None:
                 self.teacher_targets(images, labels)  # raises the "targets not built" message
             penult = F.avg_pool2d(teacher.final_map, 2, 2) if self.pool_penult else teacher.final_map
             with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
                 target = codebook_assignment(penult.float(), self.codebook, self.targets.temperature)
-            losses["penult"] = self.penult_weight * location_kl(out.extras["neck"], target)  # type: ignore[arg-type]
+            losses["penult"] = self.layers.penult_weight * location_kl(out.extras["neck"], target)  # type: ignore[arg-type]
         return out.logits, losses

@@ -57,12 +57,12 @@ class FSPInit(DistillationModule):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self, student: str, teacher: TeacherConfig, num_classes: int = 100, optim: OptimConfig = OptimConfig()
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
-        assert self.teacher is not None
         problem = fsp_channel_problem(self.student, self.teacher, student, teacher.arch)
         if problem:
             raise MethodConfigError(problem)
@@ -89,7 +89,6 @@ class FSP(TwoStageDistillation):
 
     def __init__(self, student: str, teacher: TeacherConfig, **kwargs: Any) -> None:
         super().__init__(student, teacher, **kwargs)
-        assert self.teacher is not None
         problem = fsp_channel_problem(self.student, self.teacher, student, teacher.arch)
         if problem:
             raise MethodConfigError(problem)

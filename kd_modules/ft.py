@@ -21,7 +21,7 @@ from kd_modules.errors import MethodConfigError
 from kd_modules.feature_distillation import FeatureDistillation
 from kd_modules.init_stages import init_stage
 from kd_modules.losses.ft import ft_loss
-from models import FeatureOutput
+from models import FeatureOutput, KDNet
 from models.checkpoints import CheckpointError
 
 __all__ = ["FT", "FTParaphraserInit", "Paraphraser", "Translator"]
@@ -76,6 +76,7 @@ class FTParaphraserInit(DistillationModule):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self,
@@ -86,7 +87,6 @@ class FTParaphraserInit(DistillationModule):
         rate: float = 0.5,
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
-        assert self.teacher is not None
         self.student.requires_grad_(False)
         self.paraphraser = Paraphraser(self.teacher.stage_shapes[-1].chw[0], rate)
 
@@ -148,16 +148,12 @@ class FT(FeatureDistillation):
         **kwargs: Any,
     ) -> None:
         super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
-        assert self.teacher is not None
-        if factor_mode not in ("repdistiller", "paper"):
-            raise MethodConfigError(f"FT factor_mode={factor_mode!r} is not valid: choose 'repdistiller' or 'paper'")
         if paraphraser_checkpoint is None:
             raise MethodConfigError(
                 "FT needs the paraphraser of its first stage: pass paraphraser_checkpoint (the table runner trains "
                 "the FTParaphraserInit stage and fills it in)"
             )
         c_t = self.teacher.stage_shapes[-1].chw[0]
-        self.factor_mode = factor_mode
         self.translator = Translator(self.student.stage_shapes[-1].chw[0], c_t, rate)
         # Frozen and not a registered submodule: not optimised, not in run checkpoints (rebuilt from the stage's).
         self._paraphraser = [load_paraphraser(paraphraser_checkpoint, c_t, rate).eval().requires_grad_(False)]

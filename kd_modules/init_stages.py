@@ -84,13 +84,6 @@ class TwoStageDistillation(FeatureDistillation):
     ) -> None:
         # The base module starts the student from student_init; FeatureDistillation's own arguments are set here.
         DistillationModule.__init__(self, student, num_classes, teacher, optim, student_init)
-        self.ce_weight, self.kd_weight, self.temperature, self.feat_weight = (
-            ce_weight,
-            kd_weight,
-            temperature,
-            feat_weight,
-        )
-        self.init_epochs = init_epochs
 
     @classmethod
     def init_args_of(cls, init_args: dict[str, Any]) -> dict[str, Any]:

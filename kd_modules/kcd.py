@@ -230,6 +230,7 @@ class KCD(DistillationModule):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self,
@@ -272,7 +273,6 @@ class KCD(DistillationModule):
         if distill_init < 0:
             raise MethodConfigError(f"distill_init={distill_init} must be 0 (theta_0) or a positive init number")
         super().__init__(student, num_classes, teacher, optim, student_init)
-        assert self.teacher is not None
         if distill_init > 0:
             # Table 3a: the transformation of theta_0 with another initialisation of the distilled student.
             with torch.random.fork_rng(devices=[]):
@@ -280,21 +280,9 @@ class KCD(DistillationModule):
                 self.student = create_model(student, num_classes)
         for network in (self.student, self.teacher):
             check_layer(network, layer, pre_activation)
-        self.t, self.consistency_max_images = t, consistency_max_images
-        self.layer, self.pre_activation, self.combine = layer, pre_activation, combine
-        self.ce_weight, self.feat_weight, self.reduction = ce_weight, feat_weight, reduction
-        self.rkd_weight, self.rkd_distance_weight, self.rkd_angle_weight = (
-            rkd_weight,
-            rkd_distance_weight,
-            rkd_angle_weight,
-        )
-        self.ab_weight, self.ab_margin = ab_weight, ab_margin
+        self.t = t
         # What the transformation is computed from (Algorithm 1 steps 1-3 and the Table 3b/4 options).
-        self.theta_0, self.theta_1, self.transform_teacher_checkpoint = (
-            student_init,
-            ce_student_checkpoint,
-            transform_teacher_checkpoint,
-        )
+        self.theta_0, self.theta_1 = student_init, ce_student_checkpoint
         self.c_t = distilled_shape(self.teacher, layer).channels
         self.c_s = distilled_shape(self.student, layer).channels
 
@@ -313,10 +301,7 @@ class KCD(DistillationModule):
 
             self.subnet = build_subnet(t.transform, self.c_t, self.c_s).requires_grad_(False)  # fitted offline
         student_shape, teacher_shape = distilled_shape(self.student, layer), distilled_shape(self.teacher, layer)
-        if combine == "ab" and (student_shape.height, student_shape.width) != (
-            teacher_shape.height,
-            teacher_shape.width,
-        ):
+        if combine == "ab" and student_shape.chw[1:] != teacher_shape.chw[1:]:
             raise MethodConfigError(
                 f"combine='ab' compares maps element-wise: the {layer!r} maps differ in size (student "
                 f"{student_shape.height}x{student_shape.width}, teacher {teacher_shape.height}x{teacher_shape.width})"
@@ -331,7 +316,6 @@ class KCD(DistillationModule):
             for a in range(anchors):
                 for k in range(t.num_transforms):
                     self.mappings[a, k] = channel_mapping("random", None, (self.c_t, self.c_s), generator)
-        self._loaded_phase: int | None = None
         self._recorded: ConsistencyStatistics | None = None
         self.consistency_report: dict[str, Any] = {}
 
@@ -376,12 +360,10 @@ class KCD(DistillationModule):
         """(student, its identity, teacher, its identity) that M is computed with (Table 3b/4 options)."""
         arch, num_classes, t = self.hparams["student"], self.hparams["num_classes"], self.t
         if t.transform_student == "trained":
-            path, missing = (
-                self.theta_1,
-                (
-                    "KCD needs theta_1, the CE-only student (ce_student_checkpoint; the table runner passes the "
-                    "Vanilla stage's final.pth), or transform_student=init"
-                ),
+            path = self.theta_1
+            missing = (
+                "KCD needs theta_1, the CE-only student (ce_student_checkpoint; the table runner passes the "
+                "Vanilla stage's final.pth), or transform_student=init"
             )
         else:
             path, missing = self.theta_0, "transform_student=init needs theta_0 (student_init, the stage's initial.pth)"
@@ -501,11 +483,7 @@ class KCD(DistillationModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.route is not None:
-            phase = self._phase()
-            if phase != self._loaded_phase:
-                assert self.teacher is not None
-                self.route.load_into(self.teacher, phase)
-                self._loaded_phase = phase
+            self.route.follow(self.teacher, self.global_step, self.trainer.estimated_stepping_batches)
 
     def _partition(self, labels: Tensor) -> Tensor:
         return class_partition(labels, self.hparams["num_classes"], self.t.num_transforms)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
+from kd_modules.base import LogitDistillation, OptimConfig, TeacherConfig
 from kd_modules.losses.kd import kd_loss
 
 
-class KD(DistillationModule):
+class KD(LogitDistillation):
     """Cross-entropy plus the temperature-scaled KL divergence to the teacher's soft targets.
 
     ``L = ce_weight * CE(z_s, y) + kd_weight * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``.
@@ -26,8 +26,6 @@ class KD(DistillationModule):
         temperature: softmax temperature T.
     """
 
-    requires_teacher = True
-
     def __init__(
         self,
         student: str,
@@ -39,15 +37,6 @@ class KD(DistillationModule):
         temperature: float = 4.0,
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
-        self.ce_weight = ce_weight
-        self.kd_weight = kd_weight
-        self.temperature = temperature
-
-    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        images, labels = batch["images"], batch["labels"]
-        teacher_logits = self.teacher_logits(images)
-        logits = self.student(images)
-        return logits, self.logit_losses(logits, teacher_logits, labels)
 
     def logit_losses(
         self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, ramp: float = 1.0

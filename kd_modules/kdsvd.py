@@ -63,8 +63,6 @@ class KDSVD(FeatureDistillation):
                     f"KDSVD with layout {layout!r} needs equal {axis} at every stage; stage {index} of {student} has "
                     f"{size_s} and of {teacher.arch} {size_t} (try layout {other!r})"
                 )
-        self.k = k
-        self.layout: KDSVDLayout = layout
 
     def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:
         return {"kdsvd": kdsvd_loss(student.stages_post, teacher.stages_post, self.k, self.layout)}

@@ -20,6 +20,7 @@ network's own GAP+FC.  The offline stages live in :mod:`kd_modules.letkd_offline
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -219,6 +220,7 @@ class _WordDistillation(DistillationModule):
     """Shared machinery: teacher taps and alignment, the offline stages in ``setup``, the teacher targets."""
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self,
@@ -236,15 +238,9 @@ class _WordDistillation(DistillationModule):
         lda_components: int = 60,
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
-        assert self.teacher is not None
         for name, value in (("subclasses_per_class", subclasses_per_class), ("lda_components", lda_components)):
             if value < 1:
                 raise LetKDSetupError(f"{name} must be at least 1, got {value}")
-        self.targets = targets
-        self.uses_penultimate = penultimate
-        self.uses_intermediate = intermediate
-        self.subclasses_per_class = subclasses_per_class
-        self.lda_components = lda_components
 
         # Where the words live.  The penultimate location is the map entering global pooling ("neck": the last
         # stage's post-activation map for ResNets and ShuffleNetV1, after the final BN-ReLU for WRNs, after the
@@ -287,10 +283,9 @@ class _WordDistillation(DistillationModule):
     # ------------------------------------------------------------------------------------- teacher targets
     def teacher_maps(self, images: Tensor) -> dict[str, Tensor]:
         """The teacher's maps at the distilled locations, pooled where the pair needs it (call without grad)."""
-        assert self.teacher is not None
         out = self.teacher.forward_features(images)
         maps = {}
-        if self.uses_penultimate:
+        if self.penultimate:
             maps["penult"] = F.avg_pool2d(out.final_map, 2, 2) if self.pool_penult else out.final_map
         if self.teacher_inter_point is not None:
             inter = out.extras[self.teacher_inter_point]
@@ -300,7 +295,7 @@ class _WordDistillation(DistillationModule):
 
     def teacher_targets(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """Per-location target distributions, (B, H, W, K) each: ``penult`` and, for letKD-2, ``inter``."""
-        if (self.uses_penultimate and self.codebook is None) or (self.uses_intermediate and self.score_matrix is None):
+        if (self.penultimate and self.codebook is None) or (self.intermediate and self.score_matrix is None):
             raise LetKDSetupError(
                 f"{type(self).__name__}: the teacher targets are not built; Trainer.fit builds them in setup(), "
                 f"outside a Trainer call prepare_targets(datamodule) first"
@@ -313,13 +308,27 @@ class _WordDistillation(DistillationModule):
             with torch.autocast(images.device.type, enabled=False):
                 maps = {name: feature_map.float().clone() for name, feature_map in maps.items()}
                 targets = {}
-                if self.uses_penultimate:
+                if self.penultimate:
                     targets["penult"] = codebook_assignment(maps["penult"], self.codebook, self.targets.temperature)
                 if "inter" in maps:
                     z = torch.einsum("bdhw,dn->bnhw", maps["inter"], self.lda_weight)
                     z = z + self.lda_bias[None, :, None, None]
                     targets["inter"] = subclass_assignment(z, labels, self.subclass_centroids, self.score_matrix)
         return targets
+
+    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """letKD's loss: CE plus each KD layer's per-location KL to its teacher targets (QuEST has its own)."""
+        images, labels = batch["images"], batch["labels"]
+        targets = self.teacher_targets(images, labels)
+        out = self.student.forward_features(images)
+        losses = {"ce": F.cross_entropy(out.logits, labels)}
+        if self.intermediate:
+            inter = location_kl(out.extras[self.student_inter_point], targets["inter"])  # type: ignore[arg-type]
+            losses["inter"] = self.layers.inter_weight * inter
+        if self.penultimate:
+            penult = location_kl(out.extras["neck"], targets["penult"])  # type: ignore[arg-type]
+            losses["penult"] = self.layers.penult_weight * penult
+        return out.logits, losses
 
     # ------------------------------------------------------------------------------------- offline stages
     def setup(self, stage: str) -> None:
@@ -332,7 +341,6 @@ class _WordDistillation(DistillationModule):
         The teacher runs in eval mode over ``datamodule.train_eval_dataloader()`` (the un-augmented training pass;
         ``on_after_batch_transfer`` normalises each batch), at most once however many stages are missing.
         """
-        assert self.teacher is not None
         if not hasattr(datamodule, "train_eval_dataloader"):
             raise LetKDSetupError(
                 f"{type(self).__name__} builds its targets from a datamodule's un-augmented training pass "
@@ -349,17 +357,16 @@ class _WordDistillation(DistillationModule):
             "max_images": self.targets.offline_max_images,
             "version": _OFFLINE_VERSION,
         }
-        passes: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
+        @functools.cache
         def teacher_pass() -> tuple[dict[str, Any], dict[str, Any]]:
             # Shared by both stages: whichever misses the cache first runs the teacher, the other reuses it.
-            if "done" not in passes:
-                passes["done"] = self._teacher_pass(datamodule, device)
-            return passes["done"]
+            batches, total = normalised_train_batches(datamodule, device, self.targets.offline_max_images)
+            return collect_location_vectors(batches, total, self.teacher_maps)
 
-        if self.uses_penultimate:
+        if self.penultimate:
             self._prepare_codebook(common, teacher_pass, device)
-        if self.uses_intermediate:
+        if self.intermediate:
             self._prepare_subclasses(common, teacher_pass, device)
 
     def _prepare_codebook(self, common: dict[str, Any], teacher_pass: Any, device: torch.device) -> None:
@@ -412,10 +419,6 @@ class _WordDistillation(DistillationModule):
         self.subclass_centroids = subclasses["centroids"].to(device)
         self.score_matrix = subclasses["score_matrix"].to(device)
 
-    def _teacher_pass(self, datamodule: Any, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
-        batches, total = normalised_train_batches(datamodule, device, self.targets.offline_max_images)
-        return collect_location_vectors(batches, total, self.teacher_maps)
-
 
 class QuEST(_WordDistillation):
     """QuEST (Jain et al., ECCV 2020) as the letKD framework runs it (``ClassificationQUEST``).
@@ -450,7 +453,6 @@ class QuEST(_WordDistillation):
         quest_weight: float = 1.0,
     ) -> None:
         super().__init__(student, teacher, num_classes, optim, targets)
-        self.quest_weight = quest_weight
         self.predictor = CosineConv1x1(self.student_shapes["neck"][0], targets.num_clusters, predictor_scale)
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -524,15 +526,7 @@ class LetKD1(_WordDistillation):
         layers: KDLayerSettings = KDLayerSettings(),
     ) -> None:
         super().__init__(student, teacher, num_classes, optim, targets)
-        self.layers = layers
         self.student.insert("neck", layers.penultimate_layer(self.student_shapes["neck"][0], targets.num_clusters))
-
-    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        images, labels = batch["images"], batch["labels"]
-        targets = self.teacher_targets(images, labels)
-        out = self.student.forward_features(images)
-        penult = location_kl(out.extras["neck"], targets["penult"])  # type: ignore[arg-type]
-        return out.logits, {"ce": F.cross_entropy(out.logits, labels), "penult": self.layers.penult_weight * penult}
 
 
 class LetKD2(_WordDistillation):
@@ -580,7 +574,6 @@ class LetKD2(_WordDistillation):
         super().__init__(
             student, teacher, num_classes, optim, targets, penultimate=penultimate, intermediate=True, **points, **sizes
         )
-        self.layers = layers
         inter_channels = self.student_shapes[self.student_inter_point][0]
         inter_layer = KDLayer(
             inter_channels,
@@ -592,14 +585,3 @@ class LetKD2(_WordDistillation):
         self.student.insert(self.student_inter_point, inter_layer)
         if penultimate:
             self.student.insert("neck", layers.penultimate_layer(self.student_shapes["neck"][0], targets.num_clusters))
-
-    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        images, labels = batch["images"], batch["labels"]
-        targets = self.teacher_targets(images, labels)
-        out = self.student.forward_features(images)
-        inter = location_kl(out.extras[self.student_inter_point], targets["inter"])  # type: ignore[arg-type]
-        losses = {"ce": F.cross_entropy(out.logits, labels), "inter": self.layers.inter_weight * inter}
-        if self.uses_penultimate:
-            penult = location_kl(out.extras["neck"], targets["penult"])  # type: ignore[arg-type]
-            losses["penult"] = self.layers.penult_weight * penult
-        return out.logits, losses

@@ -201,7 +201,7 @@ def subclass_prototypes(z: np.ndarray, assignment: np.ndarray, num_subclasses: i
 
 
 def subclass_score_matrix(
-    z: np.ndarray, assignment: np.ndarray, prototypes: np.ndarray, present: np.ndarray | None = None
+    z: np.ndarray, assignment: np.ndarray, prototypes: np.ndarray, present: np.ndarray
 ) -> np.ndarray:
     """s_T[s, s'] = fraction of the rows assigned (class-constrained) to s whose nearest prototype, searched over
     all sub-classes without class constraint, is s'.  Rows sum to one.
@@ -212,8 +212,6 @@ def subclass_score_matrix(
     import faiss
 
     num_subclasses = prototypes.shape[0]
-    if present is None:
-        present = np.ones(num_subclasses, dtype=bool)
     candidates = np.flatnonzero(present)
     index = faiss.IndexFlatL2(prototypes.shape[1])
     index.add(np.ascontiguousarray(prototypes[candidates], dtype=np.float32))

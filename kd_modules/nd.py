@@ -48,7 +48,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from kd_modules.base import Batch, MethodConfigError, OptimConfig, SettingsGroup, TeacherConfig
+from kd_modules.base import Batch, MethodConfigError, OptimConfig, SettingsGroup, TeacherConfig, loss_ramp
 from kd_modules.class_means import MeanTransform, pooled_tap, tap_channels, teacher_class_means
 from kd_modules.dist import DIST
 from kd_modules.dkd import DKD
@@ -62,7 +62,7 @@ from kd_modules.losses.nd import (
     l2_feature_loss,
     sifn_loss,
 )
-from kd_modules.reviewkd import ReviewKD, loss_ramp
+from kd_modules.reviewkd import ReviewKD
 from models import FeatureOutput, KDNet
 
 __all__ = [
@@ -112,7 +112,7 @@ class EmbeddingProjection(nn.Sequential):
     """ND's EmbTrans head: BatchNorm1d(D_s) - Dropout(0.5) - Linear(D_s -> D_t), applied to the student embedding
     for the ND loss only (the classifier still reads the unprojected embedding).
 
-    Initialisation: BN weight 1, bias 0; Linear bias 0 and PyTorch's default weight (``init="cifar"``,
+    Initialisation: BN weight 1, bias 0 (PyTorch's); Linear bias 0 and PyTorch's default weight (``init="cifar"``,
     ``CIFAR/Models/embtrans_cifar.py``) or weight and bias N(0, 0.01^2) (``init="imagenet"``,
     ``ImageNet/Models/embtrans.py``).  The dropout also acts on the norm compared in the dino-loss's max (as in
     the official code).
@@ -120,8 +120,6 @@ class EmbeddingProjection(nn.Sequential):
 
     def __init__(self, in_dim: int, out_dim: int, init: ProjectionInit = "cifar", dropout: float = 0.5) -> None:
         super().__init__(nn.BatchNorm1d(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
-        nn.init.ones_(self[0].weight)
-        nn.init.zeros_(self[0].bias)
         linear = self[2]
         if init == "imagenet":
             nn.init.normal_(linear.weight, mean=0.0, std=0.01)
@@ -177,7 +175,7 @@ class NDDistillation:
     #: Multiply the dino term by the ramp too (DKD++ on ImageNet sets it).
     nd_ramp: bool = False
     student: KDNet
-    teacher: KDNet | None
+    teacher: KDNet
 
     def build_nd(
         self,
@@ -190,7 +188,6 @@ class NDDistillation:
     ) -> None:
         """Taps, EmbTrans heads and centre buffers; ``use_centers`` / ``use_projection``: whether the method reads
         class centres / projects student features to the teacher's width where they differ."""
-        assert self.teacher is not None
         self.nd, self.nd_weight, self.use_centers = nd, nd_weight, use_centers
         self.taps = dino_taps(self.student, self.teacher, nd_layers)
         if nd.centers == "classifier_weights" and nd_layers > 0:
@@ -229,7 +226,6 @@ class NDDistillation:
         """Load (or compute once and cache) the teacher's class means on ``datamodule``'s training split."""
         if not self.needs_class_means:
             return
-        assert self.teacher is not None
         config: TeacherConfig = self.teacher_config  # type: ignore[attr-defined]
         device = torch.device(device) if device is not None else next(self.teacher.parameters()).device
         self.teacher.to(device)
@@ -370,7 +366,6 @@ class DKDPlusPlus(NDDistillation, DKD):
     ) -> None:
         super().__init__(student, teacher, num_classes, optim, ce_weight, alpha, beta, temperature, nd.warmup_epochs)
         self.build_nd(nd, nd_weight)
-        self.nd_ramp = nd_ramp
 
 
 class DISTPlusPlus(NDDistillation, DIST):
@@ -505,9 +500,6 @@ class KDFeatureRegularizer(NDDistillation, KD):
             )
         super().__init__(student, teacher, ce_weight=ce_weight, kd_weight=kd_weight, **kwargs)
         self.build_nd(nd, use_centers=direction != "none", use_projection=direction != "none" or norm == "l2")
-        self.direction, self.direction_weight = direction, direction_weight
-        self.norm, self.norm_weight, self.sifn_step = norm, norm_weight, sifn_step
-        self.classifier_l2_weight = classifier_l2_weight
         self.classifier_projection: nn.Linear | None = None
         s_dim, t_dim = self.student.embedding_dim, self.teacher.embedding_dim
         if classifier_l2_weight and s_dim != t_dim:
@@ -528,7 +520,6 @@ class KDFeatureRegularizer(NDDistillation, KD):
         elif self.norm == "sifn":
             losses["norm"] = self.norm_weight * sifn_loss(student.embedding, self.sifn_step)
         if self.classifier_l2_weight:
-            assert self.teacher is not None
             student_weight = self.student.classifier.weight
             if self.classifier_projection is not None:
                 student_weight = self.classifier_projection(student_weight)

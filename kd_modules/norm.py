@@ -243,10 +243,7 @@ class NORMFeatureTransform(nn.Module):
             bn = block[1]
             if bn.running_mean is None or bn.running_var is None:
                 raise FoldError("the FT's BatchNorm keeps no running statistics: it cannot be folded")
-            gamma = (
-                bn.weight.double() if bn.weight is not None else torch.ones_like(bn.running_mean, dtype=torch.float64)
-            )
-            beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(bn.running_mean, dtype=torch.float64)
+            gamma, beta = bn.weight.double(), bn.bias.double()  # the FT's BatchNorms are affine (built above)
             scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
             scales.append(scale)
             shifts.append(beta - scale * bn.running_mean.double())
@@ -339,10 +336,8 @@ def fold_error(original: KDNet, folded: KDNet, batch: int = 4, seed: int = 0) ->
 
 
 def _input_channels(network: KDNet) -> int:
-    for module in network.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return 3
+    first_conv = next((m for m in network.modules() if isinstance(m, nn.Conv2d)), None)
+    return 3 if first_conv is None else first_conv.in_channels
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -414,6 +409,7 @@ class NORM(DistillationModule):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self,
@@ -441,20 +437,12 @@ class NORM(DistillationModule):
         if segments_used is not None and not 1 <= segments_used <= n_segments:
             raise NORMConfigError(f"segments_used must be in 1..{n_segments} (N), got {segments_used}")
         default_ce, default_norm, default_scale, default_ramp, reduction = _FORMULATIONS[formulation]
-        self.formulation = formulation
-        self.n_segments = n_segments
-        self.segments_used = segments_used
-        self.distance = distance
         self.reduction = reduction
         self.ce_weight = default_ce if ce_weight is None else ce_weight
         self.norm_weight = default_norm if norm_weight is None else norm_weight
-        self.kd_weight = kd_weight
-        self.temperature = temperature
         self.logit_scale = default_scale if logit_scale is None else (logit_scale or None)
         self.ramp = default_ramp if ramp is None else ramp
-        self.ramp_stretch = ramp_stretch
 
-        assert self.teacher is not None
         teacher_channels = self.teacher.stage_channels[-1]
         if contract_teacher and ft != "none":
             raise NORMConfigError(

@@ -91,8 +91,6 @@ class OFD(FeatureDistillation):
             raise MethodConfigError(f"OFD teacher_bn={teacher_bn!r} is not valid: choose 'batch' or 'running'")
         if connector_kernel < 1 or connector_kernel % 2 == 0:
             raise MethodConfigError(f"OFD connector_kernel={connector_kernel} must be a positive odd number")
-        assert self.teacher is not None
-        self.teacher_bn = teacher_bn
         try:
             norms = self.teacher.bn_before_relu()
         except FeatureUnavailable as error:
@@ -115,7 +113,6 @@ class OFD(FeatureDistillation):
     def teacher_features(self, images: Tensor) -> FeatureOutput:
         if self.teacher_bn == "running":
             return super().teacher_features(images)
-        assert self.teacher is not None
         with batch_statistics(self.teacher):
             return super().teacher_features(images)
 

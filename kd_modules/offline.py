@@ -136,12 +136,15 @@ def progress(items: Iterable[T], total: int | None, description: str) -> Iterato
     yield from tqdm(items, total=total, desc=description, file=sys.stderr, mininterval=2.0, leave=False)
 
 
-def normalised_train_batches(datamodule: Any, device: torch.device | str, limit: int | None) -> tuple[Any, int]:
+def normalised_train_batches(
+    datamodule: Any, device: torch.device | str, limit: int | None, loader: Any = None
+) -> tuple[Any, int]:
     """The un-augmented training split's batches on ``device``, normalised as the networks see them, and their count.
 
-    Only the first ``limit`` images when ``limit`` is set (smoke runs, quick diagnostics).
+    Only the first ``limit`` images when ``limit`` is set (smoke runs, quick diagnostics).  ``loader``: another of
+    the data module's loaders instead of ``train_eval_dataloader()`` (the diagnostics' evaluation pass).
     """
-    loader = datamodule.train_eval_dataloader()
+    loader = datamodule.train_eval_dataloader() if loader is None else loader
 
     def batches() -> Any:
         seen = 0

@@ -32,7 +32,6 @@ class PKT(FeatureDistillation):
         **kwargs: Any,
     ) -> None:
         super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
-        self.eps = eps
 
     def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:
         return {"pkt": pkt_loss(student.embedding, teacher.embedding, self.eps)}

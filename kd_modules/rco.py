@@ -161,6 +161,7 @@ class TeacherRoute:
                 f"phase_ends={list(phase_ends or [])} must be {m} increasing fractions in (0, 1] ending at 1.0, one per anchor"
             )
         self.phase_ends = ends
+        self.loaded_phase: int | None = None  # the anchor in the teacher module now (follow)
         self.states: list[dict[str, Tensor]] = [
             load_network(arch, num_classes, path).state_dict() for path in self.checkpoints
         ]
@@ -217,6 +218,13 @@ class TeacherRoute:
         """Copy anchor ``phase``'s weights into the (frozen, eval-mode) teacher module."""
         teacher.load_state_dict(self.states[phase])
 
+    def follow(self, teacher: KDNet, step: int, total_steps: int | float) -> None:
+        """Load the anchor of step ``step``'s phase into ``teacher`` unless it is the one loaded (once per phase)."""
+        phase = self.phase_at(step, total_steps)
+        if phase != self.loaded_phase:
+            self.load_into(teacher, phase)
+            self.loaded_phase = phase
+
 
 # ------------------------------------------------------------------------------------------------------- RCO
 class RCO(DistillationModule):
@@ -242,6 +250,7 @@ class RCO(DistillationModule):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self,
@@ -260,17 +269,13 @@ class RCO(DistillationModule):
         reduction: str = "mean",
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
-        assert self.teacher is not None
         for network in (self.student, self.teacher):
             check_layer(network, layer, pre_activation)
         if reduction not in ("mean", "batchmean"):
             raise MethodConfigError(f"unknown reduction {reduction!r}; valid: mean, batchmean")
-        self.layer, self.pre_activation = layer, pre_activation
-        self.ce_weight, self.feat_weight, self.reduction = ce_weight, feat_weight, reduction
         self.route = TeacherRoute.from_fractions(
             teacher.arch, num_classes, route_dir, anchor_fractions, anchor_checkpoints, phase_ends
         )
-        self._loaded_phase: int | None = None
         c_t = distilled_shape(self.teacher, layer).channels
         c_s = distilled_shape(self.student, layer).channels
         # The teacher's default channel order (the identity transformation) when the widths differ.
@@ -284,15 +289,8 @@ class RCO(DistillationModule):
         return [route_prerequisite(init_args.get("anchor_fractions", DEFAULT_ROUTE))]
 
     # ------------------------------------------------------------------------------------------ the phases
-    def current_phase(self) -> int:
-        return self.route.phase_at(self.global_step, self.trainer.estimated_stepping_batches)
-
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        phase = self.current_phase()
-        if phase != self._loaded_phase:
-            assert self.teacher is not None
-            self.route.load_into(self.teacher, phase)
-            self._loaded_phase = phase
+        self.route.follow(self.teacher, self.global_step, self.trainer.estimated_stepping_batches)
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]

@@ -39,22 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
+from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig, loss_ramp
 from kd_modules.losses.reviewkd import hcl_loss
 from models import FeatureOutput, KDNet
 
 __all__ = ["loss_ramp", "AttentionBasedFusion", "ReviewConnector", "ReviewKD"]
-
-
-def loss_ramp(epoch: int, warmup_epochs: float, one_based: bool = False) -> float:
-    """Linear loss-weight warm-up ``min(1, epoch / warmup_epochs)`` (1 when ``warmup_epochs`` is 0).
-
-    ``epoch`` is Lightning's 0-based epoch; ``one_based`` adds 1 first (mdistiller's trainer passes 1-based
-    epochs, so its first epoch already has weight ``1/warmup``).  Python float: no tensor, no host sync.
-    """
-    if warmup_epochs <= 0:
-        return 1.0
-    return min(1.0, (epoch + (1 if one_based else 0)) / warmup_epochs)
 
 
 class AttentionBasedFusion(nn.Module):
@@ -165,6 +154,7 @@ class ReviewKD(DistillationModule):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self,
@@ -180,11 +170,6 @@ class ReviewKD(DistillationModule):
         max_mid_channels: int = 512,
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
-        assert self.teacher is not None
-        self.ce_weight = ce_weight
-        self.review_weight = review_weight
-        self.warmup_epochs = warmup_epochs
-        self.warmup_one_based = warmup_one_based
         self.review = ReviewConnector(self.student, self.teacher, max_mid_channels, student_preact)
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:

@@ -41,10 +41,6 @@ class RKD(FeatureDistillation):
         **kwargs: Any,
     ) -> None:
         super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
-        self.distance_weight = distance_weight
-        self.angle_weight = angle_weight
-        self.squared = squared
-        self.eps = eps
 
     def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:
         e_s, e_t = student.embedding, teacher.embedding

@@ -91,21 +91,17 @@ class SemCKD(FeatureDistillation):
         **kwargs: Any,
     ) -> None:
         super().__init__(student, teacher, kd_weight=kd_weight, feat_weight=feat_weight, **kwargs)
-        assert self.teacher is not None
-        self.attention_temperature = attention_temperature
         s_shapes, t_shapes = self.student.stage_shapes, self.teacher.stage_shapes
         self.projections = nn.ModuleList(
             nn.ModuleList(SemCKDProjection(s.chw[0], t.chw[0]) for t in t_shapes) for s in s_shapes
         )
         self.queries: nn.ModuleList | None = None
         self.keys: nn.ModuleList | None = None
-        self.batch_size = batch_size
         if batch_size is not None:
             self.setup_for_batch_size(batch_size)
 
     def setup_for_batch_size(self, batch_size: int) -> None:
         """Build the query (student layers) and key (teacher layers) embeddings for ``batch_size``."""
-        assert self.teacher is not None
         self.batch_size = batch_size
         self.queries = nn.ModuleList(SemCKDEmbed(batch_size) for _ in range(self.student.num_stages))
         self.keys = nn.ModuleList(SemCKDEmbed(batch_size) for _ in range(self.teacher.num_stages))

@@ -120,7 +120,6 @@ class SimKD(FeatureDistillation):
         **kwargs: Any,
     ) -> None:
         super().__init__(student, teacher, ce_weight=ce_weight, feat_weight=feat_weight, **kwargs)
-        assert self.teacher is not None
         if factor < 1:
             raise MethodConfigError(f"SimKD factor={factor} must be a positive integer")
         c_s, h_s, _ = self.student.stage_shapes[-1].chw

@@ -60,9 +60,6 @@ class SRRL(FeatureDistillation):
         super().__init__(student, teacher, kd_weight=kd_weight, feat_weight=feat_weight, **kwargs)
         if variant not in VARIANTS:
             raise MethodConfigError(f"SRRL variant={variant!r} is not valid: choose one of {', '.join(VARIANTS)}")
-        assert self.teacher is not None
-        self.variant = variant
-        self.sr_weight = sr_weight
         c_s = self.student.embedding_dim
         c_t = self.teacher.embedding_dim
         head = self.teacher.classifier
@@ -83,7 +80,6 @@ class SRRL(FeatureDistillation):
         return torch.flatten(self.connector(student.final_map).mean(dim=(2, 3)), 1)
 
     def _terms(self, student: FeatureOutput, teacher: FeatureOutput) -> tuple[Tensor, Tensor]:
-        assert self.teacher is not None
         h_s = self.student_feature(student)
         return srrl_losses(h_s, teacher.embedding, self.teacher.classifier(h_s), teacher.logits)
 

@@ -196,11 +196,9 @@ def build_teacher_cache(module: DistillationModule) -> tuple[TeacherOutputCache 
             f"a teacher cache of {', '.join(fields)} for {images.shape[0]} images x {views.count} views needs "
             f"{size / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB budget on {device.type}"
         )
-    teacher_config = module.hparams.get("teacher")
-    checkpoint = getattr(teacher_config, "checkpoint", None) or (teacher_config or {}).get("checkpoint")
     inputs = {
-        "teacher": teacher_digest(checkpoint),
-        "arch": getattr(teacher_config, "arch", None) or (teacher_config or {}).get("arch"),
+        "teacher": teacher_digest(module.teacher_config.checkpoint),
+        "arch": module.teacher_config.arch,
         "num_classes": int(module.teacher.num_classes),
         "data": data_fingerprint(images, labels),
         "views": views.describe(),

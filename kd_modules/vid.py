@@ -55,7 +55,6 @@ class VID(FeatureDistillation):
         **kwargs: Any,
     ) -> None:
         super().__init__(student, teacher, feat_weight=feat_weight, **kwargs)
-        self.eps = eps
         self.regressors = nn.ModuleList()
         self.log_scales = nn.ParameterList()
         start = vid_log_scale_init(init_variance, eps)
