@@ -90,10 +90,6 @@ class MGD(DistillationModule):
         problem = mgd_shape_problem(s_shape, t_shape, (student, teacher.arch))
         if problem:
             raise MethodConfigError(problem)
-        self.ce_weight = ce_weight
-        self.alpha_mgd = alpha_mgd
-        self.lambda_mgd = lambda_mgd
-        self.mask = mask
         c_s, c_t = s_shape.channels, t_shape.channels
         self.align = nn.Conv2d(c_s, c_t, kernel_size=1) if c_s != c_t else None
         self.generation = nn.Sequential(

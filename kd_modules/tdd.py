@@ -125,9 +125,6 @@ class TDD(DistillationModule):
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
         assert self.teacher is not None
-        self.ce_weight, self.kd_weight = ce_weight, kd_weight
-        self.temperature, self.tdd_weight = temperature, tdd_weight
-        self.tree = tree
         paired = min(self.student.num_stages, self.teacher.num_stages)
         self.stages = list(tree.stages) if tree.stages is not None else list(range(1, paired + 1))
         valid = all(1 <= k <= paired for k in self.stages) and len(set(self.stages)) == len(self.stages)
@@ -275,7 +272,6 @@ class TDDCRD(ContrastiveTerm, TDD):
         super().__init__(student, teacher, **kwargs)
         if crd_weight < 0:
             raise MethodConfigError(f"TDDCRD crd_weight must be non-negative, got {crd_weight}")
-        self.crd_weight = crd_weight
         self.build_contrast(contrast)
 
     def setup(self, stage: str) -> None:
