@@ -31,15 +31,22 @@ is how the CPU time of the ``fmnist`` table is estimated before it is run (``--d
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import copy
+import dataclasses
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -355,6 +362,77 @@ class NotMeasurable(Exception):
     """A planned run that cannot be timed before an earlier run of the plan has produced its input."""
 
 
+def planned_config(args: argparse.Namespace, store: Path, method: str | None = None) -> tuple[dict[str, Any], Any]:
+    """The complete config of the planned student run (method row x pair of the table, under the preset)."""
+    from benchmarks.errors import KDBenchError
+    from benchmarks.plan import build_plan, load_preset
+    from benchmarks.store import RunStore
+    from benchmarks.tables import Pair, load_table
+
+    method = method or str(args.method).split(",")[0].strip()
+    table = load_table(args.table)
+    pair = Pair.parse(args.pair)
+    if pair.label not in [p.label for p in table.pairs]:
+        table = dataclasses.replace(table, pairs=[pair])  # any pair: the table's recipe and row configs
+    plan = build_plan(  # the teacher is a run (its weights do not change a step's cost), never a release to fetch
+        table,
+        load_preset(args.preset),
+        RunStore(store),
+        data_root=args.data_root,
+        trials=1,
+        methods=[method],
+        teachers="trained",
+    )
+    specs = [s for s in plan.ordered() if s.kind == "student" and s.pair is not None and s.pair.label == pair.label]
+    if not specs:
+        raise KDBenchError(f"table {table.name} has no {method} run for {pair.label}")
+    spec = specs[0]
+    if spec.blocked:
+        raise KDBenchError(f"{spec.label} cannot run: {spec.blocked}")
+    return copy.deepcopy(spec.config), table
+
+
+def _arm_config(config: dict[str, Any], arm: str) -> dict[str, Any]:
+    """The config an arm trains: the planned one, with/without the teacher cache, or CE on the same student."""
+    config = copy.deepcopy(config)
+    numerics = dict(config.get("numerics") or {})
+    numerics.pop("teacher_cache", None)
+    if arm == "cached":
+        numerics["teacher_cache"] = True
+    if arm == "reference":  # the references' arithmetic: eager fp32, default layout
+        numerics = {}
+        config.get("trainer", {}).pop("precision", None)
+        config.get("trainer", {}).pop("benchmark", None)
+    if arm == "ce":
+        init = config["model"]["init_args"]
+        config["model"] = {
+            "class_path": "kd_modules.Vanilla",
+            "init_args": {"student": init["student"], "optim": init.get("optim", {})},
+        }
+        config.get("data", {}).get("init_args", {}).pop("contrast_k", None)
+    config["numerics"] = numerics
+    return config
+
+
+@contextmanager
+def stand_in_teacher_cache(folder: Path) -> Iterator[None]:
+    """Timing only: teacher caches built meanwhile hold random values of the right shape (a lookup costs the same
+    whatever it returns), in the throw-away cache folder ``folder``; both are undone on exit."""
+    import kd_modules.teacher_cache as teacher_cache
+
+    def random_outputs(
+        teacher, images, render, views, fields, dtype, batch_size, channels_last=False, show_progress=True
+    ):  # type: ignore[no-untyped-def]
+        widths = {name: teacher_cache.FIELDS[name](teacher) for name in fields}
+        return {n: torch.randn(images.shape[0], views, w, device=images.device).to(dtype) for n, w in widths.items()}
+
+    with (
+        mock.patch.object(teacher_cache, "compute_teacher_outputs", random_outputs),
+        mock.patch.dict(os.environ, {"KDBENCH_CACHE": str(folder)}),
+    ):
+        yield
+
+
 def _stand_in_for_earlier_runs(config: dict[str, Any], folder: Path, num_classes: int) -> None:
     """Replace what a run reads from earlier runs that have not run yet by inputs of the same cost.
 
@@ -393,7 +471,6 @@ def measure_run(config: dict[str, Any], train_size: int, eval_size: int, steps: 
     from benchmarks.cli import KDBenchCLI
     from benchmarks.configs import deep_merge
     from benchmarks.execute import dump_config, quiet_lightning
-    from benchmarks.speed_train import stand_in_teacher_cache
 
     full_steps, epochs = run_steps(config, train_size)
     eval_batch = int(config.get("data", {}).get("init_args", {}).get("eval_batch_size", 500))
@@ -473,8 +550,8 @@ def _optimizer_ops(module: Any) -> tuple[int, int]:
     counts = []
     for foreach in (False, True):
         copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-        for copy in copies:
-            copy.grad = torch.ones_like(copy)
+        for weight in copies:
+            weight.grad = torch.ones_like(weight)
         optim = module.optim
         sgd = torch.optim.SGD(
             copies, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, foreach=foreach
@@ -562,11 +639,8 @@ def calibrate_gpu(results: list[Path], out: Path = GPU_CALIBRATION) -> list[dict
 
     CPU results are refused: a CPU's step time says nothing about a GPU's.
     """
-    import argparse
-
     from benchmarks.errors import KDBenchError
     from benchmarks.numerics import numerics_label
-    from benchmarks.speed_train import _arm_config, planned_config
 
     entries = []
     with tempfile.TemporaryDirectory(prefix="kdbench-calibrate-") as tmp:

@@ -90,7 +90,7 @@ from benchmarks.errors import KDBenchError
 from benchmarks.numerics import normalize_numerics
 from benchmarks.provenance import teacher_digest
 from benchmarks.store import RunStore
-from benchmarks.tables import REPO_ROOT, TEACHER_CHOICES, Pair, ReleasedTeacher, Row, Table
+from benchmarks.tables import REPO_ROOT, TEACHER_CHOICES, Pair, ReleasedTeacher, Row, Table, load_table
 
 __all__ = [
     "Preset",
@@ -305,6 +305,14 @@ def load_preset(name: str) -> Preset:
         wandb=raw.get("wandb"),
         method_init_args={str(k): dict(v or {}) for k, v in (raw.get("method_init_args") or {}).items()},
     )
+
+
+def preset_name(names: list[str], args: Any) -> str:
+    """``--preset`` if given; else the tables' own preset when they agree on one (fmnist: cpu); else ``full``."""
+    if args.preset:
+        return str(args.preset)
+    own = {load_table(name).preset or "full" for name in names}
+    return own.pop() if len(own) == 1 else "full"
 
 
 @lru_cache(maxsize=1)

@@ -431,3 +431,18 @@ def write_table(plan: Plan, out_dir: Path, stem: str | None = None, ci: bool = F
     csv_frame.to_csv(out_dir / f"{stem}.csv", index=False)
     plot_table(plan, frame, out_dir / f"{stem}.png", ci)
     return path, text
+
+
+def coverage_row(plan: Plan, frame: Any) -> dict[str, Any]:
+    """One table's coverage from its collected cells: cells, runnable, run (all trials), compared, matching."""
+    top1 = frame[frame["metric"] == "top1"] if len(frame) else frame
+    run = top1[top1["status"] == "ok"] if len(top1) else top1
+    with_paper = run.dropna(subset=["paper"]) if len(run) else run
+    return {
+        "table": plan.table.name,
+        "cells": len(plan.cells),
+        "runnable": len(plan.cells) - len(plan.blocked_cells),
+        "run": len(run),
+        "compared": len(with_paper),
+        "matching": int((with_paper["delta"].abs() <= MATCH_TOLERANCE).sum()) if len(with_paper) else 0,
+    }

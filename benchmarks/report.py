@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.errors import KDBenchError, user_errors
-from benchmarks.plan import Plan, build_plan, list_presets, load_preset
+from benchmarks.plan import Plan, build_plan, list_presets, load_preset, preset_name
 from benchmarks.render import (
     DIVERGED_NOTE,
     MATCH_TOLERANCE,
@@ -39,6 +39,7 @@ from benchmarks.render import (
     _spread,
     best_cells,
     collect,
+    coverage_row,
     format_ours,
     is_smoke,
     plot_table,
@@ -170,8 +171,6 @@ def _run_entries(plan: Plan, entry: pd.Series, metric_key: str, site: Path) -> l
 
 def table_page(plan: Plan, frame: pd.DataFrame, site: Path, ci: bool = False) -> TablePage:
     """The content of a table's page from its collected cells (``collect(plan)``)."""
-    from benchmarks.run import coverage_row
-
     table = plan.table
     best_ours, best_paper = best_cells(frame, plan)
     columns = [c for c in plan.table.columns(plan.pairs or table.pairs) if not c.quoted]
@@ -285,8 +284,6 @@ def write_site(plans: list[Plan], out: Path, ci: bool = False) -> Path:
 
 
 def _plans(args: argparse.Namespace) -> list[Plan]:
-    from benchmarks.run import preset_name
-
     names = args.tables or list_tables()
     for name in names:
         load_table(name)  # unknown names: one line listing the valid ones

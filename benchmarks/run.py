@@ -40,7 +40,17 @@ from typing import Any
 
 from benchmarks.cli_errors import writable_problem
 from benchmarks.errors import KDBenchError, user_errors
-from benchmarks.plan import Plan, RunSpec, build_plan, list_presets, load_preset, merge_runs, method_or_none, recipe
+from benchmarks.plan import (
+    Plan,
+    RunSpec,
+    build_plan,
+    list_presets,
+    load_preset,
+    merge_runs,
+    method_or_none,
+    preset_name,
+    recipe,
+)
 from benchmarks.store import RunStore
 from benchmarks.tables import REPO_ROOT, Pair, Table, list_tables, load_table
 
@@ -254,14 +264,6 @@ def _require_data(plans: list[Plan], args: argparse.Namespace) -> None:
                 f"cell(s) of {plan.table.name} need it; pass --data-root DIR{hint} "
                 f"({check.get('detail', '')})".rstrip(" ()")
             )
-
-
-def preset_name(names: list[str], args: argparse.Namespace) -> str:
-    """``--preset`` if given; else the tables' own preset when they agree on one (fmnist: cpu); else ``full``."""
-    if args.preset:
-        return str(args.preset)
-    own = {load_table(name).preset or "full" for name in names}
-    return own.pop() if len(own) == 1 else "full"
 
 
 def plan_tables(names: list[str], args: argparse.Namespace, quiet: bool = False) -> list[Plan]:
@@ -512,26 +514,11 @@ def print_measurements(plan: Plan) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- coverage
-def coverage_row(plan: Plan, frame: Any) -> dict[str, Any]:
-    """One table's coverage from its collected cells: cells, runnable, run (all trials), compared, matching."""
-    from benchmarks.render import MATCH_TOLERANCE
-
-    top1 = frame[frame["metric"] == "top1"] if len(frame) else frame
-    run = top1[top1["status"] == "ok"] if len(top1) else top1
-    with_paper = run.dropna(subset=["paper"]) if len(run) else run
-    return {
-        "table": plan.table.name,
-        "cells": len(plan.cells),
-        "runnable": len(plan.cells) - len(plan.blocked_cells),
-        "run": len(run),
-        "compared": len(with_paper),
-        "matching": int((with_paper["delta"].abs() <= MATCH_TOLERANCE).sum()) if len(with_paper) else 0,
-    }
 
 
 def coverage(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Per table: cells, runnable cells, run cells (all trials), and those within the tolerance of the paper."""
-    from benchmarks.render import collect
+    from benchmarks.render import collect, coverage_row
 
     return [coverage_row(plan, collect(plan)) for plan in plan_tables(list_tables(), args, quiet=True)]
 

@@ -23,18 +23,11 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 
+from benchmarks.speed_train import _PILDataset, add_commands, check_args, load_average
+
 __all__ = ["main", "measure_ours", "measure_torchvision", "load_average"]
-
-
-def load_average() -> str:
-    try:
-        one, five, fifteen = os.getloadavg()
-    except OSError:
-        return "unknown"
-    return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} cores"
 
 
 def _data(dataset: str, count: int, root: str | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -66,26 +59,6 @@ def measure_ours(dataset: str, images: torch.Tensor, labels: torch.Tensor, batch
         for batch in datamodule.train_dataloader():
             seen += datamodule.on_after_batch_transfer(batch, 0)["images"].shape[0]
     return seen / (time.perf_counter() - start)
-
-
-class _PILDataset(torch.utils.data.Dataset):
-    """What ``torchvision.datasets.CIFAR100`` / ``ImageFolder`` hand the transform: one PIL image per item (a
-    one-channel image as a greyscale one)."""
-
-    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
-        self.images = images_hwc
-        self.labels = labels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
-        image = self.images[index]
-        image = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
-        return self.transform(image), int(self.labels[index])
 
 
 def _torchvision_transform(dataset: str) -> Callable:
@@ -162,12 +135,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data.add_argument("--data-root", help="use the real training split from this root when it is there")
     data.add_argument("--min-ratio", type=float, default=0.0, help="exit 1 when ours/torchvision is below this")
     data.set_defaults(handler=run_data)
-    from benchmarks import speed_train
-
-    speed_train.add_commands(commands)
+    add_commands(commands)
     args = parser.parse_args(argv)
     if args.command != "data":
-        speed_train.check_args(parser, args)
+        check_args(parser, args)
         return args
     for name in ("batch_size", "epochs", "repeats", "images", "threads"):
         if getattr(args, name) <= 0:

@@ -32,24 +32,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import dataclasses
 import json
 import os
 import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from benchmarks.speed import _PILDataset, load_average
+from benchmarks.cost import (
+    _arm_config,
+    _stand_in_for_earlier_runs,
+    dataset_classes,
+    planned_config,
+    stand_in_teacher_cache,
+)
 
 __all__ = ["add_commands", "check_args", "run_train", "run_concurrent", "ARMS"]
 
@@ -85,6 +88,34 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="write the result table here (Markdown; a .json beside it)")
     parser.add_argument("--json", help="write the raw result as JSON here")
     parser.add_argument("--barrier", help=argparse.SUPPRESS)  # concurrent: start measuring together
+
+
+def load_average() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} cores"
+
+
+class _PILDataset(torch.utils.data.Dataset):
+    """What ``torchvision.datasets.CIFAR100`` / ``ImageFolder`` hand the transform: one PIL image per item (a
+    one-channel image as a greyscale one)."""
+
+    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
+        self.images = images_hwc
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        image = self.images[index]
+        image = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+        return self.transform(image), int(self.labels[index])
 
 
 def add_commands(commands: Any) -> None:
@@ -125,39 +156,10 @@ def _device(args: argparse.Namespace) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- the run
-def planned_config(args: argparse.Namespace, store: Path, method: str | None = None) -> tuple[dict[str, Any], Any]:
-    """The complete config of the planned student run (method row x pair of the table, under the preset)."""
-    from benchmarks.errors import KDBenchError
-    from benchmarks.plan import build_plan, load_preset
-    from benchmarks.store import RunStore
-    from benchmarks.tables import Pair, load_table
-
-    method = method or str(args.method).split(",")[0].strip()
-    table = load_table(args.table)
-    pair = Pair.parse(args.pair)
-    if pair.label not in [p.label for p in table.pairs]:
-        table = dataclasses.replace(table, pairs=[pair])  # any pair: the table's recipe and row configs
-    plan = build_plan(  # the teacher is a run (its weights do not change a step's cost), never a release to fetch
-        table,
-        load_preset(args.preset),
-        RunStore(store),
-        data_root=args.data_root,
-        trials=1,
-        methods=[method],
-        teachers="trained",
-    )
-    specs = [s for s in plan.ordered() if s.kind == "student" and s.pair is not None and s.pair.label == pair.label]
-    if not specs:
-        raise KDBenchError(f"table {table.name} has no {method} run for {pair.label}")
-    spec = specs[0]
-    if spec.blocked:
-        raise KDBenchError(f"{spec.label} cannot run: {spec.blocked}")
-    return copy.deepcopy(spec.config), table
 
 
 def _dataset(config: dict[str, Any], table: Any, args: argparse.Namespace, folder: Path) -> tuple[Any, ...]:
     """(train images, labels, eval images, labels, description, datamodule class) of the run's dataset."""
-    from benchmarks.cost import dataset_classes
     from benchmarks.errors import KDBenchError
     from datamodules import DATASETS, InMemoryDataModule
 
@@ -187,28 +189,6 @@ def _dataset(config: dict[str, Any], table: Any, args: argparse.Namespace, folde
     eval_labels = torch.randint(0, classes, (args.eval_images,), generator=generator)
     size = "x".join(str(s) for s in shape[1:])
     return images, labels, eval_images, eval_labels, f"random uint8 {size} images ({args.images} train)", cls
-
-
-def _arm_config(config: dict[str, Any], arm: str) -> dict[str, Any]:
-    """The config an arm trains: the planned one, with/without the teacher cache, or CE on the same student."""
-    config = copy.deepcopy(config)
-    numerics = dict(config.get("numerics") or {})
-    numerics.pop("teacher_cache", None)
-    if arm == "cached":
-        numerics["teacher_cache"] = True
-    if arm == "reference":  # the references' arithmetic: eager fp32, default layout
-        numerics = {}
-        config.get("trainer", {}).pop("precision", None)
-        config.get("trainer", {}).pop("benchmark", None)
-    if arm == "ce":
-        init = config["model"]["init_args"]
-        config["model"] = {
-            "class_path": "kd_modules.Vanilla",
-            "init_args": {"student": init["student"], "optim": init.get("optim", {})},
-        }
-        config.get("data", {}).get("init_args", {}).pop("contrast_k", None)
-    config["numerics"] = numerics
-    return config
 
 
 def _instantiate(config: dict[str, Any], folder: Path, name: str) -> tuple[Any, Any]:
@@ -450,25 +430,6 @@ def _workers_cpu(iterator: Any) -> float:
     return total
 
 
-@contextmanager
-def stand_in_teacher_cache(folder: Path) -> Iterator[None]:
-    """Timing only: teacher caches built meanwhile hold random values of the right shape (a lookup costs the same
-    whatever it returns), in the throw-away cache folder ``folder``; both are undone on exit."""
-    import kd_modules.teacher_cache as teacher_cache
-
-    def random_outputs(
-        teacher, images, render, views, fields, dtype, batch_size, channels_last=False, show_progress=True
-    ):  # type: ignore[no-untyped-def]
-        widths = {name: teacher_cache.FIELDS[name](teacher) for name in fields}
-        return {n: torch.randn(images.shape[0], views, w, device=images.device).to(dtype) for n, w in widths.items()}
-
-    with (
-        mock.patch.object(teacher_cache, "compute_teacher_outputs", random_outputs),
-        mock.patch.dict(os.environ, {"KDBENCH_CACHE": str(folder)}),
-    ):
-        yield
-
-
 def _barrier(path: str | None, count: int) -> Callable[[], None] | None:
     """Wait until ``count`` processes reached the same point (a folder of marker files)."""
     if not path:
@@ -502,7 +463,6 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 
 def _measure_arms(args: argparse.Namespace, folder: Path, device: str) -> dict[str, Any]:
-    from benchmarks.cost import _stand_in_for_earlier_runs, dataset_classes
     from benchmarks.numerics import numerics_label
 
     methods = [m.strip() for m in str(args.method).split(",") if m.strip()]
