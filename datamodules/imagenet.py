@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -214,7 +215,7 @@ class ImageNetBackend(Protocol):
     def num_samples(self, split: str) -> int: ...
 
 
-class FolderBackend:
+class FolderBackend(ABC):
     """What the ImageNet backends share: the datamodule, each split's sample list (listed once), CRD's sampler
     and the DataLoader over ``(epoch, index)`` keys in ``num_workers`` processes (persistent for training); a
     backend says what the workers read (:meth:`dataset`) and what becomes of their batches (:meth:`batches`)."""
@@ -243,9 +244,9 @@ class FolderBackend:
         labels = torch.tensor([label for _, label in samples])
         return ContrastSampler(labels, dm.contrast_k, dm.contrast_mode, replacement=True)
 
+    @abstractmethod
     def dataset(self, samples: list[tuple[str, int]], train: bool, seed: int) -> KeyedSamples:
         """What the workers read per ``(epoch, index)`` key (each backend its own)."""
-        raise NotImplementedError
 
     def batches(self, loader: DataLoader) -> Any:
         """The batches the datamodule hands out, from the worker loader (default: the loader itself)."""
