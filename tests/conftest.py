@@ -52,6 +52,24 @@ def fit_args():  # type: ignore[no-untyped-def]
     return _fit_args
 
 
+def _fit_shipped_config(method_config: str, cifar_root: Path, run_dir: Path, *networks: str) -> Any:
+    """A two-step CLI fit in the documented order: the CRD recipe, then ``configs/methods/<method_config>.yaml``,
+    then the command line (``networks``: student and teacher arguments).  Returns the CLI (model, trainer, data)."""
+    from benchmarks.cli import KDBenchCLI
+    from benchmarks.tables import REPO_ROOT
+
+    run = _fit_args(cifar_root, run_dir, *networks)
+    configs = ["--config", str(REPO_ROOT / "configs/recipes/crd_cifar100.yaml")]
+    configs += ["--config", str(REPO_ROOT / f"configs/methods/{method_config}.yaml")]
+    return KDBenchCLI(args=[run[0], *configs, *run[1:]])
+
+
+@pytest.fixture(scope="session")
+def fit_shipped_config():  # type: ignore[no-untyped-def]
+    """``fit_shipped_config(method_config, cifar_root, run_dir, *networks)``: a two-step fit with a shipped config."""
+    return _fit_shipped_config
+
+
 @pytest.fixture(scope="session")
 def trained_teacher(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``final.pth`` of a resnet8 trained for two steps with the real CLI path."""

@@ -13,9 +13,9 @@ from benchmarks import run as run_module
 from benchmarks.plan import build_plan, load_preset
 from benchmarks.render import collect, write_table
 from benchmarks.store import RunStore
-from kd_modules import method_names
 from benchmarks.tables import PaperRef, Row, load_table
 from benchmarks.wandb_import import import_wandb
+from kd_modules import method_names
 
 PAIRS = ["resnet56->resnet20", "resnet110->resnet32"]
 

@@ -122,7 +122,7 @@ def test_help_lists_every_argument_typed_and_documented(
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_trains_through_the_cli_with_the_shipped_config(
-    config: str, cifar_root: Path, tmp_path: Path, fit_args, trained_teacher: Path
+    config: str, cifar_root: Path, tmp_path: Path, fit_args, fit_shipped_config, trained_teacher: Path
 ) -> None:  # type: ignore[no-untyped-def]
     networks = [
         "--model.student=resnet8",
@@ -138,10 +138,7 @@ def test_trains_through_the_cli_with_the_shipped_config(
         stage, argument, output = stage_output[config]
         KDBenchCLI(args=fit_args(cifar_root, tmp_path / "stage", f"--model={stage}", *networks))
         networks.append(f"--model.init_args.{argument}={tmp_path / 'stage' / output}")
-    run = fit_args(cifar_root, tmp_path, *networks)
-    configs = ["--config", str(REPO_ROOT / "configs/recipes/crd_cifar100.yaml")]
-    configs += ["--config", str(REPO_ROOT / f"configs/methods/{config}.yaml")]
-    cli = KDBenchCLI(args=[run[0], *configs, *run[1:]])
+    cli = fit_shipped_config(config, cifar_root, tmp_path, *networks)
     assert type(cli.model).__name__ == CONFIGS[config]
     record = (tmp_path / "record.json").read_text()
     assert "best_top1" in record or "last_top1" in record

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.cli import KDBenchCLI
-from benchmarks.tables import REPO_ROOT
 from kd_modules import TeacherConfig, method_class
 from kd_modules.crd import ContrastSettings
 from models import create_model
@@ -46,20 +44,18 @@ def test_help_lists_every_argument_typed_and_documented(
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_trains_through_the_cli_with_the_shipped_config(
-    config: str, cifar_root: Path, tmp_path: Path, fit_args, trained_teacher: Path
+    config: str, cifar_root: Path, tmp_path: Path, fit_shipped_config, trained_teacher: Path
 ) -> None:  # type: ignore[no-untyped-def]
     # Recipe then method config, as documented; channel-mismatched pairs are covered by the one-step test below
     # (a resnet32x4 teacher would make each run several times slower on CPU).
-    run = fit_args(
+    cli = fit_shipped_config(
+        config,
         cifar_root,
         tmp_path,
         "--model.student=resnet8",
         "--model.teacher.arch=resnet8",
         f"--model.teacher.checkpoint={trained_teacher}",
     )
-    configs = ["--config", str(REPO_ROOT / "configs/recipes/crd_cifar100.yaml")]
-    configs += ["--config", str(REPO_ROOT / f"configs/methods/{config}.yaml")]
-    cli = KDBenchCLI(args=[run[0], *configs, *run[1:]])
     name = CONFIGS[config]
     assert type(cli.model).__name__ == name
     assert (tmp_path / "record.json").is_file()

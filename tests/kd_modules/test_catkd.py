@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.cli import KDBenchCLI
-from benchmarks.tables import REPO_ROOT
 from kd_modules import CATKD, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.losses.catkd import cat_loss, class_activation_maps
@@ -142,18 +140,16 @@ def test_help_documents_every_argument(capsys: pytest.CaptureFixture[str], check
 
 
 def test_trains_through_the_cli_with_the_shipped_config(
-    cifar_root: Path, tmp_path: Path, fit_args, trained_teacher: Path
+    cifar_root: Path, tmp_path: Path, fit_shipped_config, trained_teacher: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    run = fit_args(
+    cli = fit_shipped_config(
+        "catkd",
         cifar_root,
         tmp_path,
         "--model.student=resnet8",
         "--model.teacher.arch=resnet8",
         f"--model.teacher.checkpoint={trained_teacher}",
     )
-    configs = ["--config", str(REPO_ROOT / "configs/recipes/crd_cifar100.yaml")]
-    configs += ["--config", str(REPO_ROOT / "configs/methods/catkd.yaml")]
-    cli = KDBenchCLI(args=[run[0], *configs, *run[1:]])
     assert type(cli.model).__name__ == "CATKD" and cli.model.beta == 15.0 and cli.model.resolution == 2
     assert (tmp_path / "record.json").is_file()
     exported = torch.load(tmp_path / "final.pth")["state_dict"]

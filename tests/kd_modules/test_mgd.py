@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.cli import KDBenchCLI
 from benchmarks.host_sync import HostSyncGuard
 from benchmarks.plan import build_plan, load_preset
 from benchmarks.store import RunStore
-from benchmarks.tables import REPO_ROOT, load_table
+from benchmarks.tables import load_table
 from kd_modules import MGD, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.losses.mgd import mgd_loss, random_mask
@@ -244,18 +243,16 @@ def test_help_documents_every_argument(capsys: pytest.CaptureFixture[str], check
 
 
 def test_trains_through_the_cli_with_the_shipped_config(
-    cifar_root: Path, tmp_path: Path, fit_args, trained_teacher: Path
+    cifar_root: Path, tmp_path: Path, fit_shipped_config, trained_teacher: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    run = fit_args(
+    cli = fit_shipped_config(
+        "mgd",
         cifar_root,
         tmp_path,
         "--model.student=resnet8",
         "--model.teacher.arch=resnet8",
         f"--model.teacher.checkpoint={trained_teacher}",
     )
-    configs = ["--config", str(REPO_ROOT / "configs/recipes/crd_cifar100.yaml")]
-    configs += ["--config", str(REPO_ROOT / "configs/methods/mgd.yaml")]
-    cli = KDBenchCLI(args=[run[0], *configs, *run[1:]])
     model = cli.model
     assert type(model).__name__ == "MGD" and (model.alpha_mgd, model.lambda_mgd, model.mask) == (7e-5, 0.15, "channel")
     assert model.ce_weight == 1.0 and (tmp_path / "record.json").is_file()

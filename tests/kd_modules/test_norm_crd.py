@@ -11,9 +11,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from benchmarks.cli import KDBenchCLI
 from benchmarks.export import export_folded
-from benchmarks.tables import REPO_ROOT, load_table
+from benchmarks.tables import load_table
 from kd_modules import NORM, NORMCRD, TeacherConfig
 from kd_modules.crd import ContrastSettings
 from kd_modules.errors import MethodConfigError
@@ -122,17 +121,17 @@ def test_missing_contrast_indices_name_the_config(teacher: TeacherConfig) -> Non
         module.training_losses(batch)
 
 
-def test_shipped_config_through_the_cli(cifar_root: Path, tmp_path: Path, fit_args, teacher: TeacherConfig) -> None:  # type: ignore[no-untyped-def]
-    run = fit_args(
+def test_shipped_config_through_the_cli(
+    cifar_root: Path, tmp_path: Path, fit_shipped_config, teacher: TeacherConfig
+) -> None:  # type: ignore[no-untyped-def]
+    cli = fit_shipped_config(
+        "norm_crd",
         cifar_root,
         tmp_path,
         "--model.student=resnet8x4",
         f"--model.teacher.arch={teacher.arch}",
         f"--model.teacher.checkpoint={teacher.checkpoint}",
     )
-    configs = ["--config", str(REPO_ROOT / "configs/recipes/crd_cifar100.yaml")]
-    configs += ["--config", str(REPO_ROOT / "configs/methods/norm_crd.yaml")]
-    cli = KDBenchCLI(args=[run[0], *configs, *run[1:]])
     assert type(cli.model).__name__ == "NORMCRD"
     assert cli.datamodule.contrast_k == 16384
     assert cli.model.memory.num_data == cli.datamodule.num_train_samples == 1000

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.cli import KDBenchCLI
-from benchmarks.tables import REPO_ROOT
 from datamodules import CIFAR100
 from kd_modules import TDD, TDDCRD, TeacherConfig
 from kd_modules.errors import MethodConfigError
@@ -257,19 +255,22 @@ def test_help_documents_every_argument(name: str, capsys: pytest.CaptureFixture[
 
 @pytest.mark.parametrize("config", ["tdd", "tddcrd"])
 def test_trains_through_the_cli_with_the_shipped_config(
-    config: str, cifar_root: Path, tmp_path: Path, fit_args, trained_teacher: Path, monkeypatch: pytest.MonkeyPatch
+    config: str,
+    cifar_root: Path,
+    tmp_path: Path,
+    fit_shipped_config,
+    trained_teacher: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
-    run = fit_args(
+    cli = fit_shipped_config(
+        config,
         cifar_root,
         tmp_path,
         "--model.student=resnet8",
         "--model.teacher.arch=resnet8",
         f"--model.teacher.checkpoint={trained_teacher}",
     )
-    configs = ["--config", str(REPO_ROOT / "configs/recipes/crd_cifar100.yaml")]
-    configs += ["--config", str(REPO_ROOT / f"configs/methods/{config}.yaml")]
-    cli = KDBenchCLI(args=[run[0], *configs, *run[1:]])
     assert type(cli.model).__name__ == config.upper() and cli.model.tree.knn_k == 20 and cli.model.tdd_weight == 0.1
     assert (tmp_path / "record.json").is_file()
     exported = torch.load(tmp_path / "final.pth")["state_dict"]
