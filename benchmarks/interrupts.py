@@ -24,7 +24,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -64,7 +64,6 @@ class StopRequest:
     checkpoint: bool = False  # a checkpoint signal is waiting to be honoured
     stop_signals: tuple[int, ...] = ()
     checkpoint_signals: tuple[int, ...] = ()
-    forward: list[Any] = field(default_factory=list)  # callables(signum) run after recording a stop
 
 
 _STATE = StopRequest()
@@ -84,9 +83,6 @@ def _handler(signum: int, frame: Any) -> None:
         return
     if _STATE.stop is None:
         _STATE.stop = signum
-    for forward in list(_STATE.forward):
-        with contextlib.suppress(Exception):  # a handler must never raise into the interrupted code
-            forward(signum)
 
 
 def requested() -> int | None:
@@ -127,14 +123,12 @@ def reassert() -> None:
 
 @contextlib.contextmanager
 def installed(
-    stop: Iterable[int] = (signal.SIGINT, signal.SIGTERM),
-    checkpoint: Iterable[int] = (),
-    forward: Any = None,
+    stop: Iterable[int] = (signal.SIGINT, signal.SIGTERM), checkpoint: Iterable[int] = ()
 ) -> Iterator[StopRequest]:
     """Record ``stop`` / ``checkpoint`` signals for the duration (main thread only; elsewhere a no-op).
 
     Nested use keeps the outer request (a launcher around in-process runs): the inner block adds its signals and
-    its ``forward`` callable, and restores the outer handlers when it ends.  The outermost block clears the
+    restores the outer handlers when it ends.  The outermost block clears the
     request when it ends, so a later launch in the same process (tests) starts clean.
     """
     if not _in_main_thread():
@@ -150,8 +144,6 @@ def installed(
         # a signal can be one kind only: the innermost block decides
         _STATE.stop_signals = tuple(s for s in _STATE.stop_signals if s not in checkpoint or s in stop)
         _STATE.checkpoint_signals = tuple(s for s in _STATE.checkpoint_signals if s not in stop)
-        if forward is not None:
-            _STATE.forward.append(forward)
         for signum in previous:
             signal.signal(signum, _handler)
         # a child started by a launcher inherits these signals blocked (so that it cannot die of them while it
@@ -163,8 +155,6 @@ def installed(
         with _LOCK:
             for signum, handler in previous.items():
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-            if forward is not None and forward in _STATE.forward:
-                _STATE.forward.remove(forward)
             _STATE.stop_signals, _STATE.checkpoint_signals = saved
             if outermost:
                 _STATE.stop = None
