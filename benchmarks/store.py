@@ -80,14 +80,6 @@ HEARTBEAT_SECONDS = float(os.environ.get("KDBENCH_HEARTBEAT_SECONDS", "15"))
 
 
 # ---------------------------------------------------------------------------------------------- atomic files
-def _test_write_delay() -> None:
-    """Fault injection for the chaos test: ``KDBENCH_CHAOS_WRITE_DELAY`` seconds between writing a temporary
-    file and renaming it into place, so that a randomly timed kill can land inside the write."""
-    delay = os.environ.get("KDBENCH_CHAOS_WRITE_DELAY")
-    if delay:
-        time.sleep(float(delay))
-
-
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     """A file to write ``path`` through, so that readers see the old content or the new one, never a part: it is
@@ -100,7 +92,10 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        _test_write_delay()
+        # Fault injection for the chaos test: KDBENCH_CHAOS_WRITE_DELAY seconds between writing the temporary file
+        # and renaming it into place, so that a randomly timed kill can land inside the write.
+        if os.environ.get("KDBENCH_CHAOS_WRITE_DELAY"):
+            time.sleep(float(os.environ["KDBENCH_CHAOS_WRITE_DELAY"]))
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -311,16 +306,12 @@ class Claim:
         self._thread: threading.Thread | None = None
 
     @property
-    def run_id(self) -> str:
-        return self.owner.run_id
-
-    @property
     def generation(self) -> int:
         return self.owner.generation
 
     def check(self) -> bool:
         """Whether the claim is still ours (no later generation exists); marks it lost otherwise."""
-        if not self.lost and self.store._generations(self.run_id)[-1:] != [self.generation]:
+        if not self.lost and self.store._generations(self.owner.run_id)[-1:] != [self.generation]:
             self.lost = True
             self.store._log("lost", self.owner)
         return not self.lost
@@ -352,12 +343,6 @@ class Claim:
         with contextlib.suppress(OSError):
             atomic_write_bytes(marker, json.dumps({"outcome": outcome, "at": time.time()}).encode())
         self.store._log("release", self.owner, outcome=outcome)
-
-    def __enter__(self) -> Claim:
-        return self.start_heartbeat()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release("interrupted" if exc[0] is not None else "finished")
 
 
 # --------------------------------------------------------------------------------------------------- store
@@ -415,10 +400,7 @@ class RunStore:
 
         removed = 0
         pattern = re.compile(r"\.tmp(?:-(\d+))?(?:-[0-9a-f]+)?$")
-        folder = self.run_dir(run_id)
-        if not folder.is_dir():
-            return 0
-        for path in folder.rglob("*.tmp*"):
+        for path in self.run_dir(run_id).rglob("*.tmp*"):  # nothing when the folder does not exist
             match = pattern.search(path.name)
             if match is None or not path.is_file():
                 continue
@@ -438,10 +420,7 @@ class RunStore:
         return self.run_dir(run_id) / "final.pth"
 
     def records(self) -> Iterator[dict[str, Any]]:
-        runs = self.root / "runs"
-        if not runs.is_dir():
-            return
-        for run_dir in sorted(runs.iterdir()):
+        for run_dir in sorted((self.root / "runs").glob("*")):  # nothing when there is no runs folder
             record = self.record(run_dir.name)
             if record is not None:
                 yield record
@@ -468,9 +447,8 @@ class RunStore:
             return owner
         except (OSError, ValueError):
             data = {}  # being written right now (or its writer died at once): judged by its heartbeat alone
-        for key in OWNER_FIELDS:
-            if key in data:
-                setattr(owner, key, data[key])
+        for key in data.keys() & set(OWNER_FIELDS):
+            setattr(owner, key, data[key])
         owner.released = path.with_suffix(".released").exists()
         return owner
 
@@ -525,12 +503,11 @@ class RunStore:
             finally:
                 aside.unlink()
             mine.heartbeat = time.time()
-            taken = previous if reason is not None else None
-            if taken is not None:
-                self._log("takeover", mine, previous=taken, reason=reason)
-            else:
-                self._log("claim", mine)
-            return Claim(self, mine, taken)
+            if reason is not None:
+                self._log("takeover", mine, previous=previous, reason=reason)
+                return Claim(self, mine, previous)
+            self._log("claim", mine)
+            return Claim(self, mine)
         raise RuntimeError(f"could not claim run {run_id}: its claims folder {folder} keeps changing")
 
     def _log(self, event: str, owner: ClaimOwner, previous: ClaimOwner | None = None, **fields: Any) -> None:
@@ -569,14 +546,10 @@ class RunStore:
 
 class SingleRunStore(RunStore):
     """A run folder outside any store (``python -m benchmarks.execute /somewhere/config.yaml``): its claims and
-    claim log live in the folder itself."""
-
-    def __init__(self, run_dir: str | Path) -> None:
-        super().__init__(Path(run_dir))
-        self._folder = Path(run_dir)
+    claim log live in the folder itself (it is the store's root)."""
 
     def run_dir(self, run_id: str) -> Path:
-        return self._folder
+        return self.root
 
 
 def store_of(run_dir: str | Path) -> RunStore:
