@@ -36,7 +36,6 @@ periodic checkpoints bound the loss.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
@@ -47,6 +46,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
@@ -155,8 +155,7 @@ class ResumableCSVLogger(CSVLogger):
     def __init__(self, *args: Any, fresh: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if fresh:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(self.log_dir, _ContinuingWriter.NAME_METRICS_FILE))
+            Path(self.log_dir, _ContinuingWriter.NAME_METRICS_FILE).unlink(missing_ok=True)
 
     @property
     def experiment(self) -> _ContinuingWriter:  # type: ignore[override]
@@ -174,17 +173,15 @@ def _metric_states(module: torch.nn.Module) -> dict[str, dict[str, Any]]:
     states: dict[str, dict[str, Any]] = {}
     for name, metric in module.named_modules():
         if isinstance(metric, Metric) and name:
-            states[name] = {key: _detached(getattr(metric, key)) for key in metric._defaults}
+            states[name] = {
+                key: apply_to_collection(getattr(metric, key), torch.Tensor, _cpu_copy) for key in metric._defaults
+            }
             states[name]["_update_count"] = metric._update_count
     return states
 
 
-def _detached(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone().cpu()
-    if isinstance(value, list):
-        return [_detached(v) for v in value]
-    return value
+def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().clone().cpu()
 
 
 def _restore_metric_states(module: torch.nn.Module, states: dict[str, dict[str, Any]]) -> None:
@@ -195,14 +192,11 @@ def _restore_metric_states(module: torch.nn.Module, states: dict[str, dict[str, 
         metric = named.get(name)
         if not isinstance(metric, Metric):
             continue
-        device = metric.device
         for key, value in state.items():
             if key == "_update_count":
                 metric._update_count = int(value)
-            elif isinstance(value, torch.Tensor):
-                setattr(metric, key, value.to(device))
-            elif isinstance(value, list):
-                setattr(metric, key, [v.to(device) if isinstance(v, torch.Tensor) else v for v in value])
+            else:  # a tensor or a list of tensors (torchmetrics allows no other state)
+                setattr(metric, key, apply_to_collection(value, torch.Tensor, torch.Tensor.to, metric.device))
         metric._computed = None
 
 
@@ -277,7 +271,6 @@ class ResumableRun(Callback):
         self._pending_rng: dict[str, Any] | None = None
         self._pending_metrics: dict[str, dict[str, Any]] | None = None
         self._pending_sums: dict[str, dict[str, torch.Tensor]] = {}
-        self.saved_on_stop: Path | None = None
 
     @property
     def last_path(self) -> Path:
@@ -331,10 +324,8 @@ class ResumableRun(Callback):
         stop = interrupts.requested()
         # the end-of-epoch checkpoint is written at the first exact point of the next epoch
         due = stop is not None or interrupts.checkpoint_requested() or trainer.current_epoch > self._saved_epoch
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
-            due = True
-        if self.every_minutes > 0 and time.monotonic() - self._last_save >= 60.0 * self.every_minutes:
-            due = True
+        due = due or (self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0)
+        due = due or (self.every_minutes > 0 and time.monotonic() - self._last_save >= 60.0 * self.every_minutes)
         if trainer.world_size > 1:
             due = trainer.strategy.reduce_boolean_decision(due, all=False)
         if not due or not self._exact_here(trainer, batch_idx):
@@ -344,7 +335,6 @@ class ResumableRun(Callback):
         self._saved_epoch = trainer.current_epoch
         interrupts.clear_checkpoint_request()
         if stop is not None:
-            self.saved_on_stop = self.last_path
             raise RunInterrupted(stop, str(self.last_path))
 
     @staticmethod
@@ -380,13 +370,12 @@ class ResumableRun(Callback):
             elif result.meta.is_max_reduction or result.meta.is_min_reduction:
                 result.value = result.meta.reduce_fx(value, result.value)
             if "cumulated_batch_size" in saved and result.meta.is_mean_reduction:
-                result.cumulated_batch_size = (
-                    saved["cumulated_batch_size"].to(result.cumulated_batch_size.device) + result.cumulated_batch_size
-                )
+                size = result.cumulated_batch_size
+                result.cumulated_batch_size = saved["cumulated_batch_size"].to(size.device) + size
 
     def _guard(self, trainer: Any) -> None:
         if self.claim is not None and self.claim.lost:
             raise ClaimLost(
-                f"run {self.claim.run_id} was taken over by another runner (claim generation {self.claim.generation} "
+                f"run {self.claim.owner.run_id} was taken over by another runner (claim generation {self.claim.generation} "
                 "is no longer the latest); stopping without writing anything"
             )
