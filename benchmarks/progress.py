@@ -21,6 +21,7 @@ runs go in parallel and how fast this machine is) gives the time left: a cost mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -79,13 +80,12 @@ class StepProgress(Callback):
             "updated": time.time(),
             "cpu_seconds": round(time.process_time() - self._cpu_start, 3),
         }
-        try:
+        # progress is a display aid: a full or read-only disk must not fail the run
+        with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text(json.dumps(state))
             tmp.replace(self.path)
-        except OSError:
-            pass  # progress is a display aid: a full or read-only disk must not fail the run
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._started, self._cpu_start = time.time(), time.process_time()
@@ -119,8 +119,7 @@ class StepProgress(Callback):
 
 def read_progress(run_dir: Path) -> dict[str, Any] | None:
     try:
-        data: dict[str, Any] = json.loads((run_dir / PROGRESS).read_text())
-        return data
+        return json.loads((run_dir / PROGRESS).read_text())
     except (OSError, ValueError):
         return None
 
@@ -198,7 +197,8 @@ class LaunchProgress:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.stream = stream or sys.stdout
-        self.live = wants_live(self.stream) if live is None else live
+        # a live line on a terminal whose TERM is not dumb
+        self.live = (self.stream.isatty() and os.environ.get("TERM", "") != "dumb") if live is None else live
         self.interval = interval
         self.log_every = log_every
         self.clock = clock
@@ -272,9 +272,7 @@ class LaunchProgress:
                     self._announced.add(spec.run_id)
                     starts.append(spec.label)
         elapsed = now - self.started
-        eta = None
-        if work_done > 0 and elapsed > 2.0:
-            eta = max(0.0, (work - work_done) * elapsed / work_done)
+        eta = max(0.0, (work - work_done) * elapsed / work_done) if work_done > 0 and elapsed > 2.0 else None
         return Snapshot(self.done, self.total, running, eta, elapsed, starts)
 
     # -- drawing
@@ -289,14 +287,10 @@ class LaunchProgress:
             self.stream.write("\r\x1b[K")
             self._drawn = False
 
-    def _draw(self, snapshot: Snapshot | None = None) -> None:
-        if not self.live:
-            return
-        snapshot = snapshot or self._snapshot
-        if snapshot is None:
-            return
-        self.stream.write(self.status_line(snapshot))
-        self._drawn = True
+    def _draw(self) -> None:
+        if self.live and self._snapshot is not None:
+            self.stream.write(self.status_line(self._snapshot))
+            self._drawn = True
 
     def refresh(self) -> Snapshot:
         """Read the store once and update the display (the background thread calls this)."""
@@ -305,7 +299,7 @@ class LaunchProgress:
             self._snapshot = snapshot
             if self.live:
                 self._clear()
-                self._draw(snapshot)
+                self._draw()
             else:
                 for label in snapshot.started:
                     self.stream.write(f"started {label}\n")
@@ -318,10 +312,8 @@ class LaunchProgress:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
+            with contextlib.suppress(Exception):  # the display must never stop a launch
                 self.refresh()
-            except Exception:  # noqa: BLE001 - the display must never stop a launch
-                pass
 
     def __enter__(self) -> LaunchProgress:
         self._thread = threading.Thread(target=self._loop, name="kdbench-progress", daemon=True)
@@ -335,8 +327,3 @@ class LaunchProgress:
         with self._lock:
             self._clear()
             self.stream.flush()
-
-
-def wants_live(stream: TextIO) -> bool:
-    """A live line on a terminal whose ``TERM`` is not ``dumb``."""
-    return stream.isatty() and os.environ.get("TERM", "") != "dumb"
