@@ -143,7 +143,7 @@ def _usable_checkpoint(run_dir: Path) -> Path | None:
 def execute_config(
     config_path: str | Path,
     note: str = "",
-    stop_signals: tuple[int, ...] | None = None,
+    stop_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
     checkpoint_signals: tuple[int, ...] = (),
 ) -> RunOutcome:
     """Run the config written at ``<run dir>/config.yaml`` (how every launcher starts runs).
@@ -181,9 +181,8 @@ def execute_config(
             return outcome
         resume_from = _usable_checkpoint(run_dir)
         failed_marker.unlink(missing_ok=True)
-        signals = (signal.SIGINT, signal.SIGTERM) if stop_signals is None else stop_signals
         args = ["fit", "--config", str(config_path)] + (["--ckpt_path", str(resume_from)] if resume_from else [])
-        with interrupts.installed(stop=signals, checkpoint=checkpoint_signals), quiet_lightning():
+        with interrupts.installed(stop=stop_signals, checkpoint=checkpoint_signals), quiet_lightning():
             KDBenchCLI(args=args, claim=claim)
         seconds = time.perf_counter() - started
         if not store.is_finished(run_id):
@@ -223,24 +222,26 @@ def execute_config(
     return outcome
 
 
+def _read_failure(path: Path) -> dict[str, Any] | None:
+    """``failed.json`` as a dict (empty when it holds no object); None when it cannot be read."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else {}
+
+
 def failure_message(store: RunStore, run_id: str) -> str | None:
     path = store.run_dir(run_id) / FAILED
     if not path.is_file():
         return None
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return f"failed ({path} is unreadable)"
-    return str(data.get("error", "failed")) if isinstance(data, dict) else "failed"
+    data = _read_failure(path)
+    return f"failed ({path} is unreadable)" if data is None else str(data.get("error", "failed"))
 
 
 def failure_kind(store: RunStore, run_id: str) -> str:
     """``diverged`` or ``failed`` (from ``failed.json``)."""
-    try:
-        data = json.loads((store.run_dir(run_id) / FAILED).read_text())
-    except (OSError, ValueError):
-        return "failed"
-    return str(data.get("kind", "failed")) if isinstance(data, dict) else "failed"
+    return str((_read_failure(store.run_dir(run_id) / FAILED) or {}).get("kind", "failed"))
 
 
 def main(argv: list[str] | None = None) -> int:
