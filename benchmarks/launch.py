@@ -277,9 +277,8 @@ class Launcher(ABC):
             report.left = [
                 s.run_id for s in runs if not s.blocked and not report.ok(s.run_id) and not store.is_finished(s.run_id)
             ]
-            for s in runs:  # leave pending runs out of the counts; they are "left"
-                if s.run_id not in report.outcomes and s.run_id in elsewhere:
-                    report.elsewhere[s.run_id] = elsewhere[s.run_id]
+            # leave pending runs out of the counts; they are "left"
+            report.elsewhere = {run_id: owner for run_id, owner in elsewhere.items() if run_id not in report.outcomes}
         return report
 
     def _elsewhere(self, spec: RunSpec, owner: str, elsewhere: dict[str, str], look_again: dict[str, float]) -> None:
@@ -361,9 +360,7 @@ class ParallelLauncher(Launcher):
         return {"cpu": self.jobs}
 
     def _claim(self, free: dict[str, int], devices: int) -> list[str] | None:
-        if not self.gpus:
-            return ["cpu"] if free["cpu"] > 0 else None
-        if devices <= 1:
+        if devices <= 1 or not self.gpus:  # without GPUs free is {"cpu": lanes left}
             best = max(free, key=lambda g: free[g])
             return [best] if free[best] > 0 else None
         whole = [g for g in self.gpus if free[g] == self.per_gpu]

@@ -89,13 +89,12 @@ def render_markdown(rows: Sequence[ZooRow]) -> str:
         "| network | dataset | classes | input | params | MACs (M) | embedding | stem | stage channels "
         "| stage sizes | final map |"
     )
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r.name} | {r.dataset} | {r.num_classes} | {r.input_size} | {r.params:,} | {r.macs / 1e6:.2f} | "
-            f"{r.embedding_dim} | {r.stem} | {r.stage_channels} | {r.stage_sizes} | {r.final_map} |"
-        )
-    return "\n".join(lines) + "\n"
+    lines = [
+        f"| {r.name} | {r.dataset} | {r.num_classes} | {r.input_size} | {r.params:,} | {r.macs / 1e6:.2f} | "
+        f"{r.embedding_dim} | {r.stem} | {r.stage_channels} | {r.stage_sizes} | {r.final_map} |"
+        for r in rows
+    ]
+    return "\n".join([header, "|---|---|---:|---:|---:|---:|---:|---|---|---|---|", *lines]) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
