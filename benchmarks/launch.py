@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,12 +292,11 @@ class SequentialLauncher(Launcher):
     """One run after the other, in this process."""
 
     def launch(self, runs: list[RunSpec], store: RunStore) -> LaunchReport:
-        done: dict[int, RunOutcome] = {}
+        done: dict[str, RunOutcome] = {}
 
         def start(spec: RunSpec, pending: list[RunSpec], report: LaunchReport) -> Any:
-            token = len(done)
-            done[token] = execute_run(spec, store, note="sequential launcher")
-            return token
+            done[spec.run_id] = execute_run(spec, store, note="sequential launcher")
+            return spec.run_id
 
         with interrupts.installed():
             return self._schedule(runs, store, start, done.pop, lambda signum: None, poll_seconds=0.05)
@@ -406,14 +405,10 @@ class ParallelLauncher(Launcher):
             self.thread_shares[spec.run_id] = threads
             # A lane may be spawned by this submit: it inherits SIGINT/SIGTERM blocked, so that a Ctrl-C while it
             # imports torch cannot kill it (the lane ignores them once started; this process gets them afterwards).
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            try:
+            with _stop_signals_blocked():
                 return lanes.submit(_lane_run, str(config_path), str(log_path), threads)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        log = open(log_path, "ab")  # noqa: SIM115 - the child holds it; closed when the parent's copy is dropped
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # until its handlers
-        try:
+        # the child holds the log (this process closes its copy) and gets the signals blocked until its handlers
+        with open(log_path, "ab") as log, _stop_signals_blocked():
             return subprocess.Popen(
                 [*self.command, str(config_path)],
                 cwd=os.getcwd(),
@@ -421,9 +416,6 @@ class ParallelLauncher(Launcher):
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            log.close()
 
     def _launch(
         self, runs: list[RunSpec], store: RunStore, lanes: ProcessPoolExecutor | None, stop: tuple[Any, Any] | None
@@ -431,9 +423,9 @@ class ParallelLauncher(Launcher):
         self.thread_shares = {}
         free = self._capacity()
         planned = {s.run_id for s in runs}
-        active: dict[int, tuple[Any, RunSpec, list[str], float]] = {}
+        active: dict[str, tuple[Any, RunSpec, list[str], float]] = {}
 
-        def start(spec: RunSpec, pending: list[RunSpec], report: LaunchReport) -> int | None:
+        def start(spec: RunSpec, pending: list[RunSpec], report: LaunchReport) -> str | None:
             claimed = self._claim(free, spec.devices)
             if claimed is None:
                 return None
@@ -441,13 +433,12 @@ class ParallelLauncher(Launcher):
                 free[gpu] -= 1
             sharing = len(active) + 1 + sum(1 for other in pending if self._ready(other, spec, report, planned, store))
             handle = self._start(spec, write_config(spec, store), claimed, lanes, sharing)
-            token = id(handle)
-            active[token] = (handle, spec, claimed, time.perf_counter())
+            active[spec.run_id] = (handle, spec, claimed, time.perf_counter())
             self.peak_running = max(self.peak_running, len(active))
-            return token
+            return spec.run_id
 
-        def poll(token: int) -> RunOutcome | None:
-            handle, spec, claimed, started = active[token]
+        def poll(run_id: str) -> RunOutcome | None:
+            handle, spec, claimed, started = active[run_id]
             if isinstance(handle, Future):
                 if not handle.done():
                     return None
@@ -467,7 +458,7 @@ class ParallelLauncher(Launcher):
                 if returncode is None:
                     return None
                 outcome = self._outcome(spec, store, returncode, time.perf_counter() - started)
-            del active[token]
+            del active[run_id]
             for gpu in claimed:
                 free[gpu] += 1
             return outcome
@@ -507,6 +498,16 @@ class ParallelLauncher(Launcher):
             return RunOutcome(spec.run_id, "busy", seconds, owner.who if owner else "another runner")
         message = failure_message(store, spec.run_id) or f"process exited with status {returncode}"
         return RunOutcome(spec.run_id, failure_kind(store, spec.run_id), seconds, message)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked for the duration (a process started meanwhile inherits them blocked)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _lane_init(threads: int, stop_event: Any = None, stop_signal: Any = None) -> None:
