@@ -6,9 +6,10 @@ Two places catch it before anything is loaded or written:
   key at fault) become one :class:`~benchmarks.errors.KDBenchError`: an unknown method or dataset lists the valid
   ones; an unknown key suggests the nearest accepted one (``difflib``); a value of the wrong type or outside a
   ``Literal`` names the key, the value and the choices;
-* :func:`check_config_files` (YAML syntax errors with the file and line, missing config files) and
-  :func:`check_config` (values that parse but cannot make a run: lr <= 0, a zero-length run, an unwritable run
-  folder, online W&B without credentials, a missing dataset, a truncated ``--ckpt_path``).
+* :func:`check_config_files` (YAML syntax errors with the file and line, missing config files),
+  :func:`check_ckpt_path` (a truncated ``--ckpt_path``, before LightningCLI loads it) and :func:`check_config`
+  (values that parse but cannot make a run: lr <= 0, a zero-length run, an unwritable run folder, online W&B
+  without credentials, a missing dataset).
 """
 
 from __future__ import annotations
@@ -351,7 +352,6 @@ def check_config(config: Any, subcommand: str = "fit") -> None:
     check = getattr(cls, "check_root", None)
     if callable(check):
         check(str(config.get("data.init_args.root", "data")), bool(config.get("data.init_args.download", False)))
-    check_ckpt_path(config.get("ckpt_path"))
 
 
 def check_ckpt_path(ckpt: Any) -> None:

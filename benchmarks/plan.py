@@ -740,8 +740,6 @@ class Planner:
                         f"{prerequisite.name}: the finished run {stage.run_id} has no {prerequisite.output} "
                         f"(it was trained before a run asked for it); train it again in a new store, or pass the files"
                     )
-
-        if valid:
             _complete(config, cls)
         config = _finish(config, self.preset, seed=trial)
         run_id = run_identity(config)
