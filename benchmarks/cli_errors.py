@@ -154,12 +154,8 @@ def _unknown_key(key: str, parser: Any) -> str:
     """``unknown key K (did you mean N?); valid: ...`` for a key no parser or class accepts."""
     key = key.lstrip("-").split("=", 1)[0]
     group = key.split(".", 1)[0]
-    for prefix in ("model.init_args.", "data.init_args.", "model.", "data."):
-        if key.startswith(prefix):
-            group, leaf = prefix.split(".", 1)[0], key[len(prefix) :]
-            break
-    else:
-        leaf = key
+    prefix = next((p for p in ("model.init_args.", "data.init_args.", "model.", "data.") if key.startswith(p)), "")
+    leaf = key[len(prefix) :]
     if group in ("model", "data") and key != group:
         cls = _class_named(group, _selected(group) or "")
         if cls is not None:
