@@ -104,23 +104,15 @@ class RunInfo:
     on_divergence: Literal["fail", "record"] = "fail"
 
 
-def wandb_mode(setting: str) -> str | None:
-    """The W&B mode for a ``RunInfo.wandb`` setting: None when W&B is off."""
-    if setting == "disabled":
-        return None
-    if setting == "auto":
-        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    return setting
-
-
 def build_loggers(
     info: RunInfo, run_dir: Path, config: dict[str, Any] | None = None, fresh: bool = True
 ) -> list[Logger]:
     """CSV logs always (continued, not rewritten, when the run resumes: ``fresh=False``); a W&B run (group = table,
     job type = method; the same run id, resumed) unless ``run.wandb`` is ``disabled``."""
     loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(run_dir), name="csv", version="", fresh=fresh)]
-    mode = wandb_mode(info.wandb)
-    if mode is not None:
+    if info.wandb != "disabled":
+        # ``auto``: online when WANDB_API_KEY is set, else offline
+        offline = info.wandb == "offline" or (info.wandb == "auto" and not os.environ.get("WANDB_API_KEY"))
         tags = [t for t in (info.table, info.pair, info.method, info.recipe) if t] + list(info.tags)
         if info.trial is not None:
             tags.append(f"trial{info.trial}")
@@ -132,7 +124,7 @@ def build_loggers(
                 job_type=info.method,
                 tags=tags,
                 save_dir=str(run_dir),
-                offline=mode == "offline",
+                offline=offline,
                 id=info.run_id,
                 resume="allow",  # a resumed run continues its W&B run (online; offline runs sync into one)
                 config=wandb_config(info, config or {}),
@@ -149,7 +141,6 @@ class KDBenchCLI(LightningCLI):
     """LightningCLI with kdbench's run bookkeeping, loggers, checkpoints and result record."""
 
     def __init__(self, args: Any = None, run: bool = True, claim: Any = None, **kwargs: Any) -> None:
-        self._fit_wall_start: float | None = None
         self._claim = claim  # the store claim of the run (benchmarks.store.Claim), when the runner started it
         self._resumable: ResumableRun | None = None
         check_config_files(args)  # YAML errors name the file and line, before jsonargparse reads them
@@ -180,18 +171,16 @@ class KDBenchCLI(LightningCLI):
         LightningCLI on every run (keyed by class, so they replace the previous run's).
         """
         key = (type(self), add_subcommands, repr(main_kwargs), repr(subparser_kwargs))
-        cached = _PARSERS.get(key)
-        if cached is None:
+        if key not in _PARSERS:
             super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
             _PARSERS[key] = (
                 self.parser,
                 getattr(self, "_subcommand_method_arguments", None),
                 getattr(self, "_subcommand_parsers", None),
             )
-            return
-        self.parser = cached[0]
+        self.parser, methods, parsers = _PARSERS[key]
         if add_subcommands:
-            self._subcommand_method_arguments, self._subcommand_parsers = cached[1], cached[2]
+            self._subcommand_method_arguments, self._subcommand_parsers = methods, parsers
 
     def _parse_ckpt_path(self) -> None:
         """A truncated or corrupt ``--ckpt_path`` is one line saying so (LightningCLI loads it right here)."""
@@ -303,7 +292,6 @@ class KDBenchCLI(LightningCLI):
 
     # ------------------------------------------------------------------------------------ record at the end
     def before_fit(self) -> None:
-        self._fit_wall_start = time.perf_counter()
         # The student's weights before the first step (theta_0): KCD restarts its distillation run from exactly
         # these.  A resumed run keeps the file written by its first start.
         initial = self._run_dir() / "initial.pth"
@@ -382,8 +370,7 @@ def close_wandb(status: str) -> None:
     Otherwise the next run in this process would log into it: WandbLogger reuses an active run.  An interrupted
     run is marked as pre-empted first, which is what W&B expects of a run that will be resumed (same id).
     """
-    wandb = sys.modules.get("wandb")
-    run = getattr(wandb, "run", None) if wandb is not None else None
+    run = getattr(sys.modules.get("wandb"), "run", None)
     if run is None:
         return
     if status == "interrupted":

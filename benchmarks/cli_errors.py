@@ -6,9 +6,10 @@ Two places catch it before anything is loaded or written:
   key at fault) become one :class:`~benchmarks.errors.KDBenchError`: an unknown method or dataset lists the valid
   ones; an unknown key suggests the nearest accepted one (``difflib``); a value of the wrong type or outside a
   ``Literal`` names the key, the value and the choices;
-* :func:`check_config_files` (YAML syntax errors with the file and line, missing config files) and
-  :func:`check_config` (values that parse but cannot make a run: lr <= 0, a zero-length run, an unwritable run
-  folder, online W&B without credentials, a missing dataset, a truncated ``--ckpt_path``).
+* :func:`check_config_files` (YAML syntax errors with the file and line, missing config files),
+  :func:`check_ckpt_path` (a truncated ``--ckpt_path``, before LightningCLI loads it) and :func:`check_config`
+  (values that parse but cannot make a run: lr <= 0, a zero-length run, an unwritable run folder, online W&B
+  without credentials, a missing dataset).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ __all__ = [
     "check_config",
     "check_config_files",
     "one_line",
-    "writable_problem",
+    "check_writable",
 ]
 
 #: The arguments of the CLI call being parsed (for the method a bad key belongs to).
@@ -47,7 +48,7 @@ _CURRENT_ARGS: list[str] = []
 # ---------------------------------------------------------------------------------------------- candidates
 def _init_arguments(cls: type) -> list[str]:
     """Argument names of ``cls(...)``, following ``**kwargs`` up the MRO; dataclass groups as ``group.field``."""
-    names: list[str] = []
+    names: dict[str, None] = {}  # an ordered set
     for klass in cls.__mro__:
         if "__init__" not in vars(klass) or klass is object:
             continue
@@ -59,15 +60,14 @@ def _init_arguments(cls: type) -> list[str]:
         for name, parameter in parameters.items():
             if name == "self" or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
                 continue
-            if name not in names:
-                names.append(name)
+            names[name] = None
             hint = hints.get(name)
             for candidate in typing.get_args(hint) or (hint,):
                 if isinstance(candidate, type) and is_dataclass(candidate):
-                    names.extend(f"{name}.{f.name}" for f in fields(candidate) if f"{name}.{f.name}" not in names)
+                    names.update(dict.fromkeys(f"{name}.{f.name}" for f in fields(candidate)))
         if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
             break
-    return names
+    return list(names)
 
 
 def _methods() -> list[str]:
@@ -85,12 +85,9 @@ def _datamodules() -> dict[str, type]:
 def _class_named(group: str, name: str) -> type | None:
     short = name.rsplit(".", 1)[-1]
     if group == "model":
-        from kd_modules import UnknownMethodError, method_class
+        from benchmarks.configs import method_or_none
 
-        try:
-            return method_class(short)
-        except UnknownMethodError:
-            return None
+        return method_or_none(short)
     return _datamodules().get(short)
 
 
@@ -116,33 +113,24 @@ def _selected(group: str) -> str | None:
     return chosen
 
 
-def _parser_keys(parser: Any, prefix: str = "") -> list[str]:
-    keys: list[str] = []
-    for action in getattr(parser, "_actions", []):
-        dest = getattr(action, "dest", None)
-        if not dest or dest in ("help", "config", "print_config") or dest.startswith("=="):
-            continue
-        keys.append(prefix + dest)
-    return keys
+def _parser_keys(parser: Any) -> list[str]:
+    dests = (getattr(action, "dest", None) for action in getattr(parser, "_actions", []))
+    return [d for d in dests if d and d not in ("help", "config", "print_config") and not d.startswith("==")]
 
 
 def _keys_parser(parser: Any) -> Any:
     """The parser whose keys a bad key belongs to: the subcommand's (``fit``) when ``parser`` is the main one."""
     action = getattr(parser, "_subcommands_action", None)
     choices = getattr(action, "_name_parser_map", None) or {}
-    for arg in _CURRENT_ARGS:
-        if arg in choices:
-            return choices[arg]
-    return parser
+    return next((choices[arg] for arg in _CURRENT_ARGS if arg in choices), parser)
 
 
 def _nearest(key: str, candidates: Iterable[str]) -> str | None:
     candidates = list(dict.fromkeys(candidates))
-    leaf = key.rsplit(".", 1)[-1]
     found = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     if not found:
         by_leaf = {c.rsplit(".", 1)[-1]: c for c in candidates}
-        leaves = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
+        leaves = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_leaf), n=1, cutoff=0.6)
         found = [by_leaf[leaves[0]]] if leaves else []
     return found[0] if found else None
 
@@ -166,15 +154,10 @@ def _unknown_key(key: str, parser: Any) -> str:
     """``unknown key K (did you mean N?); valid: ...`` for a key no parser or class accepts."""
     key = key.lstrip("-").split("=", 1)[0]
     group = key.split(".", 1)[0]
-    for prefix in ("model.init_args.", "data.init_args.", "model.", "data."):
-        if key.startswith(prefix):
-            group, leaf = prefix.split(".", 1)[0], key[len(prefix) :]
-            break
-    else:
-        leaf = key
+    prefix = next((p for p in ("model.init_args.", "data.init_args.", "model.", "data.") if key.startswith(p)), "")
+    leaf = key[len(prefix) :]
     if group in ("model", "data") and key != group:
-        selected = _selected(group)
-        cls = _class_named(group, selected) if selected else None
+        cls = _class_named(group, _selected(group) or "")
         if cls is not None:
             return _no_argument(cls, group, leaf)
     top = _parser_keys(_keys_parser(parser))
@@ -313,19 +296,14 @@ def check_config_files(args: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------ config values
-def writable_problem(folder: str | Path, what: str) -> str | None:
-    """Why ``folder`` could not be created or written (checked without writing anything), or None."""
+def check_writable(folder: str | Path, what: str) -> None:
+    """Refuse a ``folder`` that could not be created or written (checked without writing anything): one line."""
     path = Path(folder).expanduser().absolute()
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
+    probe = next((p for p in (path, *path.parents) if p.exists()), Path(path.anchor))
     if probe.exists() and not probe.is_dir():
-        return f"{what} {path} cannot be created: {probe} is a file, not a folder"
+        raise KDBenchError(f"{what} {path} cannot be created: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{what} {path} is not writable ({probe} does not allow writing)"
-    return None
+        raise KDBenchError(f"{what} {path} is not writable ({probe} does not allow writing)")
 
 
 def wandb_credentials() -> bool:
@@ -346,27 +324,21 @@ def check_config(config: Any, subcommand: str = "fit") -> None:
     if isinstance(lr, (int, float)) and not lr > 0:
         raise KDBenchError(f"model.init_args.optim.lr must be > 0 (the SGD learning rate), got {lr}")
     if subcommand == "fit":
-        for key, what in (
-            ("trainer.max_epochs", "epochs"),
-            ("trainer.max_steps", "optimiser steps"),
-            ("trainer.limit_train_batches", "training batches per epoch"),
+        no_metrics = "and record no metrics; give a positive value (or -1 / None for no limit)"
+        for key, consequence in (
+            ("trainer.max_epochs", f"train no epochs {no_metrics}"),
+            ("trainer.max_steps", f"train no optimiser steps {no_metrics}"),
+            ("trainer.limit_train_batches", "train nothing; give a positive count or fraction"),
         ):
             value = config.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
-                raise KDBenchError(
-                    f"{key} is 0: the run would train no {what} and record no metrics; give a positive value "
-                    "(or -1 / None for no limit)"
-                    if key != "trainer.limit_train_batches"
-                    else f"{key} is 0: the run would train nothing; give a positive count or fraction"
-                )
+                raise KDBenchError(f"{key} is 0: the run would {consequence}")
         max_epochs, max_steps = config.get("trainer.max_epochs"), config.get("trainer.max_steps")
         if max_epochs == -1 and max_steps in (None, -1):
             raise KDBenchError("trainer.max_epochs is -1 and trainer.max_steps is -1: the run would never end")
     run_dir = config.get("run.dir")
     if run_dir:
-        problem = writable_problem(run_dir, "run.dir")
-        if problem:
-            raise KDBenchError(problem)
+        check_writable(run_dir, "run.dir")
     if config.get("run.wandb") == "online" and not wandb_credentials():
         raise KDBenchError(
             "run.wandb is 'online' but no W&B credentials were found (set WANDB_API_KEY or run `wandb login`); "
@@ -376,7 +348,6 @@ def check_config(config: Any, subcommand: str = "fit") -> None:
     check = getattr(cls, "check_root", None)
     if callable(check):
         check(str(config.get("data.init_args.root", "data")), bool(config.get("data.init_args.download", False)))
-    check_ckpt_path(config.get("ckpt_path"))
 
 
 def check_ckpt_path(ckpt: Any) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "get_dotted",
     "load_yaml",
     "resolve_class",
+    "method_or_none",
     "check_arguments",
     "complete_arguments",
 ]
@@ -94,7 +95,7 @@ def get_dotted(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML config file (a relative path is relative to the repository), parsed once per version of the file."""
-    path = REPO_ROOT / path if not Path(path).is_absolute() else Path(path)
+    path = REPO_ROOT / path  # an absolute path stays itself
     if not path.is_file():
         raise KDBenchError(f"config file not found: {path}")
     stat = path.stat()
@@ -119,6 +120,16 @@ def resolve_class(class_path: str, default_module: str) -> type | None:
     except (ImportError, AttributeError, ValueError):
         return None
     return found if isinstance(found, type) else None
+
+
+def method_or_none(method: str) -> type | None:
+    """The ``kd_modules`` class of ``method`` (:func:`kd_modules.method_class`), None while kdbench has none."""
+    from kd_modules import UnknownMethodError, method_class
+
+    try:
+        return method_class(method)
+    except UnknownMethodError:
+        return None
 
 
 @cache

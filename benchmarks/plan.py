@@ -61,7 +61,6 @@ identity as ``run:<run id>/<file>``, so identities do not depend on where the st
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -83,6 +82,7 @@ from benchmarks.configs import (
     load_yaml,
     merge_dotted,
     merge_into,
+    method_or_none,
     resolve_class,
     set_dotted,
 )
@@ -272,7 +272,7 @@ class Preset:
         return self.name == "smoke"
 
 
-PRESET_KEYS = {"config", "trials", "store", "synthetic_data", "wandb", "method_init_args", "launcher", "on_divergence"}
+PRESET_KEYS = {f.name for f in dataclasses.fields(Preset)} - {"name"}
 LAUNCHERS = ("sequential", "parallel", "slurm")
 DIVERGENCE = ("fail", "record")
 
@@ -296,14 +296,12 @@ def load_preset(name: str) -> Preset:
             raise KDBenchError(f"preset {name}: unknown {key} {raw[key]!r}; valid: {', '.join(valid)}")
     return Preset(
         name=name,
-        launcher=raw.get("launcher"),
-        on_divergence=raw.get("on_divergence"),
-        config=raw.get("config") or {},
-        trials=raw.get("trials"),
-        store=raw.get("store"),
-        synthetic_data=bool(raw.get("synthetic_data", False)),
-        wandb=raw.get("wandb"),
-        method_init_args={str(k): dict(v or {}) for k, v in (raw.get("method_init_args") or {}).items()},
+        **{
+            **raw,
+            "config": raw.get("config") or {},
+            "synthetic_data": bool(raw.get("synthetic_data", False)),
+            "method_init_args": {str(k): dict(v or {}) for k, v in (raw.get("method_init_args") or {}).items()},
+        },
     )
 
 
@@ -420,31 +418,17 @@ class Prerequisite:
                 f"{usage}; a teacher-network prerequisite is the pair's teacher run itself (Vanilla, no arguments)"
             )
         return cls(
-            name=str(raw["name"]),
-            pass_as=str(raw["pass_as"]),
-            method=str(raw.get("method", "Vanilla")),
-            init_args=dict(raw.get("init_args") or {}),
-            overrides=dict(raw.get("overrides") or {}),
-            config=None if raw.get("config") is None else str(raw["config"]),
-            output=str(raw.get("output", "final.pth")),
-            description=str(raw.get("description", "")),
-            network=network,
-            seed=None if raw.get("seed") is None else int(raw["seed"]),
-            route=tuple(float(f) for f in raw.get("route") or ()),
+            **{
+                **raw,
+                "init_args": dict(raw.get("init_args") or {}),
+                "overrides": dict(raw.get("overrides") or {}),
+                "seed": None if raw.get("seed") is None else int(raw["seed"]),
+                "route": tuple(float(f) for f in raw.get("route") or ()),
+            }
         )
 
 
 # ------------------------------------------------------------------------------------------- availability
-def method_or_none(method: str) -> type | None:
-    """The ``kd_modules`` class of ``method`` (:func:`kd_modules.method_class`), None while kdbench has none."""
-    from kd_modules import UnknownMethodError, method_class
-
-    try:
-        return method_class(method)
-    except UnknownMethodError:
-        return None
-
-
 def _datamodule_class(config: dict[str, Any]) -> type | None:
     return resolve_class(str(get_dotted(config, "data.class_path", "")), "datamodules")
 
@@ -530,25 +514,24 @@ def _finish(config: dict[str, Any], preset: Preset, seed: int) -> dict[str, Any]
     return config
 
 
+@dataclass
 class Planner:
-    def __init__(
-        self,
-        table: Table,
-        preset: Preset,
-        store: RunStore,
-        data_root: str,
-        teacher_root: str | None = None,
-        teachers: str | None = None,
-    ) -> None:
-        self.table = table
-        self.teachers = table.teacher_mode(teachers)
-        self.preset = preset
-        self.store = store
-        self.data_root = data_root
-        self.teacher_root = teacher_root if teacher_root is not None else data_root
-        self.runs: dict[str, RunSpec] = {}
-        self.released: dict[str, str] = {}
-        self._teachers: dict[tuple[str, int], RunSpec] = {}
+    """The runs of one table, each planned once: ``teachers`` (``--teachers``) becomes the table's teacher mode and
+    ``teacher_root`` (where released teachers lie) defaults to ``data_root``."""
+
+    table: Table
+    preset: Preset
+    store: RunStore
+    data_root: str
+    teacher_root: str | None = None
+    teachers: str | None = None
+    runs: dict[str, RunSpec] = field(default_factory=dict, init=False)
+    released: dict[str, str] = field(default_factory=dict, init=False)  # teacher arch -> released weights used
+    _teachers: dict[tuple[str, int], RunSpec] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.teachers = self.table.teacher_mode(self.teachers)
+        self.teacher_root = self.data_root if self.teacher_root is None else self.teacher_root
 
     def _add(self, spec: RunSpec) -> RunSpec:
         if self.table.name not in spec.tables:
@@ -595,7 +578,7 @@ class Planner:
         Released weights are the table's ``teacher_checkpoints``, or, when the table's teachers are ``released``
         (its default or ``--teachers released``), the public teacher of ``arch`` in :mod:`models.releases`.  A
         present file is verified (SHA-256 and architecture, :func:`benchmarks.fetch.released_file_problem`);
-        one that fails is rejected with one line naming it.
+        one that fails is rejected with one line naming it.  The path is recorded in ``released`` (shown by the plan).
         """
         released = self.table.teacher_checkpoints.get(arch)
         if released is None and self.table.teachers is not None and self.teachers == "released":
@@ -606,26 +589,22 @@ class Planner:
                 released = ReleasedTeacher(release.path, release.sources[0])
         if released is None:
             return None, None
-        path = Path(released.path)
-        path = path if path.is_absolute() else Path(self.teacher_root) / path
-        if path.is_file():
-            from benchmarks.fetch import released_file_problem
-
-            problem = released_file_problem(self.table.dataset, arch, released, self.teacher_root)
-            if problem:
-                return str(path), f"released {arch} teacher rejected: {problem}"
-            return str(path), None
-        if self.preset.synthetic_data:
+        path = Path(self.teacher_root) / released.path  # an absolute released.path stays itself
+        if not path.is_file() and self.preset.synthetic_data:
             return None, None  # smoke: a smoke-trained teacher stands in for the missing release
-        where = f" (from {released.url})" if released.url else ""
-        return str(path), f"released {arch} teacher weights not found at {path}{where}"
+        self.released[arch] = str(path)
+        if not path.is_file():
+            where = f" (from {released.url})" if released.url else ""
+            return str(path), f"released {arch} teacher weights not found at {path}{where}"
+        from benchmarks.fetch import released_file_problem
+
+        problem = released_file_problem(self.table.dataset, arch, released, self.teacher_root)
+        return str(path), (f"released {arch} teacher rejected: {problem}" if problem else None)
 
     def teacher(self, arch: str, seed: int = 0) -> RunSpec:
-        if (arch, seed) not in self._teachers:
-            self._teachers[(arch, seed)] = self._teacher(arch, seed)
-        return self._teachers[(arch, seed)]
-
-    def _teacher(self, arch: str, seed: int) -> RunSpec:
+        """The teacher run of ``arch`` with ``seed`` (planned once per planner)."""
+        if (arch, seed) in self._teachers:
+            return self._teachers[(arch, seed)]
         recipe_name = self.table.teacher_recipe or self.table.recipe
         config = self._base_config(recipe_name, arch)
         set_dotted(config, "model.class_path", "kd_modules.Vanilla")
@@ -644,7 +623,8 @@ class Planner:
         label = f"teacher {arch}" + (f" seed {seed}" if seed else "")
         spec = RunSpec(run_id, "teacher", config, self.table.name, None, label, seed, blocked=blocked)
         spec.recipe = recipe_name
-        return self._add(spec)
+        self._teachers[(arch, seed)] = self._add(spec)
+        return self._teachers[(arch, seed)]
 
     # -------------------------------------------------------------------------------------- method runs
     def _method_run(
@@ -698,14 +678,11 @@ class Planner:
         depends: list[str] = []
         teacher_run: RunSpec | None = None
         teacher_file: str | None = None
-        teacher_problem = None
+        teacher_problem: str | None = None
         if needs_teacher:
             # A row distilling from a teacher of another seed (KCD T3b) trains that teacher: a release has one seed.
-            released, problem = self.teacher_source(pair.teacher) if not teacher_seed else (None, None)
-            if released is not None:
-                teacher_file, teacher_problem = released, problem
-                self.released[pair.teacher] = released
-            else:
+            teacher_file, teacher_problem = self.teacher_source(pair.teacher) if not teacher_seed else (None, None)
+            if teacher_file is None:
                 teacher_run = self.teacher(pair.teacher, teacher_seed)
                 teacher_file = str(self.store.final_weights(teacher_run.run_id))
                 depends.append(teacher_run.run_id)
@@ -763,8 +740,6 @@ class Planner:
                         f"{prerequisite.name}: the finished run {stage.run_id} has no {prerequisite.output} "
                         f"(it was trained before a run asked for it); train it again in a new store, or pass the files"
                     )
-
-        if valid:
             _complete(config, cls)
         config = _finish(config, self.preset, seed=trial)
         run_id = run_identity(config)
@@ -869,7 +844,6 @@ def build_plan(
             if row.is_teacher:
                 released, problem = planner.teacher_source(pair.teacher)
                 if released is not None:
-                    planner.released[pair.teacher] = released
                     cells[key] = []
                     blocked_cells[key] = problem or f"released {pair.teacher} weights are used, not trained here"
                     continue
@@ -923,9 +897,7 @@ def merge_runs(plans: list[Plan]) -> list[RunSpec]:
         for spec in plan.ordered():
             existing = merged.get(spec.run_id)
             if existing is None:
-                merged[spec.run_id] = copy.copy(spec)
-                merged[spec.run_id].tables = list(spec.tables)
-                merged[spec.run_id].cells = list(spec.cells)
+                merged[spec.run_id] = dataclasses.replace(spec, tables=list(spec.tables), cells=list(spec.cells))
             else:
                 existing.tables.extend(t for t in spec.tables if t not in existing.tables)
                 run = dict(existing.config["run"])

@@ -38,7 +38,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cli_errors import writable_problem
+from benchmarks.cli_errors import check_writable
 from benchmarks.errors import KDBenchError, user_errors
 from benchmarks.plan import (
     Plan,
@@ -131,9 +131,8 @@ def _fixture_digest(root: Path) -> str:
 
 
 def _fixture_ok(root: Path) -> bool:
-    marker = root / FIXTURE_MARKER
     try:
-        recorded = marker.read_text().split()[-1]
+        recorded = (root / FIXTURE_MARKER).read_text().split()[-1]
     except (OSError, IndexError):
         return False
     return recorded == _fixture_digest(root)
@@ -216,10 +215,8 @@ def data_check(table: Table, root: str, synthetic_allowed: bool) -> dict[str, An
             else:
                 check["detail"] = f"files under {root} are not the full dataset"
     for arch, released in sorted(table.teacher_checkpoints.items()):
-        path = Path(released.path)
-        path = path if path.is_absolute() else Path(root) / path
-        present = path.is_file()
-        state = "present" if present else ("downloadable" if released.url else "missing")
+        path = Path(root) / released.path  # an absolute released.path stays itself
+        state = "present" if path.is_file() else ("downloadable" if released.url else "missing")
         check["teachers"].append({"arch": arch, "path": str(path), "status": state, "url": released.url})
     return check
 
@@ -350,13 +347,12 @@ def print_plan(
     runs = plan.ordered()
     estimates = _estimates(plan)
     statuses = {spec.run_id: _status(plan, spec) for spec in runs}
-    recipes_used = sorted({spec.recipe for spec in runs if spec.recipe})
     print(f"plan for {table.name} ({table.title}); preset {plan.preset.name}, store {plan.store.root}")
     print(
         f"  dataset {table.dataset}; {plan.trials} trial(s); metric {table.metric}"
         + (f" ({table.trials_note})" if table.trials_note else "")
     )
-    for name in recipes_used:
+    for name in sorted({spec.recipe for spec in runs if spec.recipe}):
         print(f"  recipe {name}: {recipe(name).get('description', '')}")
     if table.teachers is not None:
         print(f"  teachers: {plan.table.teacher_mode(getattr(args, 'teachers', None))} (--teachers released|trained)")
@@ -627,25 +623,18 @@ def cell_causes(plan: Plan) -> Counter[str]:
     """Every cell of the plan by how it stands: finished, failed, diverged, blocked, n/a, or not run."""
     from benchmarks.execute import failure_kind, failure_message
 
+    def state(run_id: str) -> str:
+        if plan.store.is_finished(run_id):
+            return "finished"
+        return failure_kind(plan.store, run_id) if failure_message(plan.store, run_id) else "not run"
+
     causes: Counter[str] = Counter()
     for key, run_ids in plan.cells.items():
         if key in plan.blocked_cells:
             causes["n/a" if _not_applicable(plan, *key, plan.blocked_cells[key]) else "blocked"] += 1
             continue
-        states = []
-        for run_id in run_ids:
-            if plan.store.is_finished(run_id):
-                states.append("finished")
-            elif failure_message(plan.store, run_id):
-                states.append(failure_kind(plan.store, run_id))
-            else:
-                states.append("not run")
-        for cause in ("failed", "diverged", "not run", "finished"):
-            if cause in states:
-                causes[cause] += 1
-                break
-        else:
-            causes["finished"] += 1
+        states = {state(run_id) for run_id in run_ids}  # a cell stands as its worst trial
+        causes[next((c for c in ("failed", "diverged", "not run") if c in states), "finished")] += 1
     return causes
 
 
@@ -655,9 +644,7 @@ def exit_status(plans: list[Plan]) -> tuple[int, str]:
     Cells that are n/a by definition (a method undefined for the pair, a teacher row of released weights) are not
     requested cells: no run can fill them.
     """
-    causes: Counter[str] = Counter()
-    for plan in plans:
-        causes.update(cell_causes(plan))
+    causes = sum((cell_causes(plan) for plan in plans), Counter())
     na = causes.pop("n/a", 0)
     total = sum(causes.values())
     also = f" (and {na} n/a by definition)" if na else ""
@@ -711,9 +698,7 @@ def _main(argv: list[str] | None = None) -> int:
             return 0
         preset = load_preset(preset_name(names, args))
         store_root = Path(args.store or preset.store or "results")
-        problem = writable_problem(store_root, "--store")
-        if problem:
-            raise KDBenchError(problem)
+        check_writable(store_root, "--store")
         plans = plan_tables(names, args)
         if not (args.render_only or args.from_wandb) and fetch_released_teachers(plans, args):
             plans = plan_tables(names, args, quiet=True)

@@ -194,10 +194,7 @@ class PaperRef:
         return self.label or f"{self.paper.upper()} {self.table}" + (f" ({self.note})" if self.note else "")
 
     def csv_pair_for(self, column_key: str) -> tuple[str, str] | None:
-        for key, value in self.pairs:
-            if key == column_key:
-                return _csv_pair(value)
-        return None
+        return next((_csv_pair(value) for key, value in self.pairs if key == column_key), None)
 
 
 @dataclass(frozen=True)
@@ -502,12 +499,7 @@ def load_table(name: str) -> Table:
             pairs=[Pair.parse(p) for p in raw["pairs"]],
             paper_pairs={Pair.parse(k).label: _csv_pair(v) for k, v in (raw.get("paper_pairs") or {}).items()},
             quoted_columns=[
-                QuotedColumn(
-                    label=str(q["label"]),
-                    paper_pair=_csv_pair(q["paper_pair"]),
-                    note=q.get("note"),
-                    not_note=q.get("not_note"),
-                )
+                QuotedColumn(**{**q, "label": str(q["label"]), "paper_pair": _csv_pair(q["paper_pair"])})
                 for q in (_check_keys(q, QUOTED_KEYS, "quoted column") for q in _as_list(raw.get("quoted_columns")))
             ],
             rows=[_row(r, f"table file {path.name} row") for r in raw["rows"]],
@@ -573,8 +565,6 @@ def _paper_index() -> dict[tuple[str, str, str], list[PaperNumber]]:
 
 @lru_cache(maxsize=1)
 def _paper_names() -> dict[str, str]:
-    if not PAPER_NAMES.is_file():
-        return {}
     return {str(k): str(v) for k, v in (yaml.safe_load(PAPER_NAMES.read_text()) or {}).items()}
 
 
@@ -587,11 +577,9 @@ def paper_name(arch: str) -> str:
     Tiny-ImageNet networks (``<cifar name>_tiny``) are printed under their CIFAR names.
     """
     names = _paper_names()
-    if arch in names:
-        return names[arch]
-    if arch.endswith(TINY_SUFFIX):
-        return paper_name(arch[: -len(TINY_SUFFIX)])
-    return arch
+    if arch not in names and arch.endswith(TINY_SUFFIX):
+        return paper_name(arch.removesuffix(TINY_SUFFIX))
+    return names.get(arch, arch)
 
 
 def lookup_paper(ref: PaperRef, column: Column) -> list[PaperNumber]:
