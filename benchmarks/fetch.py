@@ -154,7 +154,7 @@ def _list(root: str) -> None:
         print(f"{release.name}{extra}: {target} [{state}]; sha256 {digest}; from {' | '.join(release.sources)}")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.fetch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -169,12 +169,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     data = sub.add_parser("data", help="datasets (CIFAR-100, Tiny-ImageNet, Fashion-MNIST; ImageNet: the steps)")
     data.add_argument("datasets", nargs="+", help="cifar100, tiny-imagenet, fashion-mnist, imagenet")
     data.add_argument("--data-root", default="data", help="where the datasets go (default: data)")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
     with user_errors("benchmarks.fetch"):
-        args = parse_args(argv)
+        args = parser.parse_args(argv)
         if args.what == "data":
             for dataset in args.datasets:
                 print(fetch_data(dataset, args.data_root))

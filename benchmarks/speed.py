@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from benchmarks.speed_train import _PILDataset, add_commands, check_args, load_average
+from benchmarks.speed_train import _PILDataset, add_commands, check_args, check_counts, load_average
 
 __all__ = ["main", "measure_ours", "measure_torchvision", "load_average"]
 
@@ -114,7 +114,9 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.errors import user_errors
+
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     data = commands.add_parser("data", help="our batched data pipeline vs the torchvision PIL DataLoader")
@@ -139,19 +141,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.command != "data":
         check_args(parser, args)
-        return args
-    for name in ("batch_size", "epochs", "repeats", "images", "threads"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.workers < 0:
-        parser.error(f"--workers must be >= 0, got {args.workers}")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from benchmarks.errors import user_errors
-
-    args = parse_args(argv)
+    else:
+        check_counts(parser, args, ("batch_size", "epochs", "repeats", "images", "threads"), ("workers",))
     with user_errors("benchmarks.speed"):
         return int(args.handler(args))
 
