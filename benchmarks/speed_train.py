@@ -52,6 +52,7 @@ from benchmarks.cost import (
     dataset_classes,
     planned_config,
     stand_in_teacher_cache,
+    synchronize,
 )
 from benchmarks.errors import KDBenchError
 from benchmarks.execute import quiet_lightning
@@ -212,11 +213,6 @@ def _instantiate(config: dict[str, Any], folder: Path, name: str) -> tuple[Any, 
     return cli.model, cli.datamodule
 
 
-def _synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 class _Clock(Callback):
     """Lightning callback: wall time from the end of step ``warmup`` to the end of step ``warmup + steps``."""
 
@@ -229,12 +225,12 @@ class _Clock(Callback):
     def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
         done = trainer.global_step
         if done == self.warmup:
-            _synchronize(self.device)
+            synchronize(self.device)
             if self.barrier is not None:
                 self.barrier()
             self.start, self.cpu_start = time.perf_counter(), time.process_time()
         elif done == self.warmup + self.steps:
-            _synchronize(self.device)
+            synchronize(self.device)
             self.end, self.cpu_end = time.perf_counter(), time.process_time()
 
     @property
@@ -278,12 +274,12 @@ class LightningArm:
         class _Epochs(Callback):
             def on_train_epoch_start(self, *args: Any) -> None:
                 if not marks:
-                    _synchronize(device)
+                    synchronize(device)
                     marks.append(time.perf_counter())
 
             def on_validation_epoch_end(self, trainer: Any, *args: Any) -> None:
                 if not trainer.sanity_checking:
-                    _synchronize(device)
+                    synchronize(device)
                     marks.append(time.perf_counter())
 
         started = time.perf_counter()
@@ -336,12 +332,10 @@ def _reference_transform(datamodule: Any) -> Any:
         steps.append(T.RandomRotation(augment.degrees))
     if getattr(augment, "flip", False):
         steps.append(T.RandomHorizontalFlip())
-    channels = datamodule.split("train")[0].shape[1]
-    if channels == 1:
-        steps.append(T.Grayscale(num_output_channels=3))  # Fashion-MNIST: grey replicated to RGB
-        mean, std = tuple(datamodule.mean) * 3, tuple(datamodule.std) * 3
-    else:
-        mean, std = tuple(datamodule.mean), tuple(datamodule.std)
+    copies = 3 if datamodule.split("train")[0].shape[1] == 1 else 1  # Fashion-MNIST: grey replicated to RGB
+    if copies == 3:
+        steps.append(T.Grayscale(num_output_channels=3))
+    mean, std = tuple(datamodule.mean) * copies, tuple(datamodule.std) * copies
     return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
 
 
@@ -390,7 +384,7 @@ class ReferenceArm:
         start, cpu_start = time.perf_counter(), time.process_time() + _workers_cpu(batches)
         for step in range(warmup + steps):
             if step == warmup:
-                _synchronize(self.device)
+                synchronize(self.device)
                 start, cpu_start = time.perf_counter(), time.process_time() + _workers_cpu(batches)
             item = next(batches)
             images, target, index = item[0].float().to(device), item[1].to(device), item[2].to(device)
@@ -406,7 +400,7 @@ class ReferenceArm:
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
-        _synchronize(self.device)
+        synchronize(self.device)
         wall, cpu = time.perf_counter() - start, time.process_time() + _workers_cpu(batches) - cpu_start
         return wall / steps, cpu / steps
 
@@ -577,10 +571,8 @@ def _markdown(result: dict[str, Any]) -> str:
     ce = arms.get("ce", {}).get("median_ms")
 
     def reference_of(entry: dict[str, Any]) -> float | None:
-        for other in arms.values():
-            if other.get("arm") == "reference" and other.get("method") == entry.get("method"):
-                return other.get("median_ms")
-        return arms.get("reference", {}).get("median_ms")
+        same = (o for o in arms.values() if o.get("arm") == "reference" and o.get("method") == entry.get("method"))
+        return next((other.get("median_ms") for other in same), arms.get("reference", {}).get("median_ms"))
 
     lines = [
         f"# {result['method']} {result['pair']} ({result['table']}, preset {result['preset']}): training-step speed",
