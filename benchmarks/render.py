@@ -27,10 +27,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from benchmarks import plots
 from benchmarks.execute import failure_message
 from benchmarks.numerics import REFERENCE_LABEL, numerics_label
 from benchmarks.plan import Plan, identity_view
-from benchmarks.plots import spread
 from benchmarks.store import RunStore
 from benchmarks.tables import ANALYSIS_METRICS, Column, PaperRef, Row, cell_metric, higher_is_better, lookup_paper
 
@@ -307,7 +307,7 @@ def _format_cell(
         return f"failed{mark(entry['reason'])} / {paper}"
     if entry["status"] == "missing":
         return f"not run / {paper}"
-    text = format_ours(float(entry["mean"]), spread(entry, ci), int(entry["n"]), int(entry["expected"]))
+    text = format_ours(float(entry["mean"]), plots.spread(entry, ci), int(entry["n"]), int(entry["expected"]))
     value, _, count = text.rpartition(" ")
     ours = (f"**{value}**" if bold_ours else value) + f" {count}"
     if entry["stale"]:
@@ -390,10 +390,8 @@ def render_markdown(plan: Plan, frame: pd.DataFrame, ci: bool = False) -> str:
 
 def plot_table(plan: Plan, frame: pd.DataFrame, path: Path, ci: bool = False) -> Path:
     """The table's PNG (:func:`benchmarks.plots.plot_table`): ours vs the paper per pair, or bars per method."""
-    from benchmarks.plots import plot_table as plot
-
     rows = [row.label for row in plan.table.rows]
-    return plot(frame, path, name=plan.table.name, row_order=rows, smoke=is_smoke(plan, frame), ci=ci)
+    return plots.plot_table(frame, path, name=plan.table.name, row_order=rows, smoke=is_smoke(plan, frame), ci=ci)
 
 
 def default_stem(plan: Plan) -> str:

@@ -179,9 +179,9 @@ def table_page(plan: Plan, frame: pd.DataFrame, site: Path, ci: bool = False) ->
     quoted: list[tuple[str, list[str]]] = []
     for row, planned in shown_rows(plan):
         if not planned:
-            values = [(_paper_value(ref, column)[1] or "–") for ref in row.paper[:1] for column in columns]
-            if row.paper:
-                quoted.append((f"{row.label} (quoted: {row.paper[0].display})", values))
+            # a row shown unplanned is quoted-only, and the table loader requires those to name a paper
+            values = [(_paper_value(row.paper[0], column)[1] or "–") for column in columns]
+            quoted.append((f"{row.label} (quoted: {row.paper[0].display})", values))
             continue
         cells = []
         for column in columns:
