@@ -485,10 +485,9 @@ def measure_run(config: dict[str, Any], train_size: int, eval_size: int, steps: 
             },
         )
         (folder / "config.yaml").write_text(dump_config(trial, sort_keys=True))
-        cached = bool((trial.get("numerics") or {}).get("teacher_cache"))
         # A teacher cache is timed by its lookups: built from stand-in values here (its one-time build, N x views
         # teacher forwards, is teacher_cache_build_seconds' business), never written to the real cache.
-        stand_in = stand_in_teacher_cache(folder / "cache") if cached else contextlib.nullcontext()
+        stand_in = stand_in_teacher_cache(folder / "cache") if _teacher_cached(trial) else contextlib.nullcontext()
         with quiet_lightning(), stand_in:
             KDBenchCLI(args=["fit", "--config", str(folder / "config.yaml")])
         measured = json.loads(timings.read_text())

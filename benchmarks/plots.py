@@ -146,15 +146,8 @@ def plot_bars(
         axis.barh(ys, [m - low for m in means], left=low, color=colours, height=0.65)
         spread_rows = [(y, m, e) for y, m, e in zip(ys, means, errors) if e > 0]
         if spread_rows:
-            axis.errorbar(
-                [m for _, m, _ in spread_rows],
-                [y for y, _, _ in spread_rows],
-                xerr=[e for _, _, e in spread_rows],
-                fmt="none",
-                ecolor="#111827",
-                elinewidth=0.9,
-                capsize=2,
-            )
+            at, values, bars = map(list, zip(*spread_rows))
+            axis.errorbar(values, at, xerr=bars, fmt="none", ecolor="#111827", elinewidth=0.9, capsize=2)
         for y, mean, error, row in zip(ys, means, errors, shown):
             n = int(cells.loc[row, "n"])
             label = f"{mean:.2f}" + (f" ± {error:.2f}" if n > 1 else "") + f"  (n={n})"
