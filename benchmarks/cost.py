@@ -51,7 +51,12 @@ from unittest import mock
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from benchmarks.errors import KDBenchError, user_errors
+from benchmarks.execute import dump_config, quiet_lightning
+from benchmarks.numerics import numerics_label, numerics_of
 from benchmarks.probe import OpCount
+from datamodules import DATASETS
+from kd_modules import UnknownMethodError, method_class, method_names
 from models import UnknownModelError, create_model
 from models.profile import count_macs, meta_model
 
@@ -112,12 +117,9 @@ def macs_per_image(arch: str, num_classes: int = 100) -> float | None:
 
 def dataset_sizes(dataset: str) -> tuple[int, int, int]:
     """(train images, evaluation images, classes) of a table dataset."""
-    from datamodules import DATASETS
-
     if dataset in DATASETS:
         cls = DATASETS[dataset]
-        eval_size = getattr(cls, "eval_size", DATASET_SIZES.get(dataset, (0, 10_000))[1])
-        return cls.train_size, int(eval_size), cls.num_classes
+        return cls.train_size, DATASET_SIZES.get(dataset, (0, 10_000))[1], cls.num_classes
     return DATASET_SIZES.get(dataset, (50_000, 10_000, 100))
 
 
@@ -154,13 +156,12 @@ def network_ops(arch: str, num_classes: int, train: bool) -> int | None:
         return None
     channels = int(getattr(model, "input_channels", 3))
     images = torch.zeros(2, channels, model.input_size, model.input_size, device="meta")
-    counter = OpCount()
     if train:
         model.train()
-        with counter:
+        with OpCount() as counter:
             F.cross_entropy(model(images), torch.zeros(2, dtype=torch.long, device="meta")).backward()
     else:
-        with counter, torch.inference_mode():
+        with OpCount() as counter, torch.inference_mode():
             model(images)
     return counter.count
 
@@ -168,17 +169,13 @@ def network_ops(arch: str, num_classes: int, train: bool) -> int | None:
 @cache
 def op_counts() -> dict[str, Any]:
     """The measured operator counts (``benchmarks/results/op_counts.json``), or {} before the first calibration."""
-    if not OP_COUNTS.is_file():
-        return {}
-    return json.loads(OP_COUNTS.read_text())
+    return json.loads(OP_COUNTS.read_text()) if OP_COUNTS.is_file() else {}
 
 
 @cache
 def gpu_calibration() -> dict[str, float]:
     """numerics label -> median measured / modelled step time on a GPU ({} when nothing was measured)."""
-    if not GPU_CALIBRATION.is_file():
-        return {}
-    entries = json.loads(GPU_CALIBRATION.read_text()).get("measurements", [])
+    entries = json.loads(GPU_CALIBRATION.read_text()).get("measurements", []) if GPU_CALIBRATION.is_file() else []
     ratios: dict[str, list[float]] = {}
     for entry in entries:
         ratios.setdefault(entry["numerics"], []).append(entry["measured_step_s"] / entry["model_step_s"])
@@ -190,8 +187,6 @@ def _method_of(config: dict[str, Any]) -> str:
 
 
 def _uses_teacher(config: dict[str, Any]) -> bool:
-    from kd_modules import UnknownMethodError, method_class
-
     try:
         return bool(method_class(_method_of(config)).requires_teacher)
     except UnknownMethodError:
@@ -204,8 +199,6 @@ def _teacher_cached(config: dict[str, Any]) -> bool:
 
 def _gpu_rates(config: dict[str, Any]) -> tuple[float, float]:
     """(FLOP/s of the run's precision, host seconds per network operator under its compile mode), as assumed."""
-    from benchmarks.numerics import numerics_of
-
     numerics = numerics_of(config)
     rate = GPU_ASSUMPTIONS["flops"].get(numerics["precision"], EFFECTIVE_FLOPS)
     return rate, GPU_ASSUMPTIONS["seconds_per_op"].get(numerics["compile"], GPU_ASSUMPTIONS["eager_seconds_per_op"])
@@ -247,8 +240,6 @@ def step_model(config: dict[str, Any], num_classes: int) -> dict[str, float] | N
 def estimate_gpu_seconds(config: dict[str, Any], train_size: int, num_classes: int) -> float | None:
     """Modelled GPU seconds of a whole run (training steps and evaluations), scaled by a GPU calibration of its
     numerics when one exists; None when a network is not in the zoo."""
-    from benchmarks.numerics import numerics_label
-
     step = step_model(config, num_classes)
     if step is None:
         return None
@@ -281,14 +272,9 @@ def teacher_cache_build_seconds(config: dict[str, Any], train_size: int, num_cla
 
 
 def dataset_eval_size(config: dict[str, Any]) -> int:
-    class_path = str(config.get("data", {}).get("class_path", "datamodules.CIFAR100"))
-    name = class_path.rsplit(".", 1)[-1]
-    from datamodules import DATASETS
-
-    for dataset, cls in DATASETS.items():
-        if cls.__name__ == name:
-            return dataset_sizes(dataset)[1]
-    return 10_000
+    name = str(config.get("data", {}).get("class_path", "datamodules.CIFAR100")).rsplit(".", 1)[-1]
+    dataset = next((dataset for dataset, cls in DATASETS.items() if cls.__name__ == name), None)
+    return dataset_sizes(dataset)[1] if dataset else 10_000
 
 
 def model_description() -> str:
@@ -314,6 +300,12 @@ def model_description() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- measurement
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work when ``device`` is ``cuda`` (before reading a clock)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 class StepTimer(Callback):
     """Wall and CPU time of every training step and evaluation batch, written as JSON to ``path`` when fit ends.
 
@@ -329,16 +321,12 @@ class StepTimer(Callback):
         self.timings: dict[str, list[float]] = {"train": [], "eval": [], "train_cpu": [], "eval_cpu": []}
         self._started = self._started_cpu = 0.0
 
-    def _sync(self, module: Any) -> None:
-        if torch.cuda.is_available() and getattr(module, "device", torch.device("cpu")).type == "cuda":
-            torch.cuda.synchronize()
-
     def _start(self, module: Any) -> None:
-        self._sync(module)
+        synchronize(module.device.type)
         self._started, self._started_cpu = time.perf_counter(), time.process_time()
 
     def _stop(self, module: Any, kind: str) -> None:
-        self._sync(module)
+        synchronize(module.device.type)
         self.timings[kind].append(time.perf_counter() - self._started)
         self.timings[f"{kind}_cpu"].append(time.process_time() - self._started_cpu)
 
@@ -364,7 +352,6 @@ class NotMeasurable(Exception):
 
 def planned_config(args: argparse.Namespace, store: Path, method: str | None = None) -> tuple[dict[str, Any], Any]:
     """The complete config of the planned student run (method row x pair of the table, under the preset)."""
-    from benchmarks.errors import KDBenchError
     from benchmarks.plan import build_plan, load_preset
     from benchmarks.store import RunStore
     from benchmarks.tables import Pair, load_table
@@ -470,7 +457,6 @@ def measure_run(config: dict[str, Any], train_size: int, eval_size: int, steps: 
     """
     from benchmarks.cli import KDBenchCLI
     from benchmarks.configs import deep_merge
-    from benchmarks.execute import dump_config, quiet_lightning
 
     full_steps, epochs = run_steps(config, train_size)
     eval_batch = int(config.get("data", {}).get("init_args", {}).get("eval_batch_size", 500))
@@ -499,10 +485,9 @@ def measure_run(config: dict[str, Any], train_size: int, eval_size: int, steps: 
             },
         )
         (folder / "config.yaml").write_text(dump_config(trial, sort_keys=True))
-        cached = bool((trial.get("numerics") or {}).get("teacher_cache"))
         # A teacher cache is timed by its lookups: built from stand-in values here (its one-time build, N x views
         # teacher forwards, is teacher_cache_build_seconds' business), never written to the real cache.
-        stand_in = stand_in_teacher_cache(folder / "cache") if cached else contextlib.nullcontext()
+        stand_in = stand_in_teacher_cache(folder / "cache") if _teacher_cached(trial) else contextlib.nullcontext()
         with quiet_lightning(), stand_in:
             KDBenchCLI(args=["fit", "--config", str(folder / "config.yaml")])
         measured = json.loads(timings.read_text())
@@ -557,8 +542,7 @@ def _optimizer_ops(module: Any) -> tuple[int, int]:
             copies, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, foreach=foreach
         )
         sgd.step()  # the first step creates the momentum buffers
-        counter = OpCount()
-        with counter:
+        with OpCount() as counter:
             sgd.step()
         counts.append(counter.count)
     return counts[0], counts[1]
@@ -573,14 +557,10 @@ def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
     i.e. the method's losses and modules, the optimiser and Lightning's bookkeeping; ``data_ops``: the batched
     augmentation and normalisation of one training batch.
     """
-    import os
     import platform
-    from unittest import mock
 
-    from benchmarks.execute import quiet_lightning
     from benchmarks.probe import PAIR, CountOps, probe_fit, probe_module, probe_setting, probe_student
     from datamodules import CIFAR100
-    from kd_modules import method_class, method_names
     from kd_modules.diagnostics import Diagnostic
 
     teacher, student = PAIR
@@ -613,8 +593,7 @@ def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
             datamodule = CIFAR100(root=str(setting["data"]), batch_size=8, seed=0)
             datamodule.setup("fit")
             batch = next(iter(datamodule.train_dataloader()))
-            counter_mode = OpCount()
-            with counter_mode:
+            with OpCount() as counter_mode:
                 datamodule.on_after_batch_transfer(batch, 0)
     result = {
         "what": "aten operators per steady-state training step (step 2), counted with a TorchDispatchMode on the CPU",
@@ -639,9 +618,6 @@ def calibrate_gpu(results: list[Path], out: Path = GPU_CALIBRATION) -> list[dict
 
     CPU results are refused: a CPU's step time says nothing about a GPU's.
     """
-    from benchmarks.errors import KDBenchError
-    from benchmarks.numerics import numerics_label
-
     entries = []
     with tempfile.TemporaryDirectory(prefix="kdbench-calibrate-") as tmp:
         for path in results:
@@ -683,10 +659,6 @@ def calibrate_gpu(results: list[Path], out: Path = GPU_CALIBRATION) -> list[dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from benchmarks.errors import user_errors
-
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cost", description="Calibrate the GPU-hour model.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("calibrate-ops", help=f"count every method's operators per step here (-> {OP_COUNTS.name})")

@@ -91,11 +91,10 @@ def build_workspace(table: str, entity: str, project: str, name: str | None = No
 
 def workspace_spec(workspace: Any) -> dict[str, Any]:
     """The workspace as the JSON W&B stores (its view spec), built offline."""
-    spec: dict[str, Any] = workspace._to_model().model_dump(by_alias=True, exclude_none=True, mode="json")
-    return spec
+    return dict(workspace._to_model().model_dump(by_alias=True, exclude_none=True, mode="json"))
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.dashboard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -106,12 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--name", help="workspace name (default: 'kdbench <table>')")
     parser.add_argument("--print", action="store_true", help="print the workspace spec as JSON; send nothing")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
     with user_errors("benchmarks.dashboard"):
-        args = parse_args(argv)
+        args = parser.parse_args(argv)
         load_table(args.table)  # an unknown table: one line listing the valid ones
         workspace = build_workspace(args.table, args.entity, args.project, args.name)
         if args.print:

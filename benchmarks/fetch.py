@@ -24,6 +24,7 @@ from pathlib import Path
 
 from benchmarks.errors import KDBenchError, user_errors
 from benchmarks.tables import TEACHER_CHOICES, Pair, ReleasedTeacher, Table, list_tables, load_table
+from datamodules import DATASETS
 from models.checkpoints import CheckpointError
 from models.download import hash_prefix_of
 from models.releases import RELEASES, Release, check_release, fetch_release, find_release, recorded_digest
@@ -44,8 +45,6 @@ def release_of(dataset: str, arch: str, released: ReleasedTeacher) -> Release:
     known = find_release(released.path)
     if known is not None:
         return known
-    from datamodules import DATASETS
-
     datamodule = DATASETS.get(dataset)
     return Release(
         name=f"{dataset}/{arch}",
@@ -125,7 +124,6 @@ def ensure_teachers(
 # ----------------------------------------------------------------------------------------------------- data
 def fetch_data(dataset: str, root: str | Path) -> str:
     """Download ``dataset`` into ``root`` (CIFAR-100, Tiny-ImageNet, Fashion-MNIST); ImageNet: the manual steps."""
-    from datamodules import DATASETS
     from datamodules.errors import DatasetError
 
     cls = DATASETS.get(dataset)
@@ -154,7 +152,7 @@ def _list(root: str) -> None:
         print(f"{release.name}{extra}: {target} [{state}]; sha256 {digest}; from {' | '.join(release.sources)}")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.fetch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -169,12 +167,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     data = sub.add_parser("data", help="datasets (CIFAR-100, Tiny-ImageNet, Fashion-MNIST; ImageNet: the steps)")
     data.add_argument("datasets", nargs="+", help="cifar100, tiny-imagenet, fashion-mnist, imagenet")
     data.add_argument("--data-root", default="data", help="where the datasets go (default: data)")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
     with user_errors("benchmarks.fetch"):
-        args = parse_args(argv)
+        args = parser.parse_args(argv)
         if args.what == "data":
             for dataset in args.datasets:
                 print(fetch_data(dataset, args.data_root))

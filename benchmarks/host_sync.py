@@ -84,22 +84,22 @@ def _bool_mask_index(args: tuple[Any, ...]) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
 
 
-class _Functions(TorchFunctionMode):
+class _Recorder:
+    """A torch mode that appends what it finds to a list it shares with the guard."""
+
     def __init__(self, found: list[HostSync]) -> None:
         super().__init__()
         self.found = found
 
+
+class _Functions(_Recorder, TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         if func in _PYTHON_READS:
             self.found.append(HostSync(f"Tensor.{func.__name__}", _project_frames()))
         return func(*args, **(kwargs or {}))
 
 
-class _Operators(TorchDispatchMode):
-    def __init__(self, found: list[HostSync]) -> None:
-        super().__init__()
-        self.found = found
-
+class _Operators(_Recorder, TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         name = str(func.overloadpacket)
         kwargs = kwargs or {}

@@ -49,11 +49,17 @@ def _top1(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["metric"] == metric]
 
 
-def _grid(panels: int, rows_per_panel: int, width: float = 5.2) -> tuple[int, int, tuple[float, float]]:
-    columns = min(panels, 3)
-    lines = -(-panels // columns)
-    height = max(2.2, 0.28 * rows_per_panel + 1.1)
-    return lines, columns, (width * columns, height * lines)
+def _figure(data: pd.DataFrame, row_order: list[str], width: float = 5.2, **subplots: bool):  # type: ignore[no-untyped-def]
+    """(pairs, rows, figure, axes): a panel per pair of ``data``, up to three a line, ``width`` inches each and tall
+    enough for the rows of ``row_order`` it shows."""
+    pairs = list(dict.fromkeys(data["pair"]))
+    rows = [r for r in row_order if r in set(data["row"])]
+    columns = min(len(pairs), 3)
+    lines = -(-len(pairs) // columns)
+    height = max(2.2, 0.28 * len(rows) + 1.1)
+    size = (width * columns, height * lines)
+    figure, axes = _pyplot().subplots(lines, columns, figsize=size, dpi=110, squeeze=False, **subplots)
+    return pairs, rows, figure, axes
 
 
 def _style(axis, pair: str, xlabel: str) -> None:  # type: ignore[no-untyped-def]
@@ -84,10 +90,7 @@ def plot_vs_paper(
     plt = _pyplot()
     data = _top1(frame)
     data = data[data["mean"].notna() | data["paper"].notna()]
-    pairs = list(dict.fromkeys(data["pair"]))
-    rows = [r for r in row_order if r in set(data["row"])]
-    lines, columns, size = _grid(len(pairs), len(rows))
-    figure, axes = plt.subplots(lines, columns, figsize=size, dpi=110, squeeze=False, sharey=True)
+    pairs, rows, figure, axes = _figure(data, row_order, sharey=True)
     positions = {row: i for i, row in enumerate(reversed(rows))}
     for axis, pair in zip(axes.flat, pairs):
         cells = data[data["pair"] == pair]
@@ -128,13 +131,9 @@ def plot_bars(
     frame: pd.DataFrame, path: Path, *, name: str, row_order: list[str], smoke: bool = False, ci: bool = False
 ) -> Path:
     """Our accuracies as bars, one panel per pair (see the module docstring)."""
-    plt = _pyplot()
     data = _top1(frame)
     data = data[data["mean"].notna()]
-    pairs = list(dict.fromkeys(data["pair"]))
-    rows = [r for r in row_order if r in set(data["row"])]
-    lines, columns, size = _grid(len(pairs), len(rows), width=6.4)
-    figure, axes = plt.subplots(lines, columns, figsize=size, dpi=110, squeeze=False)
+    pairs, rows, figure, axes = _figure(data, row_order, width=6.4)
     for axis, pair in zip(axes.flat, pairs):
         cells = data[data["pair"] == pair].set_index("row")
         shown = [r for r in rows if r in cells.index]
@@ -147,15 +146,8 @@ def plot_bars(
         axis.barh(ys, [m - low for m in means], left=low, color=colours, height=0.65)
         spread_rows = [(y, m, e) for y, m, e in zip(ys, means, errors) if e > 0]
         if spread_rows:
-            axis.errorbar(
-                [m for _, m, _ in spread_rows],
-                [y for y, _, _ in spread_rows],
-                xerr=[e for _, _, e in spread_rows],
-                fmt="none",
-                ecolor="#111827",
-                elinewidth=0.9,
-                capsize=2,
-            )
+            at, values, bars = map(list, zip(*spread_rows))
+            axis.errorbar(values, at, xerr=bars, fmt="none", ecolor="#111827", elinewidth=0.9, capsize=2)
         for y, mean, error, row in zip(ys, means, errors, shown):
             n = int(cells.loc[row, "n"])
             label = f"{mean:.2f}" + (f" ± {error:.2f}" if n > 1 else "") + f"  (n={n})"

@@ -24,6 +24,8 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.tables import REPO_ROOT
+
 __all__ = [
     "PAIR",
     "PROBE_STUDENTS",
@@ -38,11 +40,7 @@ __all__ = [
 
 PAIR = ("resnet20", "resnet8")  # teacher, student: the cheapest pair every method is defined on
 #: Argument changes that make a method runnable on the one-image-per-class fixture.
-SMALL = {
-    "CRD": {"data": {"contrast_k": 16}},
-    "CRDKD": {"data": {"contrast_k": 16}},
-    "NORMCRD": {"data": {"contrast_k": 16}},
-}
+SMALL = {method: {"data": {"contrast_k": 16}} for method in ("CRD", "CRDKD", "NORMCRD")}
 #: Students of the methods that PAIR's student cannot be: DeiT++ distils into a ViT only, here timm's DeiT-Ti with
 #: its distillation token at the fixture's 32 x 32 (4 x 4 patches, 4 blocks), registered only while it is built.
 PROBE_STUDENTS = {
@@ -57,8 +55,6 @@ PROBE_RECIPES = {"DeiTPlusPlus": "nd_imagenet_vit"}
 
 def _config_of(method: str) -> dict[str, Any]:
     """The method's own config (``configs/methods/<name>.yaml``, else the first config written for the class)."""
-    from benchmarks.tables import REPO_ROOT
-
     folder = REPO_ROOT / "configs" / "methods"
     for path in [folder / f"{method.lower()}.yaml"] + sorted(folder.glob("*.yaml")):
         if not path.is_file() or "imagenet" in path.stem:
@@ -121,8 +117,6 @@ def probe_module(method: str, setting: dict[str, Any]) -> tuple[Any, dict[str, A
     smoke = load_preset("smoke").method_init_args.get(method, {})
     args = deep_merge((raw.get("model") or {}).get("init_args") or {}, smoke)
     if method in PROBE_RECIPES:
-        from benchmarks.tables import REPO_ROOT
-
         recipe = yaml.safe_load((REPO_ROOT / "configs" / "recipes" / f"{PROBE_RECIPES[method]}.yaml").read_text())
         args = deep_merge({"optim": recipe["model"]["init_args"]["optim"]}, args)
     if method == "FT":

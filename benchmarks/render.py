@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from benchmarks import plots
 from benchmarks.execute import failure_message
 from benchmarks.numerics import REFERENCE_LABEL, numerics_label
 from benchmarks.plan import Plan, identity_view
@@ -142,12 +143,8 @@ def _columns(plan: Plan) -> list[Column]:
 
 
 def _paper_value(ref: PaperRef | None, column: Column) -> tuple[float | None, str | None]:
-    if ref is None or column.key in ref.absent:
-        return None, None
-    found = lookup_paper(ref, column)
-    if not found:
-        return None, None
-    return found[0].number, found[0].value
+    found = lookup_paper(ref, column) if ref is not None and column.key not in ref.absent else []
+    return (found[0].number, found[0].value) if found else (None, None)
 
 
 CellKey = tuple[str, str, str, int]  # (table, row label, pair label, trial)
@@ -229,7 +226,7 @@ def collect(plan: Plan) -> pd.DataFrame:
                 cell.status, cell.reason = "blocked", blocked
             else:
                 key = cell_metric(protocol, column.metric)
-                failures = []
+                failure: str | None = None
                 for trial, run_id in enumerate(run_ids):
                     record = plan.store.record(run_id)
                     if record is None or key not in record.get("metrics", {}):
@@ -248,13 +245,11 @@ def collect(plan: Plan) -> pd.DataFrame:
                         cell.smoke = cell.smoke or bool(record.get("smoke"))
                         cell.diverged = cell.diverged or str(record.get("diverged") or "")
                     else:
-                        message = failure_message(plan.store, run_id)
-                        if message:
-                            failures.append(message)
+                        failure = failure or failure_message(plan.store, run_id)
                 if cell.values:
                     cell.status = "ok" if len(cell.values) == cell.expected else "partial"
-                elif failures:
-                    cell.status, cell.reason = "failed", failures[0]
+                elif failure:
+                    cell.status, cell.reason = "failed", failure
             results.append(cell)
     return pd.DataFrame(
         [
@@ -279,11 +274,6 @@ def best_cells(frame: pd.DataFrame, plan: Plan) -> tuple[set[tuple[str, str, str
             if len(known) > 1:
                 cells |= {(r, pair, metric) for r in known[known[column] == pick(known[column])]["row"]}
     return best["mean"], best["paper"]
-
-
-def _spread(entry: pd.Series, ci: bool) -> float | None:
-    value = entry["ci95" if ci else "std"]
-    return None if value is None or pd.isna(value) else float(value)
 
 
 def is_smoke(plan: Plan, frame: pd.DataFrame) -> bool:
@@ -317,7 +307,7 @@ def _format_cell(
         return f"failed{mark(entry['reason'])} / {paper}"
     if entry["status"] == "missing":
         return f"not run / {paper}"
-    text = format_ours(float(entry["mean"]), _spread(entry, ci), int(entry["n"]), int(entry["expected"]))
+    text = format_ours(float(entry["mean"]), plots.spread(entry, ci), int(entry["n"]), int(entry["expected"]))
     value, _, count = text.rpartition(" ")
     ours = (f"**{value}**" if bold_ours else value) + f" {count}"
     if entry["stale"]:
@@ -400,10 +390,8 @@ def render_markdown(plan: Plan, frame: pd.DataFrame, ci: bool = False) -> str:
 
 def plot_table(plan: Plan, frame: pd.DataFrame, path: Path, ci: bool = False) -> Path:
     """The table's PNG (:func:`benchmarks.plots.plot_table`): ours vs the paper per pair, or bars per method."""
-    from benchmarks.plots import plot_table as plot
-
     rows = [row.label for row in plan.table.rows]
-    return plot(frame, path, name=plan.table.name, row_order=rows, smoke=is_smoke(plan, frame), ci=ci)
+    return plots.plot_table(frame, path, name=plan.table.name, row_order=rows, smoke=is_smoke(plan, frame), ci=ci)
 
 
 def default_stem(plan: Plan) -> str:

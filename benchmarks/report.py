@@ -30,13 +30,13 @@ import pandas as pd
 
 from benchmarks.errors import KDBenchError, user_errors
 from benchmarks.plan import Plan, build_plan, list_presets, load_preset, preset_name
+from benchmarks.plots import spread
 from benchmarks.render import (
     DIVERGED_NOTE,
     MATCH_TOLERANCE,
     SPREAD_NOTE,
     STALE_NOTE,
     _paper_value,
-    _spread,
     best_cells,
     collect,
     coverage_row,
@@ -52,6 +52,14 @@ from benchmarks.wandb_logging import WANDB_RUN
 __all__ = ["main", "write_site", "TablePage"]
 
 TEMPLATES = Path(__file__).with_name("templates") / "report"
+#: The files of a run folder a cell's run list links to, by label (those that exist).
+RUN_FILES = {
+    "record": "record.json",
+    "failure": "failed.json",
+    "config": "config.yaml",
+    "metrics": "csv/metrics.csv",
+    "log": "launcher.log",
+}
 
 
 # ------------------------------------------------------------------------------------------- page content
@@ -136,16 +144,7 @@ def _wandb_link(run_dir: Path, site: Path) -> tuple[str, str] | None:
 def run_links(store: RunStore, run_id: str, site: Path) -> list[tuple[str, str]]:
     """Links to what a run left in the store (only the files that exist)."""
     run_dir = store.run_dir(run_id)
-    links = []
-    for label, name in (
-        ("record", "record.json"),
-        ("failure", "failed.json"),
-        ("config", "config.yaml"),
-        ("metrics", "csv/metrics.csv"),
-        ("log", "launcher.log"),
-    ):
-        if (run_dir / name).is_file():
-            links.append((label, _href(run_dir / name, site)))
+    links = [(label, _href(run_dir / name, site)) for label, name in RUN_FILES.items() if (run_dir / name).is_file()]
     wandb = _wandb_link(run_dir, site)
     if wandb:
         links.append(wandb)
@@ -180,9 +179,9 @@ def table_page(plan: Plan, frame: pd.DataFrame, site: Path, ci: bool = False) ->
     quoted: list[tuple[str, list[str]]] = []
     for row, planned in shown_rows(plan):
         if not planned:
-            values = [(_paper_value(ref, column)[1] or "–") for ref in row.paper[:1] for column in columns]
-            if row.paper:
-                quoted.append((f"{row.label} (quoted: {row.paper[0].display})", values))
+            # a row shown unplanned is quoted-only, and the table loader requires those to name a paper
+            values = [(_paper_value(row.paper[0], column)[1] or "–") for column in columns]
+            quoted.append((f"{row.label} (quoted: {row.paper[0].display})", values))
             continue
         cells = []
         for column in columns:
@@ -204,7 +203,7 @@ def table_page(plan: Plan, frame: pd.DataFrame, site: Path, ci: bool = False) ->
                 cell.ours = "not run"
             else:
                 cell.ours = format_ours(
-                    float(entry["mean"]), _spread(entry, ci), int(entry["n"]), int(entry["expected"])
+                    float(entry["mean"]), spread(entry, ci), int(entry["n"]), int(entry["expected"])
                 )
                 cell.ours_sort = float(entry["mean"])
                 cell.bold_ours = key in best_ours
@@ -296,7 +295,7 @@ def _plans(args: argparse.Namespace) -> list[Plan]:
     ]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -309,12 +308,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-root", default="data", help="dataset root the runs used (default: data)")
     parser.add_argument("--out", help="site folder (default: <store>/report)")
     parser.add_argument("--ci", action="store_true", help="show 95%% confidence intervals instead of the std")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
     with user_errors("benchmarks.report"):
-        args = parse_args(argv)
+        args = parser.parse_args(argv)
         plans = _plans(args)
         if not plans:
             raise KDBenchError("no table to report")

@@ -25,15 +25,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from benchmarks.speed_train import _PILDataset, add_commands, check_args, load_average
+from benchmarks.speed_train import _PILDataset, add_commands, check_args, check_counts, load_average
+from datamodules import DATASETS
 
 __all__ = ["main", "measure_ours", "measure_torchvision", "load_average"]
 
 
 def _data(dataset: str, count: int, root: str | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(N, C, H, W) uint8 images and labels: the real training split when ``root`` holds it, else random pixels."""
-    from datamodules import DATASETS
-
     cls = DATASETS[dataset]
     if root is not None and cls.is_available(root):
         images, labels = cls(root=root).load_split("train")  # type: ignore[attr-defined]
@@ -47,8 +46,6 @@ def _data(dataset: str, count: int, root: str | None, seed: int) -> tuple[torch.
 
 def measure_ours(dataset: str, images: torch.Tensor, labels: torch.Tensor, batch_size: int, epochs: int) -> float:
     """images/s of the datamodule's own training path on the CPU (split in memory, augmentation after 'transfer')."""
-    from datamodules import DATASETS
-
     base = DATASETS[dataset]
     preloaded = type(f"Preloaded{base.__name__}", (base,), {"load_split": lambda self, split: (images, labels)})
     datamodule = preloaded(batch_size=batch_size, seed=0, on_device=False)
@@ -64,14 +61,9 @@ def measure_ours(dataset: str, images: torch.Tensor, labels: torch.Tensor, batch
 def _torchvision_transform(dataset: str) -> Callable:
     from torchvision import transforms as T
 
-    from datamodules import DATASETS
-
     cls = DATASETS[dataset]
-    if dataset == "cifar100":
-        augment = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
-    else:
-        augment = [T.RandomRotation(20), T.RandomHorizontalFlip()]
-    return T.Compose([*augment, T.ToTensor(), T.Normalize(cls.mean, cls.std)])
+    first = T.RandomCrop(32, padding=4) if dataset == "cifar100" else T.RandomRotation(20)
+    return T.Compose([first, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(cls.mean, cls.std)])
 
 
 def measure_torchvision(
@@ -80,11 +72,8 @@ def measure_torchvision(
     """images/s of the reference PIL pipeline through a shuffling DataLoader with ``workers`` processes."""
     data = _PILDataset(images.permute(0, 2, 3, 1).contiguous().numpy(), labels.numpy(), _torchvision_transform(dataset))
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=workers)
-    seen = 0
     start = time.perf_counter()
-    for _ in range(epochs):
-        for batch, _ in loader:
-            seen += batch.shape[0]
+    seen = sum(batch.shape[0] for _ in range(epochs) for batch, _ in loader)
     return seen / (time.perf_counter() - start)
 
 
@@ -114,7 +103,9 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.errors import user_errors
+
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     data = commands.add_parser("data", help="our batched data pipeline vs the torchvision PIL DataLoader")
@@ -139,19 +130,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.command != "data":
         check_args(parser, args)
-        return args
-    for name in ("batch_size", "epochs", "repeats", "images", "threads"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.workers < 0:
-        parser.error(f"--workers must be >= 0, got {args.workers}")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from benchmarks.errors import user_errors
-
-    args = parse_args(argv)
+    else:
+        check_counts(parser, args, ("batch_size", "epochs", "repeats", "images", "threads"), ("workers",))
     with user_errors("benchmarks.speed"):
         return int(args.handler(args))
 

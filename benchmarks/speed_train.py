@@ -52,7 +52,10 @@ from benchmarks.cost import (
     dataset_classes,
     planned_config,
     stand_in_teacher_cache,
+    synchronize,
 )
+from benchmarks.errors import KDBenchError
+from benchmarks.execute import quiet_lightning
 
 __all__ = ["add_commands", "check_args", "run_train", "run_concurrent", "ARMS"]
 
@@ -129,15 +132,22 @@ def add_commands(commands: Any) -> None:
     concurrent.set_defaults(handler=run_concurrent, arms="kdbench")
 
 
+def check_counts(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, positive: tuple[str, ...], non_negative: tuple[str, ...]
+) -> None:
+    """One argparse error for the first count option out of range (an unset option, None, is not checked)."""
+    for names, low, what in ((positive, 1, "positive"), (non_negative, 0, ">= 0")):
+        for name in names:
+            value = getattr(args, name)
+            if value is not None and value < low:
+                parser.error(f"--{name.replace('_', '-')} must be {what}, got {value}")
+
+
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for name in ("steps", "repeats", "images", "threads", "eval_images"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("warmup", "workers", "epochs"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
-    if args.batch_size is not None and args.batch_size <= 0:
-        parser.error(f"--batch-size must be positive, got {args.batch_size}")
+    check_counts(
+        parser, args, ("steps", "repeats", "images", "threads", "eval_images"), ("warmup", "workers", "epochs")
+    )
+    check_counts(parser, args, ("batch_size",), ())
     arms = [a.strip() for a in str(args.arms).split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not arms:
@@ -145,14 +155,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     args.arms = arms
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible here")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if getattr(args, "k", None) is not None and any(k <= 0 for k in args.k):
         parser.error(f"--k values must be positive, got {args.k}")
-
-
-def _device(args: argparse.Namespace) -> str:
-    if args.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(args.device)
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -160,7 +166,6 @@ def _device(args: argparse.Namespace) -> str:
 
 def _dataset(config: dict[str, Any], table: Any, args: argparse.Namespace, folder: Path) -> tuple[Any, ...]:
     """(train images, labels, eval images, labels, description, datamodule class) of the run's dataset."""
-    from benchmarks.errors import KDBenchError
     from datamodules import DATASETS, InMemoryDataModule
 
     cls = DATASETS[table.dataset]
@@ -194,7 +199,7 @@ def _dataset(config: dict[str, Any], table: Any, args: argparse.Namespace, folde
 def _instantiate(config: dict[str, Any], folder: Path, name: str) -> tuple[Any, Any]:
     """(model, datamodule) of a config, built through the CLI (numerics applied as in a real run)."""
     from benchmarks.cli import KDBenchCLI
-    from benchmarks.execute import dump_config, quiet_lightning
+    from benchmarks.execute import dump_config
 
     config = copy.deepcopy(config)
     config["run"] = {"dir": str(folder / name), "wandb": "disabled", "export_final": False}
@@ -206,11 +211,6 @@ def _instantiate(config: dict[str, Any], folder: Path, name: str) -> tuple[Any, 
     with quiet_lightning():
         cli = KDBenchCLI(args=["--config", str(path)], run=False)
     return cli.model, cli.datamodule
-
-
-def _synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 class _Clock(Callback):
@@ -225,12 +225,12 @@ class _Clock(Callback):
     def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
         done = trainer.global_step
         if done == self.warmup:
-            _synchronize(self.device)
+            synchronize(self.device)
             if self.barrier is not None:
                 self.barrier()
             self.start, self.cpu_start = time.perf_counter(), time.process_time()
         elif done == self.warmup + self.steps:
-            _synchronize(self.device)
+            synchronize(self.device)
             self.end, self.cpu_end = time.perf_counter(), time.process_time()
 
     @property
@@ -260,8 +260,6 @@ class LightningArm:
     def run(
         self, warmup: int, steps: int, barrier: Callable[[], None] | None = None, extra: list[Any] | None = None
     ) -> float:
-        from benchmarks.execute import quiet_lightning
-
         clock = _Clock(warmup, steps, self.device, barrier)
         with quiet_lightning():
             trainer = self._trainer([clock, *(extra or [])], max_steps=warmup + steps, limit_val_batches=0)
@@ -270,22 +268,18 @@ class LightningArm:
 
     def run_epochs(self, epochs: int) -> dict[str, Any]:
         """One warm-up epoch, then ``epochs`` timed epochs, each with its full evaluation."""
-        from lightning.pytorch.callbacks import Callback
-
-        from benchmarks.execute import quiet_lightning
-
         marks: list[float] = []
         device = self.device
 
         class _Epochs(Callback):
             def on_train_epoch_start(self, *args: Any) -> None:
                 if not marks:
-                    _synchronize(device)
+                    synchronize(device)
                     marks.append(time.perf_counter())
 
             def on_validation_epoch_end(self, trainer: Any, *args: Any) -> None:
                 if not trainer.sanity_checking:
-                    _synchronize(device)
+                    synchronize(device)
                     marks.append(time.perf_counter())
 
         started = time.perf_counter()
@@ -338,12 +332,10 @@ def _reference_transform(datamodule: Any) -> Any:
         steps.append(T.RandomRotation(augment.degrees))
     if getattr(augment, "flip", False):
         steps.append(T.RandomHorizontalFlip())
-    channels = datamodule.split("train")[0].shape[1]
-    if channels == 1:
-        steps.append(T.Grayscale(num_output_channels=3))  # Fashion-MNIST: grey replicated to RGB
-        mean, std = tuple(datamodule.mean) * 3, tuple(datamodule.std) * 3
-    else:
-        mean, std = tuple(datamodule.mean), tuple(datamodule.std)
+    copies = 3 if datamodule.split("train")[0].shape[1] == 1 else 1  # Fashion-MNIST: grey replicated to RGB
+    if copies == 3:
+        steps.append(T.Grayscale(num_output_channels=3))
+    mean, std = tuple(datamodule.mean) * copies, tuple(datamodule.std) * copies
     return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
 
 
@@ -359,8 +351,6 @@ class ReferenceArm:
     """RepDistiller's ``train_distill`` loop around the same method's losses (eager fp32, DataLoader + PIL)."""
 
     def __init__(self, config: dict[str, Any], data: tuple[Any, ...], device: str, folder: Path, workers: int) -> None:
-        from benchmarks.execute import quiet_lightning
-
         self.arm = LightningArm("reference", config, data, device, folder)
         self.device = device
         module = self.arm.module
@@ -381,8 +371,6 @@ class ReferenceArm:
 
     def run(self, warmup: int, steps: int, barrier: Callable[[], None] | None = None) -> tuple[float, float]:
         """(wall, CPU) seconds per step; CPU counts this process and its DataLoader workers."""
-        from benchmarks.errors import KDBenchError
-
         if len(self.loader) < warmup + steps:
             raise KDBenchError(
                 f"the reference arm needs {warmup + steps} batches in one epoch, the data has {len(self.loader)}: "
@@ -396,7 +384,7 @@ class ReferenceArm:
         start, cpu_start = time.perf_counter(), time.process_time() + _workers_cpu(batches)
         for step in range(warmup + steps):
             if step == warmup:
-                _synchronize(self.device)
+                synchronize(self.device)
                 start, cpu_start = time.perf_counter(), time.process_time() + _workers_cpu(batches)
             item = next(batches)
             images, target, index = item[0].float().to(device), item[1].to(device), item[2].to(device)
@@ -412,7 +400,7 @@ class ReferenceArm:
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
-        _synchronize(self.device)
+        synchronize(self.device)
         wall, cpu = time.perf_counter() - start, time.process_time() + _workers_cpu(batches) - cpu_start
         return wall / steps, cpu / steps
 
@@ -454,14 +442,6 @@ def _machine(device: str, threads: int) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- train
-def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    device = _device(args)
-    torch.set_num_threads(args.threads)
-    os.environ["KDBENCH_CACHE"] = str(folder / "cache")  # never mix benchmark artefacts into the real cache
-    with stand_in_teacher_cache(folder / "cache") if args.cache_fill == "stand-in" else contextlib.nullcontext():
-        return _measure_arms(args, folder, device)
-
-
 def _measure_arms(args: argparse.Namespace, folder: Path, device: str) -> dict[str, Any]:
     from benchmarks.numerics import numerics_label
 
@@ -551,7 +531,6 @@ def _measure_arms(args: argparse.Namespace, folder: Path, device: str) -> dict[s
 def _profile(arm: Any, args: argparse.Namespace, device: str) -> dict[str, Any]:
     """A profiler table of the kdbench arm's measured steps, and its host syncs (benchmarks.host_sync, in a
     separate fit so that the checking does not show in the profile)."""
-    from lightning.pytorch.callbacks import Callback
     from torch.profiler import ProfilerActivity, profile, schedule
 
     from benchmarks.host_sync import StepSyncCheck
@@ -592,10 +571,8 @@ def _markdown(result: dict[str, Any]) -> str:
     ce = arms.get("ce", {}).get("median_ms")
 
     def reference_of(entry: dict[str, Any]) -> float | None:
-        for other in arms.values():
-            if other.get("arm") == "reference" and other.get("method") == entry.get("method"):
-                return other.get("median_ms")
-        return arms.get("reference", {}).get("median_ms")
+        same = (o for o in arms.values() if o.get("arm") == "reference" and o.get("method") == entry.get("method"))
+        return next((other.get("median_ms") for other in same), arms.get("reference", {}).get("median_ms"))
 
     lines = [
         f"# {result['method']} {result['pair']} ({result['table']}, preset {result['preset']}): training-step speed",
@@ -643,8 +620,12 @@ def _markdown(result: dict[str, Any]) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="kdbench-speed-") as tmp:
-        result = _measure(args, Path(tmp))
+        folder = Path(tmp)
+        os.environ["KDBENCH_CACHE"] = str(folder / "cache")  # never mix benchmark artefacts into the real cache
+        with stand_in_teacher_cache(folder / "cache") if args.cache_fill == "stand-in" else contextlib.nullcontext():
+            result = _measure_arms(args, folder, args.device)
     text = _markdown(result)
     print(text)
     if args.out:
@@ -702,7 +683,7 @@ def run_concurrent(args: argparse.Namespace) -> int:
     lines = [
         f"# {args.method} {args.pair} (preset {args.preset}): K runs sharing one device",
         "",
-        f"- device: {_machine(_device(args), max(1, args.threads // max(args.k)))} per run; {args.steps} timed steps per run after {args.warmup} "
+        f"- device: {_machine(args.device, max(1, args.threads // max(args.k)))} per run; {args.steps} timed steps per run after {args.warmup} "
         "warm-up steps, all K runs timed over the same window (they start measuring together)",
         "",
         f"| K | images/s, all runs | per run | vs K={rows[0]['k']} | wall incl. start-up (s) |",

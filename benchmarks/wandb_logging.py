@@ -43,15 +43,9 @@ def wandb_config(info: Any, config: dict[str, Any]) -> dict[str, Any]:
     teacher = ((config.get("model") or {}).get("init_args") or {}).get("teacher") or {}
     checkpoint = teacher.get("checkpoint") if isinstance(teacher, dict) else None
     trainer = resolved.get("trainer") or {}
+    identity = ("run_id", "table", "pair", "method", "trial", "recipe", "preset", "cells")
     return {
-        "run_id": info.run_id,
-        "table": info.table,
-        "pair": info.pair,
-        "method": info.method,
-        "trial": info.trial,
-        "recipe": info.recipe,
-        "preset": info.preset,
-        "cells": info.cells,
+        **{key: getattr(info, key) for key in identity},
         "seed": config.get("seed_everything"),
         **resolved,
         "teacher_digest": teacher_digest(str(checkpoint)) if checkpoint else None,
