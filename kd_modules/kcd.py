@@ -283,8 +283,8 @@ class KCD(DistillationModule):
         self.t = t
         # What the transformation is computed from (Algorithm 1 steps 1-3 and the Table 3b/4 options).
         self.theta_0, self.theta_1 = student_init, ce_student_checkpoint
-        self.c_t = distilled_shape(self.teacher, layer).channels
-        self.c_s = distilled_shape(self.student, layer).channels
+        student_shape, teacher_shape = distilled_shape(self.student, layer), distilled_shape(self.teacher, layer)
+        self.c_t, self.c_s = teacher_shape.channels, student_shape.channels
 
         self.route: TeacherRoute | None = None
         if combine == "rco":
@@ -300,7 +300,6 @@ class KCD(DistillationModule):
             from kd_modules.kcd_subnet import build_subnet
 
             self.subnet = build_subnet(t.transform, self.c_t, self.c_s).requires_grad_(False)  # fitted offline
-        student_shape, teacher_shape = distilled_shape(self.student, layer), distilled_shape(self.teacher, layer)
         if combine == "ab" and student_shape.chw[1:] != teacher_shape.chw[1:]:
             raise MethodConfigError(
                 f"combine='ab' compares maps element-wise: the {layer!r} maps differ in size (student "
@@ -476,11 +475,6 @@ class KCD(DistillationModule):
         self.subnet.load_state_dict({k: v.to(device) for k, v in fitted.items()})
 
     # -------------------------------------------------------------------------------------- distillation
-    def _phase(self) -> int:
-        if self.route is None:
-            return 0
-        return self.route.phase_at(self.global_step, self.trainer.estimated_stepping_batches)
-
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.route is not None:
             self.route.follow(self.teacher, self.global_step, self.trainer.estimated_stepping_batches)
@@ -493,7 +487,9 @@ class KCD(DistillationModule):
         if self.subnet is not None:
             with torch.no_grad():
                 return self.subnet(teacher_map)
-        mappings = self.mappings[self._phase()]
+        mappings = self.mappings[0]
+        if self.route is not None:  # combine=rco: the mappings of the phase's anchor
+            mappings = self.mappings[self.route.phase_at(self.global_step, self.trainer.estimated_stepping_batches)]
         return transform_channels(
             teacher_map, mappings[0] if self.t.num_transforms == 1 else mappings[self._partition(labels)]
         )
