@@ -109,11 +109,10 @@ class TeacherOutputCache:
         """float32 outputs of the samples ``indices`` (positions in the training split) seen as ``views``: one
         index-select per field, no host sync."""
         flat = indices.long() * self.views + views.long()
-        out = {}
-        for name, table in self.tables.items():
-            rows = table.reshape(-1, table.shape[-1]).index_select(0, flat)
-            out[name] = rows.float()
-        return out
+        return {
+            name: table.reshape(-1, table.shape[-1]).index_select(0, flat).float()
+            for name, table in self.tables.items()
+        }
 
     @property
     def nbytes(self) -> int:
@@ -146,8 +145,7 @@ def compute_teacher_outputs(
     device.  Float32 arithmetic (autocast off), eval mode, inference mode."""
     count = images.shape[0]
     device = images.device
-    widths = {name: FIELDS[name](teacher) for name in fields}
-    tables = {name: torch.empty(count, views, width, dtype=dtype, device=device) for name, width in widths.items()}
+    tables = {name: torch.empty(count, views, FIELDS[name](teacher), dtype=dtype, device=device) for name in fields}
     per_chunk = max(1, batch_size // views)
     starts = range(0, count, per_chunk)
     items = progress(starts, len(starts), "teacher outputs per view") if show_progress else starts
@@ -178,8 +176,7 @@ def build_teacher_cache(module: DistillationModule) -> tuple[TeacherOutputCache 
         return None, f"{method} has no teacher"
     if fields is None:
         return None, f"{method} reads teacher outputs beyond its logits and pooled embedding (not in the cache)"
-    trainer = getattr(module, "_trainer", None)
-    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    datamodule = getattr(getattr(module, "_trainer", None), "datamodule", None)
     views_of = getattr(datamodule, "train_views", None)
     views = views_of() if callable(views_of) else None
     if views is None:
