@@ -313,26 +313,21 @@ class ChannelOverlap(Diagnostic):
     def measure(self) -> dict[str, float]:
         mapping = teacher_mapping(self, self.student if self.compare == "transformed_teacher" else None)
         other = self.reference if self.reference is not None else self.teacher
-        num_classes = int(self.hparams["num_classes"])
-        sums: list[Tensor] = []
-        counts = None
+        sums = counts = 0
         for batch in self.batches("train"):
             images, labels = batch["images"], batch["labels"]
             s = distilled_map(self.student.forward_features(images), self.layer, False).float().mean((2, 3))
             o = distilled_map(other.forward_features(images), self.layer, False).float().mean((2, 3))
             if other is self.teacher:
                 o = o.index_select(1, mapping)
-            s_sums, counts_now = class_channel_means(s, labels, num_classes)
-            o_sums, _ = class_channel_means(o, labels, num_classes)
-            if not sums:
-                sums, counts = [s_sums, o_sums], counts_now
-            else:
-                sums[0] += s_sums
-                sums[1] += o_sums
-                counts += counts_now
-        assert counts is not None
-        means = [total / counts[:, None] for total in sums]  # NaN rows for classes without images
-        return {f"overlap_top{k}": float(top_k_overlap(means[1], means[0], k)) for k in self.ks}
+            # Both have the student's width: their per-class sums side by side, [student | other].
+            batch_sums, batch_counts = class_channel_means(
+                torch.cat([s, o], 1), labels, int(self.hparams["num_classes"])
+            )
+            sums = sums + batch_sums
+            counts = counts + batch_counts
+        student_means, other_means = (sums / counts[:, None]).chunk(2, dim=1)  # NaN rows: classes without images
+        return {f"overlap_top{k}": float(top_k_overlap(other_means, student_means, k)) for k in self.ks}
 
 
 def teacher_mapping(module: ChannelOverlap | OutputConsistency, student: KDNet | None) -> Tensor:
