@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from kd_modules.base import Batch, DistillationModule, MethodConfigError, OptimConfig, SettingsGroup, TeacherConfig
 from kd_modules.losses.kcd import channel_mapping, identity_mapping, statistic_groups, transform_channels
 from kd_modules.offline import normalised_train_batches, progress
-from kd_modules.rco import check_layer, distilled_map, distilled_shape
+from kd_modules.rco import check_layer, distilled_map, distilled_shape, vanilla_stage
 from models import KDNet, create_model
 from models.checkpoints import CheckpointError, load_network, read_state_dict
 
@@ -299,15 +299,9 @@ class ChannelOverlap(Diagnostic):
     def prerequisites(cls, init_args: dict[str, Any]) -> list[dict[str, Any]]:
         stages = [cls.trained_stage(init_args)]
         if init_args.get("compare") == "student":
-            stages.append(
-                {
-                    "name": "second_student",
-                    "method": "Vanilla",
-                    "seed": int(init_args.get("second_seed", 1)),
-                    "pass_as": "reference_checkpoint",
-                    "description": "S2: the same student trained with CE from another initialisation",
-                }
-            )
+            seed = int(init_args.get("second_seed", 1))
+            description = "S2: the same student trained with CE from another initialisation"
+            stages.append(vanilla_stage("second_student", "reference_checkpoint", description, seed=seed))
         return stages
 
     def measure(self) -> dict[str, float]:
@@ -336,11 +330,7 @@ def teacher_mapping(module: ChannelOverlap | OutputConsistency, student: KDNet |
     ``student`` and the teacher over the training split."""
     from kd_modules.kcd import consistency_statistics
 
-    assert module.teacher is not None
-    shape = (
-        distilled_shape(module.teacher, module.layer).channels,
-        distilled_shape(module.student, module.layer).channels,
-    )
+    shape = tuple(distilled_shape(network, module.layer).channels for network in (module.teacher, module.student))
     if student is None:
         return identity_mapping(*shape).to(module.device)
     groups = statistic_groups([module.consistency], "sum")
@@ -415,14 +405,8 @@ class OutputConsistency(Diagnostic):
     def prerequisites(cls, init_args: dict[str, Any]) -> list[dict[str, Any]]:
         stages = [cls.trained_stage(init_args)]
         if init_args.get("mapping", "identity") != "identity":
-            stages.append(
-                {
-                    "name": "theta_1",
-                    "method": "Vanilla",
-                    "pass_as": "mapping_checkpoint",
-                    "description": "theta_1, the CE-only student KCD's transformation is computed with",
-                }
-            )
+            description = "theta_1, the CE-only student KCD's transformation is computed with"
+            stages.append(vanilla_stage("theta_1", "mapping_checkpoint", description))
         return stages
 
     def measure(self) -> dict[str, float]:

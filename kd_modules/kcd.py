@@ -72,7 +72,7 @@ from kd_modules.offline import (
     teacher_digest,
     training_data_fingerprint,
 )
-from kd_modules.rco import TeacherRoute, check_layer, distilled_map, distilled_shape, route_prerequisite
+from kd_modules.rco import TeacherRoute, check_layer, distilled_map, distilled_shape, route_prerequisite, vanilla_stage
 from models import KDNet, create_model
 from models.checkpoints import load_network
 
@@ -326,10 +326,10 @@ class KCD(DistillationModule):
         stages: list[dict[str, Any]] = []
         if t.transform != "none" and int(init_args.get("distill_init", 0) or 0) == 0:
             description = "the student's stored initialisation theta_0 (the CE-only run's initial.pth)"
-            stages.append(_stage("theta_0", "student_init", description, output="initial.pth"))
+            stages.append(vanilla_stage("theta_0", "student_init", description, output="initial.pth"))
         if t.needs_statistics:
             description = "theta_1: the student trained from theta_0 with CE only (= the plain-student run)"
-            stages.append(_stage("ce_student", "ce_student_checkpoint", description))
+            stages.append(vanilla_stage("ce_student", "ce_student_checkpoint", description))
         if t.transform_teacher_seed is not None and t.needs_statistics:
             seed = int(t.transform_teacher_seed)
             description = f"the teacher trained with seed {seed}, the one the transformation is computed for"
@@ -562,8 +562,3 @@ class KCD(DistillationModule):
             folder = Path(self.trainer.default_root_dir)
             if self.trainer.global_rank == 0 and folder.is_dir():
                 torch.save({"mappings": self.mappings.cpu(), **self.consistency_report}, folder / "kcd_transform.pt")
-
-
-def _stage(name: str, pass_as: str, description: str, output: str = "final.pth") -> dict[str, Any]:
-    """A CE-only ``Vanilla`` stage of Algorithm 1 on the pair's student."""
-    return {"name": name, "method": "Vanilla", "pass_as": pass_as, "output": output, "description": description}

@@ -241,9 +241,7 @@ class NORMFeatureTransform(nn.Module):
         scales, shifts = [], []
         for block in (self.expand, self.contract):
             bn = block[1]
-            if bn.running_mean is None or bn.running_var is None:
-                raise FoldError("the FT's BatchNorm keeps no running statistics: it cannot be folded")
-            gamma, beta = bn.weight.double(), bn.bias.double()  # the FT's BatchNorms are affine (built above)
+            gamma, beta = bn.weight.double(), bn.bias.double()  # affine, with running statistics (built above)
             scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
             scales.append(scale)
             shifts.append(beta - scale * bn.running_mean.double())
@@ -302,11 +300,9 @@ def fold_feature_transform(network: KDNet, arch: str, *, check: bool = True) -> 
             f"{classifier.in_features}: it does not sit directly before global pooling"
         )
     matrix, offset = ft.affine_map()
-    weight = classifier.weight.double()
-    new_weight = weight @ matrix.to(weight.device)
-    new_bias = classifier.bias.double() + weight @ offset.to(weight.device)
-    classifier.weight.copy_(new_weight.to(classifier.weight.dtype))
-    classifier.bias.copy_(new_bias.to(classifier.bias.dtype))
+    weight = classifier.weight.double()  # copy_ rounds back to the classifier's dtype
+    classifier.bias.copy_(classifier.bias.double() + weight @ offset.to(weight.device))
+    classifier.weight.copy_(weight @ matrix.to(weight.device))
     if check:
         error = fold_error(network, folded)
         if error > 1e-4:

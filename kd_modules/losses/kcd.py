@@ -109,8 +109,7 @@ def consistency_matrix(
     if metric in ("cosine", "correlation"):
         if metric == "correlation":
             t, s = t - t.mean(0, keepdim=True), s - s.mean(0, keepdim=True)
-        norm_t, norm_s = t.norm(dim=0), s.norm(dim=0)
-        denominator = norm_t[:, None] * norm_s[None, :]
+        denominator = t.norm(dim=0)[:, None] * s.norm(dim=0)[None, :]
         return torch.where(denominator > 0, (t.t() @ s) / denominator.clamp(min=1e-300), torch.zeros_like(denominator))
     if metric == "kl":
         p, log_p = _kl_distributions(t, kl_distribution, eps)
@@ -319,9 +318,8 @@ class ConsistencyStatistics:
             result = torch.where(relative & (denominator > 0), covariance / denominator.clamp(min=1e-300), 0.0)
         elif kl_distribution == "sum":
             total_t, total_s = x["kl_t"][:, :, None], x["kl_s"][:, None, :]
-            # KL(p_j || q_i) = [sum t' log t' / T_j - log T_j] - [sum t' log s'_i / T_j - log S_i]
-            kl = (x["kl_tlogt"][:, :, None] / total_t - total_t.log()) - (x["kl_tlogs"] / total_t - total_s.log())
-            result = -kl
+            # KL(p_j || q_i) = [sum t' log t' / T_j - log T_j] - [sum t' log s'_i / T_j - log S_i]; M = -KL
+            result = (x["kl_tlogs"] / total_t - total_s.log()) - (x["kl_tlogt"][:, :, None] / total_t - total_t.log())
         else:
             z_t, z_s = x["sm_z_t"][:, :, None], x["sm_z_s"][:, None, :]
             max_t, max_s = x["sm_max_t"][:, :, None], x["sm_max_s"][:, None, :]
