@@ -109,8 +109,7 @@ def consistency_statistics(
     Each image contributes its global-average-pooled distilled maps (spec §4.3: ``A(F)`` over the n images).
     """
     device = next(student.parameters()).device
-    c_t = distilled_shape(teacher, layer).channels
-    c_s = distilled_shape(student, layer).channels
+    c_t, c_s = (distilled_shape(network, layer).channels for network in (teacher, student))
     stats = ConsistencyStatistics(c_t, c_s, groups, partitions, eps=eps, device=device)
     teacher.eval()
     student.eval()
@@ -554,8 +553,7 @@ class KCD(DistillationModule):
         report: dict[str, Any] = {"gamma_identity": [], "gamma_transformed": []}
         self._set_mappings(0, stats.matrix(t.consistency, t.kl_distribution), report)
         self._recorded = None
-        gammas = {"transformed": sum(report["gamma_transformed"]), "identity": sum(report["gamma_identity"])}
-        self.log_dict({f"kcd/gamma_{k}": v for k, v in gammas.items()})
+        self.log_dict({f"kcd/{name}": sum(values) for name, values in report.items()})  # kcd/gamma_identity, ...
 
     def on_train_start(self) -> None:
         if self.consistency_report and self.trainer.default_root_dir:

@@ -25,6 +25,7 @@ index-select per step; worth it as soon as two runs share a teacher.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -54,9 +55,7 @@ __all__ = [
 FIELDS: dict[str, Callable[[Any], int]] = {
     "logits": lambda teacher: int(teacher.num_classes),
     "embedding": lambda teacher: int(teacher.embedding_dim),
-    "final_map": lambda teacher: int(
-        teacher.final_shape.channels * teacher.final_shape.height * teacher.final_shape.width
-    ),
+    "final_map": lambda teacher: math.prod(teacher.final_shape.chw),
 }
 
 #: Methods whose training step reads nothing of the teacher but these outputs of the batch's own images.
