@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.errors import DatasetError
+from datamodules.loaders import InMemoryBatches
 from kd_modules.errors import MethodConfigError
 from kd_modules.offline import data_fingerprint, load_or_compute, progress, teacher_digest, training_data_fingerprint
 from models import FeatureOutput, KDNet
@@ -122,31 +123,6 @@ def class_tap_means(
     return means
 
 
-def _training_split(datamodule: Any) -> tuple[Tensor, Tensor]:
-    if not hasattr(datamodule, "split"):
-        raise MethodConfigError(
-            f"teacher class means need a datamodule holding its training split in memory "
-            f"(an InMemoryDataModule); {type(datamodule).__name__} is not one"
-        )
-    return datamodule.split("train")
-
-
-def _train_transform_batches(datamodule: Any, images: Tensor, labels: Tensor, seed: int) -> Iterable[Batch]:
-    """One augmented view of every training image, in split order, drawn from ``seed`` (epoch 0)."""
-    from datamodules.loaders import InMemoryBatches
-
-    return InMemoryBatches(
-        images,
-        labels,
-        batch_size=datamodule.eval_batch_size,
-        shuffle=False,
-        drop_last=False,
-        seed=seed,
-        current_epoch=lambda: 0,
-        augment=datamodule.train_augmentation(),
-    )
-
-
 def teacher_class_means(
     teacher: KDNet,
     teacher_checkpoint: str,
@@ -168,8 +144,13 @@ def teacher_class_means(
     if transform not in TRANSFORMS:
         raise MethodConfigError(f"unknown class-mean transform {transform!r}; valid: {', '.join(TRANSFORMS)}")
     # In memory (CIFAR, Tiny-ImageNet, Fashion-MNIST), or streamed from files (ImageNet: its own augmented pass).
-    streamed = not hasattr(datamodule, "split") and hasattr(datamodule, "class_mean_dataloader")
-    images, labels = (None, None) if streamed else _training_split(datamodule)
+    streamed = not hasattr(datamodule, "split")
+    if streamed and not hasattr(datamodule, "class_mean_dataloader"):
+        raise MethodConfigError(
+            f"teacher class means need a datamodule holding its training split in memory "
+            f"(an InMemoryDataModule); {type(datamodule).__name__} is not one"
+        )
+    images, labels = (None, None) if streamed else datamodule.split("train")
     inputs: dict[str, Any] = {
         "teacher": teacher_digest(teacher_checkpoint),
         "teacher_arch": teacher_arch or type(teacher).__name__,
@@ -187,8 +168,17 @@ def teacher_class_means(
     def compute() -> dict[str, Tensor]:
         if transform == "train" and streamed:
             batches = datamodule.class_mean_dataloader(seed)
-        elif transform == "train":
-            batches = _train_transform_batches(datamodule, images, labels, seed)
+        elif transform == "train":  # one augmented view of every training image, in split order, epoch 0 of seed
+            batches = InMemoryBatches(
+                images,
+                labels,
+                batch_size=datamodule.eval_batch_size,
+                shuffle=False,
+                drop_last=False,
+                seed=seed,
+                current_epoch=lambda: 0,
+                augment=datamodule.train_augmentation(),
+            )
         else:
             batches = datamodule.train_eval_dataloader()
         return class_tap_means(

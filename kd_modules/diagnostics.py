@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from kd_modules.base import Batch, DistillationModule, MethodConfigError, OptimConfig, SettingsGroup, TeacherConfig
 from kd_modules.losses.kcd import channel_mapping, identity_mapping, statistic_groups, transform_channels
 from kd_modules.offline import normalised_train_batches, progress
-from kd_modules.rco import check_layer, distilled_map, distilled_shape
+from kd_modules.rco import check_layer, distilled_map, distilled_shape, vanilla_stage
 from models import KDNet, create_model
 from models.checkpoints import CheckpointError, load_network, read_state_dict
 
@@ -299,40 +299,29 @@ class ChannelOverlap(Diagnostic):
     def prerequisites(cls, init_args: dict[str, Any]) -> list[dict[str, Any]]:
         stages = [cls.trained_stage(init_args)]
         if init_args.get("compare") == "student":
-            stages.append(
-                {
-                    "name": "second_student",
-                    "method": "Vanilla",
-                    "seed": int(init_args.get("second_seed", 1)),
-                    "pass_as": "reference_checkpoint",
-                    "description": "S2: the same student trained with CE from another initialisation",
-                }
-            )
+            seed = int(init_args.get("second_seed", 1))
+            description = "S2: the same student trained with CE from another initialisation"
+            stages.append(vanilla_stage("second_student", "reference_checkpoint", description, seed=seed))
         return stages
 
     def measure(self) -> dict[str, float]:
         mapping = teacher_mapping(self, self.student if self.compare == "transformed_teacher" else None)
         other = self.reference if self.reference is not None else self.teacher
-        num_classes = int(self.hparams["num_classes"])
-        sums: list[Tensor] = []
-        counts = None
+        sums = counts = 0
         for batch in self.batches("train"):
             images, labels = batch["images"], batch["labels"]
             s = distilled_map(self.student.forward_features(images), self.layer, False).float().mean((2, 3))
             o = distilled_map(other.forward_features(images), self.layer, False).float().mean((2, 3))
             if other is self.teacher:
                 o = o.index_select(1, mapping)
-            s_sums, counts_now = class_channel_means(s, labels, num_classes)
-            o_sums, _ = class_channel_means(o, labels, num_classes)
-            if not sums:
-                sums, counts = [s_sums, o_sums], counts_now
-            else:
-                sums[0] += s_sums
-                sums[1] += o_sums
-                counts += counts_now
-        assert counts is not None
-        means = [total / counts[:, None] for total in sums]  # NaN rows for classes without images
-        return {f"overlap_top{k}": float(top_k_overlap(means[1], means[0], k)) for k in self.ks}
+            # Both have the student's width: their per-class sums side by side, [student | other].
+            batch_sums, batch_counts = class_channel_means(
+                torch.cat([s, o], 1), labels, int(self.hparams["num_classes"])
+            )
+            sums = sums + batch_sums
+            counts = counts + batch_counts
+        student_means, other_means = (sums / counts[:, None]).chunk(2, dim=1)  # NaN rows: classes without images
+        return {f"overlap_top{k}": float(top_k_overlap(other_means, student_means, k)) for k in self.ks}
 
 
 def teacher_mapping(module: ChannelOverlap | OutputConsistency, student: KDNet | None) -> Tensor:
@@ -341,11 +330,7 @@ def teacher_mapping(module: ChannelOverlap | OutputConsistency, student: KDNet |
     ``student`` and the teacher over the training split."""
     from kd_modules.kcd import consistency_statistics
 
-    assert module.teacher is not None
-    shape = (
-        distilled_shape(module.teacher, module.layer).channels,
-        distilled_shape(module.student, module.layer).channels,
-    )
+    shape = tuple(distilled_shape(network, module.layer).channels for network in (module.teacher, module.student))
     if student is None:
         return identity_mapping(*shape).to(module.device)
     groups = statistic_groups([module.consistency], "sum")
@@ -420,14 +405,8 @@ class OutputConsistency(Diagnostic):
     def prerequisites(cls, init_args: dict[str, Any]) -> list[dict[str, Any]]:
         stages = [cls.trained_stage(init_args)]
         if init_args.get("mapping", "identity") != "identity":
-            stages.append(
-                {
-                    "name": "theta_1",
-                    "method": "Vanilla",
-                    "pass_as": "mapping_checkpoint",
-                    "description": "theta_1, the CE-only student KCD's transformation is computed with",
-                }
-            )
+            description = "theta_1, the CE-only student KCD's transformation is computed with"
+            stages.append(vanilla_stage("theta_1", "mapping_checkpoint", description))
         return stages
 
     def measure(self) -> dict[str, float]:

@@ -72,7 +72,7 @@ from kd_modules.offline import (
     teacher_digest,
     training_data_fingerprint,
 )
-from kd_modules.rco import TeacherRoute, check_layer, distilled_map, distilled_shape, route_prerequisite
+from kd_modules.rco import TeacherRoute, check_layer, distilled_map, distilled_shape, route_prerequisite, vanilla_stage
 from models import KDNet, create_model
 from models.checkpoints import load_network
 
@@ -109,8 +109,7 @@ def consistency_statistics(
     Each image contributes its global-average-pooled distilled maps (spec §4.3: ``A(F)`` over the n images).
     """
     device = next(student.parameters()).device
-    c_t = distilled_shape(teacher, layer).channels
-    c_s = distilled_shape(student, layer).channels
+    c_t, c_s = (distilled_shape(network, layer).channels for network in (teacher, student))
     stats = ConsistencyStatistics(c_t, c_s, groups, partitions, eps=eps, device=device)
     teacher.eval()
     student.eval()
@@ -283,8 +282,8 @@ class KCD(DistillationModule):
         self.t = t
         # What the transformation is computed from (Algorithm 1 steps 1-3 and the Table 3b/4 options).
         self.theta_0, self.theta_1 = student_init, ce_student_checkpoint
-        self.c_t = distilled_shape(self.teacher, layer).channels
-        self.c_s = distilled_shape(self.student, layer).channels
+        student_shape, teacher_shape = distilled_shape(self.student, layer), distilled_shape(self.teacher, layer)
+        self.c_t, self.c_s = teacher_shape.channels, student_shape.channels
 
         self.route: TeacherRoute | None = None
         if combine == "rco":
@@ -300,7 +299,6 @@ class KCD(DistillationModule):
             from kd_modules.kcd_subnet import build_subnet
 
             self.subnet = build_subnet(t.transform, self.c_t, self.c_s).requires_grad_(False)  # fitted offline
-        student_shape, teacher_shape = distilled_shape(self.student, layer), distilled_shape(self.teacher, layer)
         if combine == "ab" and student_shape.chw[1:] != teacher_shape.chw[1:]:
             raise MethodConfigError(
                 f"combine='ab' compares maps element-wise: the {layer!r} maps differ in size (student "
@@ -327,10 +325,10 @@ class KCD(DistillationModule):
         stages: list[dict[str, Any]] = []
         if t.transform != "none" and int(init_args.get("distill_init", 0) or 0) == 0:
             description = "the student's stored initialisation theta_0 (the CE-only run's initial.pth)"
-            stages.append(_stage("theta_0", "student_init", description, output="initial.pth"))
+            stages.append(vanilla_stage("theta_0", "student_init", description, output="initial.pth"))
         if t.needs_statistics:
             description = "theta_1: the student trained from theta_0 with CE only (= the plain-student run)"
-            stages.append(_stage("ce_student", "ce_student_checkpoint", description))
+            stages.append(vanilla_stage("ce_student", "ce_student_checkpoint", description))
         if t.transform_teacher_seed is not None and t.needs_statistics:
             seed = int(t.transform_teacher_seed)
             description = f"the teacher trained with seed {seed}, the one the transformation is computed for"
@@ -476,11 +474,6 @@ class KCD(DistillationModule):
         self.subnet.load_state_dict({k: v.to(device) for k, v in fitted.items()})
 
     # -------------------------------------------------------------------------------------- distillation
-    def _phase(self) -> int:
-        if self.route is None:
-            return 0
-        return self.route.phase_at(self.global_step, self.trainer.estimated_stepping_batches)
-
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.route is not None:
             self.route.follow(self.teacher, self.global_step, self.trainer.estimated_stepping_batches)
@@ -493,7 +486,9 @@ class KCD(DistillationModule):
         if self.subnet is not None:
             with torch.no_grad():
                 return self.subnet(teacher_map)
-        mappings = self.mappings[self._phase()]
+        mappings = self.mappings[0]
+        if self.route is not None:  # combine=rco: the mappings of the phase's anchor
+            mappings = self.mappings[self.route.phase_at(self.global_step, self.trainer.estimated_stepping_batches)]
         return transform_channels(
             teacher_map, mappings[0] if self.t.num_transforms == 1 else mappings[self._partition(labels)]
         )
@@ -558,16 +553,10 @@ class KCD(DistillationModule):
         report: dict[str, Any] = {"gamma_identity": [], "gamma_transformed": []}
         self._set_mappings(0, stats.matrix(t.consistency, t.kl_distribution), report)
         self._recorded = None
-        gammas = {"transformed": sum(report["gamma_transformed"]), "identity": sum(report["gamma_identity"])}
-        self.log_dict({f"kcd/gamma_{k}": v for k, v in gammas.items()})
+        self.log_dict({f"kcd/{name}": sum(values) for name, values in report.items()})  # kcd/gamma_identity, ...
 
     def on_train_start(self) -> None:
         if self.consistency_report and self.trainer.default_root_dir:
             folder = Path(self.trainer.default_root_dir)
             if self.trainer.global_rank == 0 and folder.is_dir():
                 torch.save({"mappings": self.mappings.cpu(), **self.consistency_report}, folder / "kcd_transform.pt")
-
-
-def _stage(name: str, pass_as: str, description: str, output: str = "final.pth") -> dict[str, Any]:
-    """A CE-only ``Vanilla`` stage of Algorithm 1 on the pair's student."""
-    return {"name": name, "method": "Vanilla", "pass_as": pass_as, "output": output, "description": description}

@@ -241,9 +241,7 @@ class NORMFeatureTransform(nn.Module):
         scales, shifts = [], []
         for block in (self.expand, self.contract):
             bn = block[1]
-            if bn.running_mean is None or bn.running_var is None:
-                raise FoldError("the FT's BatchNorm keeps no running statistics: it cannot be folded")
-            gamma, beta = bn.weight.double(), bn.bias.double()  # the FT's BatchNorms are affine (built above)
+            gamma, beta = bn.weight.double(), bn.bias.double()  # affine, with running statistics (built above)
             scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
             scales.append(scale)
             shifts.append(beta - scale * bn.running_mean.double())
@@ -302,11 +300,9 @@ def fold_feature_transform(network: KDNet, arch: str, *, check: bool = True) -> 
             f"{classifier.in_features}: it does not sit directly before global pooling"
         )
     matrix, offset = ft.affine_map()
-    weight = classifier.weight.double()
-    new_weight = weight @ matrix.to(weight.device)
-    new_bias = classifier.bias.double() + weight @ offset.to(weight.device)
-    classifier.weight.copy_(new_weight.to(classifier.weight.dtype))
-    classifier.bias.copy_(new_bias.to(classifier.bias.dtype))
+    weight = classifier.weight.double()  # copy_ rounds back to the classifier's dtype
+    classifier.bias.copy_(classifier.bias.double() + weight @ offset.to(weight.device))
+    classifier.weight.copy_(weight @ matrix.to(weight.device))
     if check:
         error = fold_error(network, folded)
         if error > 1e-4:
@@ -322,7 +318,7 @@ def fold_error(original: KDNet, folded: KDNet, batch: int = 4, seed: int = 0) ->
     """max |logits_original − logits_folded| / max |logits_original| on a random batch, both in eval mode."""
     parameter = next(original.parameters())
     generator = torch.Generator().manual_seed(seed)
-    channels = _input_channels(original)
+    channels = next((m.in_channels for m in original.modules() if isinstance(m, nn.Conv2d)), 3)
     images = torch.randn(batch, channels, original.input_size, original.input_size, generator=generator)
     images = images.to(device=parameter.device, dtype=parameter.dtype)
     was_training = original.training
@@ -333,11 +329,6 @@ def fold_error(original: KDNet, folded: KDNet, batch: int = 4, seed: int = 0) ->
         original.train(was_training)
     folded_logits = folded.eval()(images)
     return float((reference - folded_logits).abs().max() / reference.abs().max().clamp_min(1e-12))
-
-
-def _input_channels(network: KDNet) -> int:
-    first_conv = next((m for m in network.modules() if isinstance(m, nn.Conv2d)), None)
-    return 3 if first_conv is None else first_conv.in_channels
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -361,13 +352,6 @@ def _insert_ft(student: KDNet, arch: str, expanded_channels: int, ft: FTKind) ->
             point, NORMFeatureTransform(channels, expanded_channels, residual=ft == "default", init=placement.init)
         )
     return point, channels
-
-
-def _teacher_channels(arch: str, num_classes: int) -> int:
-    """Last-stage width of network ``arch``, read from its shapes (built on the meta device: no weights)."""
-    with torch.device("meta"):
-        network = create_model(arch, num_classes)
-    return network.stage_channels[-1]
 
 
 # -------------------------------------------------------------------------------------------------- NORM
@@ -568,8 +552,10 @@ class FTStudent(DistillationModule):
             )
         if n_segments < 1:
             raise NORMConfigError(f"n_segments (N) must be at least 1, got {n_segments}")
-        channels = teacher_channels if teacher_channels is not None else _teacher_channels(teacher_arch, num_classes)
-        self.point, _ = _insert_ft(self.student, student, n_segments * channels, ft)
+        if teacher_channels is None:  # the last-stage width of teacher_arch, built on the meta device (no weights)
+            with torch.device("meta"):
+                teacher_channels = create_model(teacher_arch, num_classes).stage_channels[-1]
+        self.point, _ = _insert_ft(self.student, student, n_segments * teacher_channels, ft)
         self.logit_scale = logit_scale or None
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:

@@ -35,7 +35,6 @@ from kd_modules.errors import MethodConfigError
 from models.checkpoints import file_digest
 
 __all__ = [
-    "cache_root",
     "stage_key",
     "load_or_compute",
     "teacher_digest",
@@ -46,11 +45,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-def cache_root() -> Path:
-    """Where artefacts live: ``$KDBENCH_CACHE``, else ``results/cache``."""
-    return Path(os.environ.get("KDBENCH_CACHE", "results/cache"))
 
 
 def stage_key(inputs: dict[str, Any]) -> str:
@@ -96,11 +90,8 @@ def training_data_fingerprint(datamodule: Any) -> str:
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, however the block ends
+        yield
 
 
 def load_or_compute(
@@ -112,8 +103,9 @@ def load_or_compute(
     """The artefact of stage ``name`` for ``inputs``: loaded when cached, else computed once and saved.
 
     ``inputs`` must name everything the artefact depends on; it is stored beside the artefact (``inputs.json``).
+    Artefacts live under ``root``, else ``$KDBENCH_CACHE``, else ``results/cache``.
     """
-    folder = Path(root or cache_root()) / name / stage_key(inputs)
+    folder = Path(root or os.environ.get("KDBENCH_CACHE", "results/cache")) / name / stage_key(inputs)
     artefact = folder / "artefact.pt"
     with _locked(folder.with_suffix(".lock")):
         if artefact.is_file():

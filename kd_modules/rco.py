@@ -55,6 +55,7 @@ __all__ = [
     "RouteSnapshots",
     "DEFAULT_ROUTE",
     "RCO",
+    "vanilla_stage",
 ]
 
 #: The folder of a run that holds its route snapshots, and the name of one snapshot.
@@ -151,12 +152,7 @@ class TeacherRoute:
         self.checkpoints = [str(c) for c in checkpoints]
         m = len(self.checkpoints)
         ends = [float(e) for e in phase_ends] if phase_ends is not None else [(k + 1) / m for k in range(m)]
-        if (
-            len(ends) != m
-            or any(b <= a for a, b in zip(ends, ends[1:]))
-            or not math.isclose(ends[-1], 1.0)
-            or ends[0] <= 0
-        ):
+        if len(ends) != m or sorted(set(ends)) != ends or not math.isclose(ends[-1], 1.0) or ends[0] <= 0:
             raise MethodConfigError(
                 f"phase_ends={list(phase_ends or [])} must be {m} increasing fractions in (0, 1] ending at 1.0, one per anchor"
             )
@@ -186,12 +182,7 @@ class TeacherRoute:
                     "from the teacher run) or anchor_checkpoints=[...]"
                 )
             fractions = [float(f) for f in anchor_fractions]
-            if (
-                not fractions
-                or any(b <= a for a, b in zip(fractions, fractions[1:]))
-                or not 0 < fractions[0]
-                or fractions[-1] > 1
-            ):
+            if not fractions or sorted(set(fractions)) != fractions or not 0 < fractions[0] or fractions[-1] > 1:
                 raise MethodConfigError(f"anchor_fractions={fractions} must increase within (0, 1]")
             folder = Path(route_dir)
             paths = [
@@ -316,3 +307,9 @@ def route_prerequisite(fractions: Sequence[float] = DEFAULT_ROUTE) -> dict[str, 
         "route": [float(f) for f in fractions if not math.isclose(float(f), 1.0)],
         "description": "the teacher run's route snapshots (RCO anchors)",
     }
+
+
+def vanilla_stage(name: str, pass_as: str, description: str, **fields: Any) -> dict[str, Any]:
+    """The planner prerequisite of a CE-only ``Vanilla`` run on the pair's student (KCD's theta_0 / theta_1, the
+    diagnostics' second networks); ``fields`` are its other keys (``output``, ``seed``)."""
+    return {"name": name, "method": "Vanilla", "pass_as": pass_as, "description": description, **fields}

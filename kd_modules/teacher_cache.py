@@ -25,6 +25,7 @@ index-select per step; worth it as soon as two runs share a teacher.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -54,9 +55,7 @@ __all__ = [
 FIELDS: dict[str, Callable[[Any], int]] = {
     "logits": lambda teacher: int(teacher.num_classes),
     "embedding": lambda teacher: int(teacher.embedding_dim),
-    "final_map": lambda teacher: int(
-        teacher.final_shape.channels * teacher.final_shape.height * teacher.final_shape.width
-    ),
+    "final_map": lambda teacher: math.prod(teacher.final_shape.chw),
 }
 
 #: Methods whose training step reads nothing of the teacher but these outputs of the batch's own images.
@@ -109,11 +108,10 @@ class TeacherOutputCache:
         """float32 outputs of the samples ``indices`` (positions in the training split) seen as ``views``: one
         index-select per field, no host sync."""
         flat = indices.long() * self.views + views.long()
-        out = {}
-        for name, table in self.tables.items():
-            rows = table.reshape(-1, table.shape[-1]).index_select(0, flat)
-            out[name] = rows.float()
-        return out
+        return {
+            name: table.reshape(-1, table.shape[-1]).index_select(0, flat).float()
+            for name, table in self.tables.items()
+        }
 
     @property
     def nbytes(self) -> int:
@@ -146,8 +144,7 @@ def compute_teacher_outputs(
     device.  Float32 arithmetic (autocast off), eval mode, inference mode."""
     count = images.shape[0]
     device = images.device
-    widths = {name: FIELDS[name](teacher) for name in fields}
-    tables = {name: torch.empty(count, views, width, dtype=dtype, device=device) for name, width in widths.items()}
+    tables = {name: torch.empty(count, views, FIELDS[name](teacher), dtype=dtype, device=device) for name in fields}
     per_chunk = max(1, batch_size // views)
     starts = range(0, count, per_chunk)
     items = progress(starts, len(starts), "teacher outputs per view") if show_progress else starts
@@ -178,8 +175,7 @@ def build_teacher_cache(module: DistillationModule) -> tuple[TeacherOutputCache 
         return None, f"{method} has no teacher"
     if fields is None:
         return None, f"{method} reads teacher outputs beyond its logits and pooled embedding (not in the cache)"
-    trainer = getattr(module, "_trainer", None)
-    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    datamodule = getattr(getattr(module, "_trainer", None), "datamodule", None)
     views_of = getattr(datamodule, "train_views", None)
     views = views_of() if callable(views_of) else None
     if views is None:

@@ -66,6 +66,17 @@ METRICS: tuple[str, ...] = ("correlation", "l1", "l2", "cosine", "kl")
 KL_DISTRIBUTIONS: tuple[str, ...] = ("sum", "softmax")
 MAPPINGS: tuple[str, ...] = ("identity", "greedy", "bipartite", "random")
 
+#: The statistic group of each metric but ``kl`` (whose group is ``kl_<distribution>``).
+_METRIC_GROUPS = {"correlation": "moments", "cosine": "moments", "l2": "moments", "l1": "l1"}
+#: The sums of each statistic group (:class:`ConsistencyStatistics`) and their shape per partition: ``t`` (c_T,),
+#: ``s`` (c_S,) or ``ts`` (c_T, c_S).  The running maxima ``sm_max_*`` start at -inf, every sum at 0.
+_GROUP_SUMS: dict[str, dict[str, str]] = {
+    "moments": {"t": "t", "s": "s", "tt": "t", "ss": "s", "ts": "ts"},
+    "l1": {"l1": "ts"},
+    "kl_sum": {"kl_t": "t", "kl_tlogt": "t", "kl_tlogs": "ts", "kl_s": "s"},
+    "kl_softmax": {"sm_max_t": "t", "sm_z_t": "t", "sm_u": "t", "sm_v": "ts", "sm_max_s": "s", "sm_z_s": "s"},
+}
+
 # Per-sample outer products are added in chunks of at most this many elements (memory bound of the streaming pass).
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -98,8 +109,7 @@ def consistency_matrix(
     if metric in ("cosine", "correlation"):
         if metric == "correlation":
             t, s = t - t.mean(0, keepdim=True), s - s.mean(0, keepdim=True)
-        norm_t, norm_s = t.norm(dim=0), s.norm(dim=0)
-        denominator = norm_t[:, None] * norm_s[None, :]
+        denominator = t.norm(dim=0)[:, None] * s.norm(dim=0)[None, :]
         return torch.where(denominator > 0, (t.t() @ s) / denominator.clamp(min=1e-300), torch.zeros_like(denominator))
     if metric == "kl":
         p, log_p = _kl_distributions(t, kl_distribution, eps)
@@ -140,18 +150,13 @@ def statistic_groups(metrics: Iterable[str], kl_distribution: str = "sum") -> li
     """The sums a set of metrics needs: ``moments`` (correlation, cosine, L2), ``l1``, ``kl_sum``, ``kl_softmax``."""
     groups: set[str] = set()
     for metric in metrics:
-        if metric in ("correlation", "cosine", "l2"):
-            groups.add("moments")
-        elif metric == "l1":
-            groups.add("l1")
-        elif metric == "kl":
-            if kl_distribution not in KL_DISTRIBUTIONS:
-                raise MethodConfigError(
-                    f"unknown KL distribution {kl_distribution!r}; valid: {', '.join(KL_DISTRIBUTIONS)}"
-                )
-            groups.add(f"kl_{kl_distribution}")
-        else:
+        if metric not in METRICS:
             raise MethodConfigError(f"unknown consistency metric {metric!r}; valid: {', '.join(METRICS)}")
+        if metric == "kl" and kl_distribution not in KL_DISTRIBUTIONS:
+            raise MethodConfigError(
+                f"unknown KL distribution {kl_distribution!r}; valid: {', '.join(KL_DISTRIBUTIONS)}"
+            )
+        groups.add(_METRIC_GROUPS.get(metric, f"kl_{kl_distribution}"))
     return sorted(groups)
 
 
@@ -180,34 +185,16 @@ class ConsistencyStatistics:
     ) -> None:
         self.c_t, self.c_s, self.partitions, self.eps = teacher_channels, student_channels, partitions, eps
         self.groups = sorted(set(groups))
-        unknown = set(self.groups) - {"moments", "l1", "kl_sum", "kl_softmax"}
+        unknown = set(self.groups) - set(_GROUP_SUMS)
         if unknown:
             raise MethodConfigError(f"unknown statistic group(s) {sorted(unknown)}")
-        kw = {"dtype": torch.float64, "device": device}
-        k, c_t, c_s = partitions, teacher_channels, student_channels
-        self.sums: dict[str, Tensor] = {"count": torch.zeros(k, **kw)}
-        if "moments" in self.groups:
-            for name, shape in (("t", (k, c_t)), ("s", (k, c_s)), ("tt", (k, c_t)), ("ss", (k, c_s))):
-                self.sums[name] = torch.zeros(shape, **kw)
-            self.sums["ts"] = torch.zeros(k, c_t, c_s, **kw)
-        if "l1" in self.groups:
-            self.sums["l1"] = torch.zeros(k, c_t, c_s, **kw)
-        if "kl_sum" in self.groups:
-            self.sums.update(
-                kl_t=torch.zeros(k, c_t, **kw),
-                kl_tlogt=torch.zeros(k, c_t, **kw),
-                kl_tlogs=torch.zeros(k, c_t, c_s, **kw),
-                kl_s=torch.zeros(k, c_s, **kw),
-            )
-        if "kl_softmax" in self.groups:
-            self.sums.update(
-                sm_max_t=torch.full((k, c_t), -math.inf, **kw),
-                sm_z_t=torch.zeros(k, c_t, **kw),
-                sm_u=torch.zeros(k, c_t, **kw),
-                sm_v=torch.zeros(k, c_t, c_s, **kw),
-                sm_max_s=torch.full((k, c_s), -math.inf, **kw),
-                sm_z_s=torch.zeros(k, c_s, **kw),
-            )
+        k = partitions
+        shapes = {"t": (k, teacher_channels), "s": (k, student_channels), "ts": (k, teacher_channels, student_channels)}
+        self.sums: dict[str, Tensor] = {"count": torch.zeros(k, dtype=torch.float64, device=device)}
+        for group in self.groups:
+            for name, shape in _GROUP_SUMS[group].items():
+                start = -math.inf if name.startswith("sm_max") else 0.0
+                self.sums[name] = torch.full(shapes[shape], start, dtype=torch.float64, device=device)
 
     # ------------------------------------------------------------------------------------------------ updates
     def _outer_sum(self, left: Tensor, right: Tensor, partition: Tensor, target: str, absolute: bool = False) -> None:
@@ -278,12 +265,8 @@ class ConsistencyStatistics:
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor], *, eps: float = 1e-8) -> ConsistencyStatistics:
-        groups = [
-            g
-            for g, key in (("moments", "ts"), ("l1", "l1"), ("kl_sum", "kl_tlogs"), ("kl_softmax", "sm_v"))
-            if key in state
-        ]
-        some = next(state[k] for k in ("ts", "l1", "kl_tlogs", "sm_v") if k in state)
+        groups = [group for group, sums in _GROUP_SUMS.items() if sums.keys() <= state.keys()]
+        some = next(state[name] for group in groups for name, shape in _GROUP_SUMS[group].items() if shape == "ts")
         stats = cls(some.shape[1], some.shape[2], groups, some.shape[0], eps=eps, device=some.device)
         stats.sums = {k: v.to(torch.float64) for k, v in state.items()}
         return stats
@@ -335,9 +318,8 @@ class ConsistencyStatistics:
             result = torch.where(relative & (denominator > 0), covariance / denominator.clamp(min=1e-300), 0.0)
         elif kl_distribution == "sum":
             total_t, total_s = x["kl_t"][:, :, None], x["kl_s"][:, None, :]
-            # KL(p_j || q_i) = [sum t' log t' / T_j - log T_j] - [sum t' log s'_i / T_j - log S_i]
-            kl = (x["kl_tlogt"][:, :, None] / total_t - total_t.log()) - (x["kl_tlogs"] / total_t - total_s.log())
-            result = -kl
+            # KL(p_j || q_i) = [sum t' log t' / T_j - log T_j] - [sum t' log s'_i / T_j - log S_i]; M = -KL
+            result = (x["kl_tlogs"] / total_t - total_s.log()) - (x["kl_tlogt"][:, :, None] / total_t - total_t.log())
         else:
             z_t, z_s = x["sm_z_t"][:, :, None], x["sm_z_s"][:, None, :]
             max_t, max_s = x["sm_max_t"][:, :, None], x["sm_max_s"][:, None, :]
