@@ -70,8 +70,7 @@ class ABInit(DistillationModule):
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images = batch["images"]
-        teacher = self.teacher_features(images)
-        student = self.student.forward_features(images)
+        teacher, student = self.teacher_and_student(images)
         return student.logits, {"ab": _ab_term(self.connectors, student, teacher, self.margin)}
 
 

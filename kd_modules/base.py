@@ -381,6 +381,10 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
             logits = self.teacher(images)
         return logits.clone()
 
+    def teacher_and_student(self, images: Tensor) -> tuple[FeatureOutput, FeatureOutput]:
+        """A step's two forwards: the teacher's :meth:`teacher_features`, then the student's features."""
+        return self.teacher_features(images), self.student.forward_features(images)
+
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # The teacher is rebuilt from its own checkpoint; keeping it out of every run checkpoint saves disk and
         # makes a run checkpoint a student checkpoint.

@@ -124,8 +124,7 @@ class DeiTPlusPlus(DistillationModule):
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]
-        teacher = self.teacher_features(images)
-        student = self.student.forward_features(images)
+        teacher, student = self.teacher_and_student(images)
         cls_logits = student.extras["cls_logits"] if self.distilled else student.logits
         kd_logits = student.extras["dist_logits"] if self.distilled else student.logits
         assert isinstance(cls_logits, Tensor) and isinstance(kd_logits, Tensor)

@@ -174,8 +174,7 @@ class ReviewKD(DistillationModule):
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]
-        teacher = self.teacher_features(images)
-        student = self.student.forward_features(images)
+        teacher, student = self.teacher_and_student(images)
         ramp = loss_ramp(self.schedule_epoch, self.warmup_epochs, self.warmup_one_based)
         return student.logits, self.review_losses(student, teacher, labels, ramp)
 

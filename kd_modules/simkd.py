@@ -153,8 +153,7 @@ class SimKD(FeatureDistillation):
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]
-        teacher = self.teacher_features(images)
-        student = self.student.forward_features(images)
+        teacher, student = self.teacher_and_student(images)
         projected, target = self._projection(student, teacher)
         losses = {"simkd": self.feat_weight * simkd_loss(projected, target)}
         # The official -c/-d terms act on the student's own classifier (both 0 in the published runs).
