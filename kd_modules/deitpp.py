@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 
 from kd_modules.base import Batch, DistillationModule, MethodConfigError, OptimConfig, TeacherConfig, loss_ramp
-from kd_modules.class_means import MeanTransform, teacher_class_means
+from kd_modules.class_means import MeanTransform
 from kd_modules.losses.deitpp import dino_loss_to_centers, hard_distillation_loss, mixed_centers
 from kd_modules.losses.kd import kd_loss
-from kd_modules.nd import EmbeddingProjection, ProjectionInit
+from kd_modules.nd import EmbeddingProjection, ProjectionInit, load_class_means
 from models import KDNet
 
 
@@ -108,19 +108,8 @@ class DeiTPlusPlus(DistillationModule):
 
     def prepare_class_means(self, datamodule: object, device: torch.device | str | None = None) -> None:
         """Load (or compute once and cache) the teacher's class means of its pooled embedding."""
-        device = torch.device(device) if device is not None else next(self.teacher.parameters()).device
-        self.teacher.to(device)
-        means = teacher_class_means(
-            self.teacher,
-            self.teacher_config.checkpoint,
-            datamodule,
-            int(self.hparams["num_classes"]),
-            transform=self.class_mean_transform,
-            seed=self.class_mean_seed,
-            device=device,
-            teacher_arch=self.teacher_config.arch,
-        )
-        self.centers = means["embedding"].to(device)
+        means = load_class_means(self, datamodule, device, self.class_mean_transform, self.class_mean_seed)
+        self.centers = means["embedding"]
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]
