@@ -25,13 +25,10 @@ __all__ = ["AB", "ABInit", "ab_connectors"]
 def ab_connectors(student: KDNet, teacher: KDNet) -> nn.ModuleList:
     """RepDistiller ``Connector``: per paired stage, identity when channels and height match, else ``ConvReg`` without
     its ReLU (conv + BN)."""
-    connectors = []
-    for s, t in zip(student.stage_shapes, teacher.stage_shapes):
-        if s.chw[0] == t.chw[0] and s.chw[1] == t.chw[1]:
-            connectors.append(nn.Identity())
-        else:
-            connectors.append(ConvReg(s, t, use_relu=False))
-    return nn.ModuleList(connectors)
+    return nn.ModuleList(
+        nn.Identity() if s.chw[:2] == t.chw[:2] else ConvReg(s, t, use_relu=False)
+        for s, t in zip(student.stage_shapes, teacher.stage_shapes)
+    )
 
 
 def _ab_term(connectors: nn.ModuleList, student: FeatureOutput, teacher: FeatureOutput, margin: float) -> Tensor:
@@ -70,8 +67,7 @@ class ABInit(DistillationModule):
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images = batch["images"]
-        teacher = self.teacher_features(images)
-        student = self.student.forward_features(images)
+        teacher, student = self.teacher_and_student(images)
         return student.logits, {"ab": _ab_term(self.connectors, student, teacher, self.margin)}
 
 

@@ -158,9 +158,11 @@ class OptimConfig:
     def factor(self, t: float, horizon: int) -> float:
         """Learning-rate multiplier at time ``t`` (0-based, in ``unit``; fractional with ``per_step``) for a run of
         ``horizon`` units."""
+        warming = t < self.warmup  # the linear warm-up from warmup_start_factor (never with warmup <= 0)
+        ramp = self.warmup_start_factor + (1.0 - self.warmup_start_factor) * t / self.warmup if warming else 1.0
         if self.schedule == "warmup_cosine":
-            if t < self.warmup:
-                return self.warmup_start_factor + (1.0 - self.warmup_start_factor) * t / self.warmup
+            if warming:
+                return ramp
             floor = self.min_lr / self.lr if self.lr else 0.0
             progress = min(t - self.warmup, horizon - self.warmup) / max(horizon - self.warmup, 1)
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -170,10 +172,7 @@ class OptimConfig:
             value = 0.5 * (1.0 + math.cos(math.pi * min(t, horizon) / max(horizon, 1)))
         else:
             value = 1.0
-        if self.warmup > 0 and t < self.warmup:
-            ramp = self.warmup_start_factor + (1.0 - self.warmup_start_factor) * t / self.warmup
-            value *= ramp
-        return value
+        return value * ramp
 
 
 def loss_ramp(epoch: int, warmup_epochs: float, one_based: bool = False) -> float:
@@ -381,6 +380,10 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
             logits = self.teacher(images)
         return logits.clone()
 
+    def teacher_and_student(self, images: Tensor) -> tuple[FeatureOutput, FeatureOutput]:
+        """A step's two forwards: the teacher's :meth:`teacher_features`, then the student's features."""
+        return self.teacher_features(images), self.student.forward_features(images)
+
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # The teacher is rebuilt from its own checkpoint; keeping it out of every run checkpoint saves disk and
         # makes a run checkpoint a student checkpoint.
@@ -477,18 +480,14 @@ class DistillationModule(pl.LightningModule, metaclass=ABCMeta):
         self.train_top1.reset()
 
     # -------------------------------------------------------------------------------------------- evaluation
-    def _evaluate(self, batch: Batch) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         logits = self.predict_logits(self._input_layout(batch["images"]))
         labels = batch["labels"]
         self.val_top1.update(logits, labels)
         self.val_top5.update(logits, labels)
         self.val_loss.update(F.cross_entropy(logits, labels), weight=labels.shape[0])
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch)
+    test_step = validation_step  # the test split is evaluated as the validation split
 
     def _finish_evaluation(self, stage: str) -> dict[str, float]:
         top1 = self.val_top1.compute() * 100.0

@@ -77,8 +77,7 @@ class CATKD(DistillationModule):
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]
-        teacher = self.teacher_features(images)
-        student = self.student.forward_features(images)
+        teacher, student = self.teacher_and_student(images)
         losses = {}
         if self.ce_weight:
             losses["ce"] = self.ce_weight * F.cross_entropy(student.logits, labels)

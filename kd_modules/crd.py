@@ -20,7 +20,6 @@ __all__ = [
     "ContrastMemory",
     "ContrastSettings",
     "ContrastiveTerm",
-    "contrast_indices_of",
     "CRD",
     "CRDKD",
 ]
@@ -106,10 +105,11 @@ class ContrastMemory(nn.Module):
                 setattr(self, name, torch.empty(saved.shape, dtype=current.dtype, device=current.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    @staticmethod
-    def _normalise(scores: Tensor, z: Tensor, num_data: int) -> Tensor:
+    def _scores(self, memory: Tensor, contrast_indices: Tensor, embedding: Tensor, z: Tensor) -> Tensor:
+        """Scores of ``embedding`` against the other network's ``memory``, divided by their constant ``z``."""
+        scores = contrast_scores(memory, contrast_indices, embedding, self.temperature)
         # Z is fixed by the first batch and constant afterwards; torch.where keeps this free of host syncs.
-        frozen = torch.where(z < 0, scores.detach().mean() * num_data, z)
+        frozen = torch.where(z < 0, scores.detach().mean() * self.num_data, z)
         z.copy_(frozen)
         return scores / frozen
 
@@ -123,13 +123,8 @@ class ContrastMemory(nn.Module):
                 "CRD's memory bank is empty: it is sized from the data module's num_train_samples when training "
                 "starts (or pass contrast.memory_size)"
             )
-        n = self.num_data
-        scores_student = self._normalise(
-            contrast_scores(self.memory_teacher, contrast_indices, v_student, self.temperature), self.z_student, n
-        )
-        scores_teacher = self._normalise(
-            contrast_scores(self.memory_student, contrast_indices, v_teacher, self.temperature), self.z_teacher, n
-        )
+        scores_student = self._scores(self.memory_teacher, contrast_indices, v_student, self.z_student)
+        scores_teacher = self._scores(self.memory_student, contrast_indices, v_teacher, self.z_teacher)
         # The scores' backward needs the banks as they were: write the updated rows into new tensors (one
         # N x D copy per bank) instead of modifying the saved ones in place.
         with torch.no_grad():
@@ -138,17 +133,6 @@ class ContrastMemory(nn.Module):
                 rows = momentum_update(memory[indices], embedding.detach(), self.momentum)
                 setattr(self, name, memory.index_copy(0, indices, rows))
         return scores_student, scores_teacher
-
-
-def contrast_indices_of(batch: Batch, method: str, config: str) -> Tensor:
-    """The batch's ``contrast_indices`` (B, K+1); a clear error naming the data settings when they are missing."""
-    contrast_indices = batch.get("contrast_indices")
-    if contrast_indices is None:
-        raise MethodConfigError(
-            f"{method} needs contrast indices in the training batches: set data.init_args.contrast_k (16384) and "
-            f"contrast_mode (exact), e.g. with --config {config}"
-        )
-    return contrast_indices
 
 
 @dataclass(frozen=True)
@@ -198,8 +182,14 @@ class ContrastiveTerm:
             self.memory.allocate_for_fit(self.trainer, self.contrast_method_name)  # type: ignore[attr-defined]
 
     def contrast_objective(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> Tensor:
-        """``NCE_student + NCE_teacher`` of this batch (unweighted); updates the memory banks."""
-        contrast_indices = contrast_indices_of(batch, self.contrast_method_name, self.contrast_config)
+        """``NCE_student + NCE_teacher`` of this batch (unweighted); updates the memory banks.  The batch's
+        ``contrast_indices`` (B, K+1) come from the data module; without them, a clear error names its settings."""
+        contrast_indices = batch.get("contrast_indices")
+        if contrast_indices is None:
+            raise MethodConfigError(
+                f"{self.contrast_method_name} needs contrast indices in the training batches: set "
+                f"data.init_args.contrast_k (16384) and contrast_mode (exact), e.g. with --config {self.contrast_config}"
+            )
         v_student = self.embed_student(student.embedding)
         v_teacher = self.embed_teacher(teacher.embedding)
         return self.memory.nce_objective(v_student, v_teacher, batch["indices"], contrast_indices)

@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 
 from kd_modules.base import Batch, DistillationModule, MethodConfigError, OptimConfig, TeacherConfig, loss_ramp
-from kd_modules.class_means import MeanTransform, teacher_class_means
+from kd_modules.class_means import MeanTransform
 from kd_modules.losses.deitpp import dino_loss_to_centers, hard_distillation_loss, mixed_centers
 from kd_modules.losses.kd import kd_loss
-from kd_modules.nd import EmbeddingProjection, ProjectionInit
+from kd_modules.nd import EmbeddingProjection, ProjectionInit, load_class_means
 from models import KDNet
 
 
@@ -108,24 +108,12 @@ class DeiTPlusPlus(DistillationModule):
 
     def prepare_class_means(self, datamodule: object, device: torch.device | str | None = None) -> None:
         """Load (or compute once and cache) the teacher's class means of its pooled embedding."""
-        device = torch.device(device) if device is not None else next(self.teacher.parameters()).device
-        self.teacher.to(device)
-        means = teacher_class_means(
-            self.teacher,
-            self.teacher_config.checkpoint,
-            datamodule,
-            int(self.hparams["num_classes"]),
-            transform=self.class_mean_transform,
-            seed=self.class_mean_seed,
-            device=device,
-            teacher_arch=self.teacher_config.arch,
-        )
-        self.centers = means["embedding"].to(device)
+        means = load_class_means(self, datamodule, device, self.class_mean_transform, self.class_mean_seed)
+        self.centers = means["embedding"]
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]
-        teacher = self.teacher_features(images)
-        student = self.student.forward_features(images)
+        teacher, student = self.teacher_and_student(images)
         cls_logits = student.extras["cls_logits"] if self.distilled else student.logits
         kd_logits = student.extras["dist_logits"] if self.distilled else student.logits
         assert isinstance(cls_logits, Tensor) and isinstance(kd_logits, Tensor)

@@ -86,11 +86,15 @@ class FeatureDistillation(DistillationModule):
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]
-        teacher = self.teacher_features(images)
-        student = self.student.forward_features(images)
+        teacher, student = self.teacher_and_student(images)
         losses = {"ce": self.ce_weight * F.cross_entropy(student.logits, labels)}
         if self.kd_weight != 0:
             losses["kd"] = self.kd_weight * kd_loss(student.logits, teacher.logits, self.temperature)
-        for name, value in self.feature_losses(student, teacher, batch).items():
-            losses[name] = self.feat_weight * value
+        losses.update(self.weighted_feature_losses(student, teacher, batch))
         return student.logits, losses
+
+    def weighted_feature_losses(
+        self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch
+    ) -> dict[str, Tensor]:
+        """The method's logged terms: each of :meth:`feature_losses` times ``feat_weight``."""
+        return {name: self.feat_weight * value for name, value in self.feature_losses(student, teacher, batch).items()}

@@ -68,8 +68,7 @@ class FitNetKDLayer(_WordDistillation):
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]
-        teacher = self.teacher_features(images)
-        out = self.student.forward_features(images)
+        teacher, out = self.teacher_and_student(images)
         losses = {
             "ce": self.ce_weight * F.cross_entropy(out.logits, labels),
             "hint": self.feat_weight * hint_loss(self.regressor(self.hint(out)), self.hint(teacher)),

@@ -70,8 +70,7 @@ class FSPInit(DistillationModule):
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images = batch["images"]
-        teacher = self.teacher_features(images)
-        student = self.student.forward_features(images)
+        teacher, student = self.teacher_and_student(images)
         return student.logits, {"fsp": fsp_loss(_features(student), _features(teacher))}
 
 

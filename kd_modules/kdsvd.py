@@ -52,11 +52,9 @@ class KDSVD(FeatureDistillation):
             raise MethodConfigError(f"KDSVD layout {layout!r} is not one of: repdistiller, mdistiller")
         if k < 1:
             raise MethodConfigError(f"KDSVD k must be at least 1, got {k}")
+        size, axis = ("channels", "channels") if layout == "repdistiller" else ("width", "widths")
         for index, (shape_s, shape_t) in enumerate(self.stage_shape_pairs(), start=1):
-            axis = "channels" if layout == "repdistiller" else "widths"
-            size_s, size_t = (
-                (shape_s.channels, shape_t.channels) if layout == "repdistiller" else (shape_s.width, shape_t.width)
-            )
+            size_s, size_t = getattr(shape_s, size), getattr(shape_t, size)
             if size_s != size_t:
                 other = "mdistiller" if layout == "repdistiller" else "repdistiller"
                 raise MethodConfigError(

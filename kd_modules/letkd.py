@@ -144,8 +144,7 @@ def probe_shapes(net: KDNet, points: list[str]) -> dict[str, tuple[int, int, int
         for point in inside:
             net.remove_insert(point)
         net.train(was_training)
-    maps = {p: out.extras[p] for p in inside}
-    maps["neck"] = out.final_map
+    maps = {**{p: out.extras[p] for p in inside}, "neck": out.final_map}
     return {p: tuple(maps[p].shape[1:]) for p in points}  # type: ignore[misc]
 
 
@@ -157,17 +156,16 @@ def _check_point(net: KDNet, point: str, role: str) -> str:
 
 
 def _teacher_alignment(
-    where: str, teacher_hw: tuple[int, int], student_hw: tuple[int, int], teacher_pooling: bool | None
+    where: str, teacher_shape: tuple[int, int, int], student_shape: tuple[int, int, int], teacher_pooling: bool | None
 ) -> bool:
-    """Whether the teacher map at ``where`` is 2x2 average-pooled (stride 2) to match the student's locations.
+    """Whether the teacher map at ``where`` ((C, H, W), as :func:`probe_shapes` gives it) is 2x2 average-pooled
+    (stride 2) to match the student's locations.
 
     ``teacher_pooling=None`` pools exactly when the teacher map is twice the student's size (the cross-architecture
     pairs of spec §3.3: RN32x4/WRN-40-2 8x8 -> ShuffleNets 4x4, RN50 4x4 -> MobileNetV2 2x2); True/False force it.
     """
-    if teacher_pooling is None:
-        pool = teacher_hw == (2 * student_hw[0], 2 * student_hw[1])
-    else:
-        pool = teacher_pooling
+    teacher_hw, student_hw = teacher_shape[1:], student_shape[1:]
+    pool = teacher_hw == (2 * student_hw[0], 2 * student_hw[1]) if teacher_pooling is None else teacher_pooling
     aligned = (teacher_hw[0] // 2, teacher_hw[1] // 2) if pool else teacher_hw
     if aligned != student_hw:
         raise LetKDSetupError(
@@ -258,20 +256,14 @@ class _WordDistillation(DistillationModule):
         self.student_shapes = probe_shapes(self.student, student_points)
         teacher_points = ["neck"] + ([self.teacher_inter_point] if self.teacher_inter_point else [])
         self.teacher_shapes = probe_shapes(self.teacher, teacher_points)
-        self.pool_penult = _teacher_alignment(
-            "penultimate location",
-            self.teacher_shapes["neck"][1:],  # type: ignore[arg-type]
-            self.student_shapes["neck"][1:],  # type: ignore[arg-type]
-            targets.teacher_pooling,
-        )
+        pooling = targets.teacher_pooling
+        t_penult, s_penult = self.teacher_shapes["neck"], self.student_shapes["neck"]
+        self.pool_penult = _teacher_alignment("penultimate location", t_penult, s_penult, pooling)
         self.pool_inter = False
         if self.teacher_inter_point is not None:
-            self.pool_inter = _teacher_alignment(
-                "intermediate location",
-                self.teacher_shapes[self.teacher_inter_point][1:],  # type: ignore[arg-type]
-                self.student_shapes[self.student_inter_point][1:],  # type: ignore[arg-type]
-                targets.teacher_pooling,
-            )
+            t_inter = self.teacher_shapes[self.teacher_inter_point]
+            s_inter = self.student_shapes[self.student_inter_point]
+            self.pool_inter = _teacher_alignment("intermediate location", t_inter, s_inter, pooling)
             # One teacher forward gives both the final map and, through this tap, the intermediate map.
             self.teacher.insert(self.teacher_inter_point, FeatureTap())
 
@@ -364,60 +356,35 @@ class _WordDistillation(DistillationModule):
             batches, total = normalised_train_batches(datamodule, device, self.targets.offline_max_images)
             return collect_location_vectors(batches, total, self.teacher_maps)
 
+        # Every K-means setting is both an input of the cached artefact and an argument of its build.
+        kmeans = {"iterations": self.targets.kmeans_iterations, "seed": self.targets.kmeans_seed}
         if self.penultimate:
-            self._prepare_codebook(common, teacher_pass, device)
+            codebook_args = {**kmeans, "max_points_per_centroid": self.targets.kmeans_max_points_per_centroid}
+            inputs = {**common, "tap": "final_map", "pool": self.pool_penult, "num_clusters": self.targets.num_clusters}
+            codebook = load_or_compute(
+                "letkd_codebook",
+                {**inputs, **codebook_args},
+                lambda: build_codebook(teacher_pass()[0]["penult"], self.targets.num_clusters, **codebook_args),
+            )
+            self.codebook = codebook["centroids"].to(device)
         if self.intermediate:
-            self._prepare_subclasses(common, teacher_pass, device)
-
-    def _prepare_codebook(self, common: dict[str, Any], teacher_pass: Any, device: torch.device) -> None:
-        codebook = load_or_compute(
-            "letkd_codebook",
-            {
-                **common,
-                "tap": "final_map",
-                "pool": self.pool_penult,
-                "num_clusters": self.targets.num_clusters,
-                "iterations": self.targets.kmeans_iterations,
-                "seed": self.targets.kmeans_seed,
-                "max_points_per_centroid": self.targets.kmeans_max_points_per_centroid,
-            },
-            lambda: build_codebook(
-                teacher_pass()[0]["penult"],
-                self.targets.num_clusters,
-                iterations=self.targets.kmeans_iterations,
-                seed=self.targets.kmeans_seed,
-                max_points_per_centroid=self.targets.kmeans_max_points_per_centroid,
-            ),
-        )
-        self.codebook = codebook["centroids"].to(device)
-
-    def _prepare_subclasses(self, common: dict[str, Any], teacher_pass: Any, device: torch.device) -> None:
-        subclasses = load_or_compute(
-            "letkd_subclasses",
-            {
-                **common,
-                "tap": self.teacher_inter_point,
-                "pool": self.pool_inter,
-                "num_classes": self.hparams["num_classes"],
-                "subclasses_per_class": self.subclasses_per_class,
-                "lda_components": self.lda_components,
-                "iterations": self.targets.kmeans_iterations,
-                "seed": self.targets.kmeans_seed,
-            },
-            lambda: build_subclasses(
-                teacher_pass()[0]["inter"],
-                teacher_pass()[1]["inter"],
-                self.hparams["num_classes"],
-                per_class=self.subclasses_per_class,
-                lda_components=self.lda_components,
-                iterations=self.targets.kmeans_iterations,
-                seed=self.targets.kmeans_seed,
-            ),
-        )
-        self.lda_weight = subclasses["lda_weight"].to(device)
-        self.lda_bias = subclasses["lda_bias"].to(device)
-        self.subclass_centroids = subclasses["centroids"].to(device)
-        self.score_matrix = subclasses["score_matrix"].to(device)
+            sizes = {"num_classes": self.hparams["num_classes"], "lda_components": self.lda_components}
+            inputs = {**common, "tap": self.teacher_inter_point, "pool": self.pool_inter, **sizes, **kmeans}
+            subclasses = load_or_compute(
+                "letkd_subclasses",
+                {**inputs, "subclasses_per_class": self.subclasses_per_class},
+                lambda: build_subclasses(
+                    teacher_pass()[0]["inter"],
+                    teacher_pass()[1]["inter"],
+                    per_class=self.subclasses_per_class,
+                    **sizes,
+                    **kmeans,
+                ),
+            )
+            self.lda_weight = subclasses["lda_weight"].to(device)
+            self.lda_bias = subclasses["lda_bias"].to(device)
+            self.subclass_centroids = subclasses["centroids"].to(device)
+            self.score_matrix = subclasses["score_matrix"].to(device)
 
 
 class QuEST(_WordDistillation):
@@ -484,8 +451,11 @@ class KDLayerSettings(SettingsGroup):
     value_scale: float = 1.0
     penult_weight: float = 1.0
 
+    def kd_layer(self, channels: int, num_words: int, alpha: float) -> KDLayer:
+        return KDLayer(channels, num_words, alpha, self.predictor_scale, self.value_scale)
+
     def penultimate_layer(self, channels: int, num_words: int) -> KDLayer:
-        return KDLayer(channels, num_words, self.alpha_penult, self.predictor_scale, self.value_scale)
+        return self.kd_layer(channels, num_words, self.alpha_penult)
 
 
 @dataclass(frozen=True)
@@ -575,13 +545,7 @@ class LetKD2(_WordDistillation):
             student, teacher, num_classes, optim, targets, penultimate=penultimate, intermediate=True, **points, **sizes
         )
         inter_channels = self.student_shapes[self.student_inter_point][0]
-        inter_layer = KDLayer(
-            inter_channels,
-            num_classes * subclasses_per_class,
-            layers.alpha_inter,
-            layers.predictor_scale,
-            layers.value_scale,
-        )
+        inter_layer = layers.kd_layer(inter_channels, num_classes * subclasses_per_class, layers.alpha_inter)
         self.student.insert(self.student_inter_point, inter_layer)
         if penultimate:
             self.student.insert("neck", layers.penultimate_layer(self.student_shapes["neck"][0], targets.num_clusters))

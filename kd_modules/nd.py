@@ -72,6 +72,7 @@ __all__ = [
     "EmbeddingProjection",
     "DinoTap",
     "dino_taps",
+    "load_class_means",
     "NDDistillation",
     "KDPlusPlus",
     "DKDPlusPlus",
@@ -163,6 +164,27 @@ def dino_taps(student: KDNet, teacher: KDNet, nd_layers: int = 0) -> list[DinoTa
     return taps
 
 
+def load_class_means(
+    module: Any, datamodule: object, device: torch.device | str | None, transform: MeanTransform, seed: int
+) -> dict[str, Tensor]:
+    """The class means of ``module``'s teacher on ``datamodule``'s training split
+    (:func:`kd_modules.class_means.teacher_class_means`: computed once, then loaded from its cache), from a pass on
+    ``device`` (None: the teacher's); the teacher and the means are moved there."""
+    device = torch.device(device) if device is not None else next(module.teacher.parameters()).device
+    config: TeacherConfig = module.teacher_config
+    means = teacher_class_means(
+        module.teacher.to(device),
+        config.checkpoint,
+        datamodule,
+        int(module.hparams["num_classes"]),
+        transform=transform,
+        seed=seed,
+        device=device,
+        teacher_arch=config.arch,
+    )
+    return {name: value.to(device) for name, value in means.items()}
+
+
 class NDDistillation:
     """The "++" term (mixin, as :class:`kd_modules.crd.ContrastiveTerm`): ND's dino term added to a base method.
 
@@ -226,21 +248,9 @@ class NDDistillation:
         """Load (or compute once and cache) the teacher's class means on ``datamodule``'s training split."""
         if not self.needs_class_means:
             return
-        config: TeacherConfig = self.teacher_config  # type: ignore[attr-defined]
-        device = torch.device(device) if device is not None else next(self.teacher.parameters()).device
-        self.teacher.to(device)
-        means = teacher_class_means(
-            self.teacher,
-            config.checkpoint,
-            datamodule,
-            self.hparams["num_classes"],  # type: ignore[attr-defined]
-            transform=self.nd.class_mean_transform,
-            seed=self.nd.class_mean_seed,
-            device=device,
-            teacher_arch=config.arch,
-        )
+        means = load_class_means(self, datamodule, device, self.nd.class_mean_transform, self.nd.class_mean_seed)
         for tap in self.taps:
-            setattr(self, f"centers_{tap.name}", means[tap.teacher_tap].to(device))
+            setattr(self, f"centers_{tap.name}", means[tap.teacher_tap])
 
     def setup(self, stage: str) -> None:
         if stage != "fit" or not self.needs_class_means or self.centers_nd.numel() > 0:
@@ -282,8 +292,7 @@ class NDDistillation:
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]
-        student = self.student.forward_features(images)
-        teacher = self.teacher_features(images)  # type: ignore[attr-defined]
+        teacher, student = self.teacher_and_student(images)  # type: ignore[attr-defined]
         losses = self.base_losses(student, teacher, labels)
         losses.update(self.nd_losses(student, teacher, labels))
         return student.logits, losses

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_modules.base import Batch, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.feature_distillation import FeatureDistillation
+from kd_modules.losses.common import pool_to_smaller
 from kd_modules.losses.ofd import ofd_loss, ofd_margin
 from models import FeatureOutput, KDNet
 from models.contract import FeatureUnavailable
@@ -111,21 +111,11 @@ class OFD(FeatureDistillation):
         return [getattr(self, f"margin{k}") for k in range(len(self.connectors))]
 
     def teacher_features(self, images: Tensor) -> FeatureOutput:
-        if self.teacher_bn == "running":
-            return super().teacher_features(images)
-        with batch_statistics(self.teacher):
+        with batch_statistics(self.teacher) if self.teacher_bn == "batch" else nullcontext():
             return super().teacher_features(images)
 
     def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:
         n = len(self.connectors)
-        students, teachers = [], []
-        for connector, s, t in zip(self.connectors, student.stages_pre[-n:], teacher.stages_pre[-n:]):
-            s = connector(s)
-            h = min(s.shape[-2], t.shape[-2])
-            if s.shape[-2] != h:
-                s = F.adaptive_avg_pool2d(s, (h, h))
-            if t.shape[-2] != h:
-                t = F.adaptive_avg_pool2d(t, (h, h))
-            students.append(s)
-            teachers.append(t)
-        return {"ofd": ofd_loss(students, teachers, self.margins)}
+        stages = zip(self.connectors, student.stages_pre[-n:], teacher.stages_pre[-n:])
+        pairs = [pool_to_smaller(connector(s), t) for connector, s, t in stages]
+        return {"ofd": ofd_loss([s for s, _ in pairs], [t for _, t in pairs], self.margins)}

@@ -70,9 +70,7 @@ class AttentionBasedFusion(nn.Module):
     def forward(self, x: Tensor, residual: Tensor | None, out_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Return ``(output, new residual)``; the residual is the fused map before ``conv2``, at ``out_size``."""
         x = self.conv1(x)
-        if self.att_conv is not None:
-            if residual is None:
-                raise ValueError("a fusing ABF needs the deeper level's residual")
+        if self.att_conv is not None:  # every level but the deepest (ReviewConnector), so with a residual
             residual = F.interpolate(residual, size=tuple(x.shape[-2:]), mode="nearest")
             attention = self.att_conv(torch.cat([x, residual], dim=1))
             x = x * attention[:, 0:1] + residual * attention[:, 1:2]
@@ -174,8 +172,7 @@ class ReviewKD(DistillationModule):
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]
-        teacher = self.teacher_features(images)
-        student = self.student.forward_features(images)
+        teacher, student = self.teacher_and_student(images)
         ramp = loss_ramp(self.schedule_epoch, self.warmup_epochs, self.warmup_one_based)
         return student.logits, self.review_losses(student, teacher, labels, ramp)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_modules.base import Batch, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.feature_distillation import FeatureDistillation
+from kd_modules.losses.common import pool_to_smaller
 from kd_modules.losses.semckd import semckd_attention, semckd_loss
 from models import FeatureOutput
 
@@ -137,9 +137,7 @@ class SemCKD(FeatureDistillation):
         for projections, f_s in zip(self.projections, student.stages_post):
             errors = []
             for projection, f_t in zip(projections, teacher.stages_post):
-                h_s, h_t = f_s.shape[-2], f_t.shape[-2]
-                s_in = F.adaptive_avg_pool2d(f_s, (h_t, h_t)) if h_s > h_t else f_s
-                t_in = F.adaptive_avg_pool2d(f_t, (h_s, h_s)) if h_s < h_t else f_t
+                s_in, t_in = pool_to_smaller(f_s, f_t)
                 errors.append((projection(s_in) - t_in).pow(2).mean(dim=(1, 2, 3)))
             rows.append(torch.stack(errors, dim=1))
         return {"semckd": semckd_loss(attention, torch.stack(rows, dim=1))}

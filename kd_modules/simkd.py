@@ -153,8 +153,7 @@ class SimKD(FeatureDistillation):
 
     def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["images"], batch["labels"]
-        teacher = self.teacher_features(images)
-        student = self.student.forward_features(images)
+        teacher, student = self.teacher_and_student(images)
         projected, target = self._projection(student, teacher)
         losses = {"simkd": self.feat_weight * simkd_loss(projected, target)}
         # The official -c/-d terms act on the student's own classifier (both 0 in the published runs).
@@ -193,25 +192,13 @@ def load_simkd_network(path: str | Path) -> SimKDNetwork:
     payload = torch.load(Path(path), map_location="cpu", weights_only=False)
     if not isinstance(payload, dict) or payload.get("format") != SIMKD_FORMAT:
         raise CheckpointError(f"{path} is not a SimKD network export (format {SIMKD_FORMAT})")
-    network = _build_network(
-        payload["student_arch"],
-        payload["teacher_arch"],
-        payload["num_classes"],
-        payload["hidden_channels"],
-        payload["pool_to"],
-    )
-    network.load_state_dict(payload["state_dict"])
-    return network.eval()
-
-
-def _build_network(
-    student_arch: str, teacher_arch: str, num_classes: int, hidden: int, pool_to: int | None
-) -> SimKDNetwork:
-    student = create_model(student_arch, num_classes)
-    teacher = create_model(teacher_arch, num_classes)
-    c_s = student.stage_shapes[-1].chw[0]
-    c_t = teacher.stage_shapes[-1].chw[0]
+    archs = (payload["student_arch"], payload["teacher_arch"])
+    hidden = payload["hidden_channels"]
+    student, teacher = (create_model(arch, payload["num_classes"]) for arch in archs)
+    c_s, c_t = student.stage_shapes[-1].chw[0], teacher.stage_shapes[-1].chw[0]
     projector = SimKDProjector(c_s, c_t, factor=max(1, c_t // hidden))
     if projector[0].out_channels != hidden:
-        raise CheckpointError(f"SimKD export: projector width {hidden} does not divide {teacher_arch}'s {c_t} channels")
-    return SimKDNetwork(student, projector, teacher.classifier, pool_to, (student_arch, teacher_arch))
+        raise CheckpointError(f"SimKD export: projector width {hidden} does not divide {archs[1]}'s {c_t} channels")
+    network = SimKDNetwork(student, projector, teacher.classifier, payload["pool_to"], archs)
+    network.load_state_dict(payload["state_dict"])
+    return network.eval()

@@ -10,13 +10,11 @@ import math
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_modules.base import Batch, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.feature_distillation import FeatureDistillation
-from kd_modules.losses.kd import kd_loss
 from kd_modules.losses.srrl import srrl_losses
 from models import FeatureOutput
 
@@ -85,18 +83,13 @@ class SRRL(FeatureDistillation):
 
     def feature_losses(self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch) -> dict[str, Tensor]:
         """L_FM + (sr_weight / feat_weight) L_SR before ``feat_weight``, i.e. ``feat_weight`` L_FM + ``sr_weight``
-        L_SR after it; :meth:`training_losses` logs the two terms separately."""
+        L_SR after it; :meth:`weighted_feature_losses` logs the two terms separately."""
         fm, sr = self._terms(student, teacher)
         return {"srrl": fm + sr * (self.sr_weight / self.feat_weight if self.feat_weight else 0.0)}
 
-    def training_losses(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        images, labels = batch["images"], batch["labels"]
-        teacher = self.teacher_features(images)
-        student = self.student.forward_features(images)
-        losses = {"ce": self.ce_weight * F.cross_entropy(student.logits, labels)}
-        if self.kd_weight != 0:
-            losses["kd"] = self.kd_weight * kd_loss(student.logits, teacher.logits, self.temperature)
+    def weighted_feature_losses(
+        self, student: FeatureOutput, teacher: FeatureOutput, batch: Batch
+    ) -> dict[str, Tensor]:
+        """``feat_weight`` L_FM and ``sr_weight`` L_SR, logged as ``srrl_fm`` and ``srrl_sr``."""
         fm, sr = self._terms(student, teacher)
-        losses["srrl_fm"] = self.feat_weight * fm
-        losses["srrl_sr"] = self.sr_weight * sr
-        return student.logits, losses
+        return {"srrl_fm": self.feat_weight * fm, "srrl_sr": self.sr_weight * sr}

@@ -227,8 +227,7 @@ class TDD(DistillationModule):
         if not len(self.decision_heads):
             raise MethodConfigError("TDD's class groups are built when a fit starts (setup); none were built")
         images, labels = batch["images"], batch["labels"]
-        teacher = self.teacher_features(images)
-        student = self.student.forward_features(images)
+        teacher, student = self.teacher_and_student(images)
         logits = [head(student.stages_post[k - 1]) for head, k in zip(self.decision_heads, self.stages, strict=True)]
         groups = [getattr(self, f"group_of_class_{i}") for i in range(len(self.stages))]
         weights = [getattr(self, f"group_weight_{i}") for i in range(len(self.stages))]

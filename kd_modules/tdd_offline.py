@@ -88,11 +88,10 @@ def class_statistics(embeddings: Tensor, labels: Tensor, num_classes: int) -> tu
 
 
 def cluster_linkage(means: np.ndarray, method: str = "ward") -> np.ndarray:
-    """SciPy's (K-1, 4) linkage matrix of the class means (Euclidean distances)."""
+    """SciPy's (K-1, 4) linkage matrix of the class means (Euclidean distances); ``method`` is one of
+    :data:`LINKAGES` (``TreeSettings`` validates it)."""
     from scipy.cluster.hierarchy import linkage
 
-    if method not in LINKAGES:
-        raise TDDSetupError(f"unknown TDD linkage {method!r}; valid: {', '.join(LINKAGES)}")
     if means.shape[0] < 2:
         raise TDDSetupError(f"TDD's cluster tree needs at least two classes, got {means.shape[0]}")
     return linkage(np.asarray(means, dtype=np.float64), method=method, metric="euclidean")
@@ -159,9 +158,7 @@ def merge_by_threshold(children: np.ndarray, accuracy: Iterable[float], threshol
         if node < num_classes or accuracy[node] < threshold:
             groups.append(sorted(members[node]))
         else:
-            left, right = children[node - num_classes]
-            stack.append(int(left))
-            stack.append(int(right))
+            stack.extend(int(child) for child in children[node - num_classes])  # left, then right
     return groups
 
 

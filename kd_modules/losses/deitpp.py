@@ -15,9 +15,10 @@ classes, ``c1_i = (1 - eps + eps/K) C[y_i] + (eps/K) sum_{j != i} C[y_j]`` over 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from kd_modules.losses.nd import dino_per_sample
 
 __all__ = ["hard_distillation_loss", "mixed_centers", "dino_loss_to_centers"]
 
@@ -40,8 +41,4 @@ def mixed_centers(centers: Tensor, labels: Tensor, lam: float | Tensor, smoothin
 
 def dino_loss_to_centers(student_embedding: Tensor, teacher_embedding: Tensor, centers: Tensor) -> Tensor:
     """The dino-loss against per-image centre vectors (B, D), averaged over the batch (ND ``project_center_v2``)."""
-    directions = F.normalize(centers, dim=1)
-    student_norm = student_embedding.norm(dim=1)
-    teacher_norm = teacher_embedding.norm(dim=1)
-    denominator = torch.where(student_norm >= teacher_norm, student_norm, teacher_norm)
-    return (1.0 - (student_embedding * directions).sum(dim=1) / denominator).mean()
+    return dino_per_sample(student_embedding, teacher_embedding, F.normalize(centers, dim=1)).mean()

@@ -4,8 +4,9 @@ Learning" (CVPR 2017)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from kd_modules.losses.common import pool_to_smaller
 
 __all__ = ["fsp_matrix", "fsp_loss"]
 
@@ -13,11 +14,7 @@ __all__ = ["fsp_matrix", "fsp_loss"]
 def fsp_matrix(bottom: Tensor, top: Tensor) -> Tensor:
     r"""The flow matrix of two maps (paper Eq. 1): :math:`G_{ji} = \frac{1}{HW}\sum_x top_j(x)\,bottom_i(x)`,
     (B, C_top, C_bottom); the taller map is average-pooled to the other's height first (RepDistiller)."""
-    h_b, h_t = bottom.shape[-2], top.shape[-2]
-    if h_b > h_t:
-        bottom = F.adaptive_avg_pool2d(bottom, (h_t, h_t))
-    elif h_b < h_t:
-        top = F.adaptive_avg_pool2d(top, (h_b, h_b))
+    bottom, top = pool_to_smaller(bottom, top)
     b = bottom.shape[0]
     return torch.einsum("bjx,bix->bji", top.reshape(b, top.shape[1], -1), bottom.reshape(b, bottom.shape[1], -1)) / (
         bottom.shape[-1] * bottom.shape[-2]

@@ -7,6 +7,8 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor
 
+from kd_modules.losses.common import pool_to_smaller
+
 __all__ = ["ft_factor", "ft_loss"]
 
 
@@ -27,11 +29,7 @@ def ft_loss(
     student_factor: Tensor, teacher_factor: Tensor, mode: Literal["repdistiller", "paper"] = "repdistiller"
 ) -> Tensor:
     """Mean absolute difference of the normalised factors (p = 1); the taller map is average-pooled first."""
-    h_s, h_t = student_factor.shape[-2], teacher_factor.shape[-2]
-    if h_s > h_t:
-        student_factor = F.adaptive_avg_pool2d(student_factor, (h_t, h_t))
-    elif h_s < h_t:
-        teacher_factor = F.adaptive_avg_pool2d(teacher_factor, (h_s, h_s))
+    student_factor, teacher_factor = pool_to_smaller(student_factor, teacher_factor)
     s, t = ft_factor(student_factor, mode), ft_factor(teacher_factor, mode)
     if s.shape != t.shape:
         raise ValueError(f"FT factor shapes differ: student {tuple(s.shape)} vs teacher {tuple(t.shape)}")

@@ -27,6 +27,7 @@ __all__ = [
     "Reduction",
     "reduce_per_sample",
     "dino_loss",
+    "dino_per_sample",
     "cosine_direction_loss",
     "infonce_direction_loss",
     "l2_feature_loss",
@@ -73,12 +74,17 @@ def dino_loss(
     gradient flows through it only when it is the larger one.  Eq. 7 drops the constant 1, the code keeps it
     (no effect on gradients); we keep it, so the value lies in [0, 2].
     """
-    directions = F.normalize(centers, dim=1)[labels]
+    values = dino_per_sample(student_embedding, teacher_embedding, F.normalize(centers, dim=1)[labels])
+    return reduce_per_sample(values, labels, centers.shape[0], reduction)
+
+
+def dino_per_sample(student_embedding: Tensor, teacher_embedding: Tensor, directions: Tensor) -> Tensor:
+    """The (B,) dino terms ``1 - f^s_i . e_i / max(||f^s_i||, ||f^t_i||)`` against unit direction vectors ``e``
+    (B, D): :func:`dino_loss` before its reduction, also DeiT++'s (:mod:`kd_modules.losses.deitpp`)."""
     student_norm = student_embedding.norm(dim=1)
     teacher_norm = teacher_embedding.norm(dim=1)
     denominator = torch.where(student_norm >= teacher_norm, student_norm, teacher_norm)
-    values = 1.0 - (student_embedding * directions).sum(dim=1) / denominator
-    return reduce_per_sample(values, labels, centers.shape[0], reduction)
+    return 1.0 - (student_embedding * directions).sum(dim=1) / denominator
 
 
 def cosine_direction_loss(

@@ -5,18 +5,15 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from kd_modules.losses.common import pool_to_smaller
+
 __all__ = ["align_spatial", "simkd_loss"]
 
 
 def align_spatial(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     """The official SimKD alignment: a taller student map is average-pooled to the teacher's height, otherwise the
     teacher map is pooled to the student's (square targets, as the official ``adaptive_avg_pool2d(x, (h, h))``)."""
-    h_s, h_t = student.shape[-2], teacher.shape[-2]
-    if h_s > h_t:
-        return F.adaptive_avg_pool2d(student, (h_t, h_t)), teacher
-    if h_s < h_t:
-        return student, F.adaptive_avg_pool2d(teacher, (h_s, h_s))
-    return student, teacher
+    return pool_to_smaller(student, teacher)
 
 
 def simkd_loss(projected_student: Tensor, teacher_feature: Tensor) -> Tensor:
