@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -185,25 +187,11 @@ class LinearHead(nn.Sequential):
             raise TypeError("LinearHead must end with an nn.Linear")
         super().__init__(*layers)
 
-    @property
-    def linear(self) -> nn.Linear:
-        return self[-1]  # type: ignore[return-value]
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.linear.weight
-
-    @property
-    def bias(self) -> nn.Parameter | None:
-        return self.linear.bias
-
-    @property
-    def in_features(self) -> int:
-        return self.linear.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.linear.out_features
+    def __getattr__(self, name: str) -> Any:
+        """``weight``, ``bias``, ``in_features`` and ``out_features`` are the final linear layer's."""
+        if name in ("weight", "bias", "in_features", "out_features"):
+            return getattr(self[-1], name)
+        return super().__getattr__(name)
 
 
 def fixed_pool(pool: nn.Module, final_map: Tensor, network: str, input_size: int) -> Tensor:

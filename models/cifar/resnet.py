@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from models.contract import FeatureShape, KDNet
+from models.contract import FeatureShape, KDNet, classifier_at
 from models.layers import BasicBlock, fixed_pool, kaiming_init, relu_stages, residual_stage
 from models.registry import register_model
 
@@ -54,9 +54,7 @@ class CifarResNet(KDNet):
         s = input_size
         relu_stages(self, [self.layer1, self.layer2, self.layer3], FeatureShape(widths[0], s, s), widths[1:], s)
 
-    @property
-    def classifier(self) -> nn.Linear:  # type: ignore[override]
-        return self.fc
+    classifier = classifier_at("fc")
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.relu(self.bn1(self.conv1(x)))

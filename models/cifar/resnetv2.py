@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.contract import FeatureShape, KDNet
+from models.contract import FeatureShape, KDNet, classifier_at
 from models.layers import BasicBlock, Bottleneck, kaiming_init, relu_stages, residual_stage
 from models.registry import register_model
 
@@ -52,9 +52,7 @@ class CifarResNetV2(KDNet):
         s = input_size
         relu_stages(self, stages, FeatureShape(64, s, s), [w * block.expansion for w in (64, 128, 256, 512)], s)
 
-    @property
-    def classifier(self) -> nn.Linear:  # type: ignore[override]
-        return self.linear
+    classifier = classifier_at("linear")
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return torch.relu(self.bn1(self.conv1(x)))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from models.contract import FeatureShape, KDNet
+from models.contract import FeatureShape, KDNet, classifier_at
 from models.layers import BasicBlock, Bottleneck, kaiming_init, relu_stages, residual_stage
 from models.registry import register_model
 
@@ -65,9 +65,7 @@ class TorchvisionResNet(KDNet):
         s = input_size // 2
         relu_stages(self, stages, FeatureShape(stem_width, s, s), [w * block.expansion for w in widths], s // 2)
 
-    @property
-    def classifier(self) -> nn.Linear:  # type: ignore[override]
-        return self.fc
+    classifier = classifier_at("fc")
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.relu(self.bn1(self.conv1(x)))
