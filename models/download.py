@@ -96,14 +96,9 @@ def _transfer(url: str, partial: Path, timeout: float) -> None:
         resumed = have and status == 206
         expected = response.headers.get("Content-Length")
         mode = "ab" if resumed else "wb"  # 200 to a range request: the server starts over, so do we
-        written = 0
         with open(partial, mode) as handle:
-            while True:
-                chunk = response.read(_CHUNK)
-                if not chunk:
-                    break
-                handle.write(chunk)
-                written += len(chunk)
+            shutil.copyfileobj(response, handle, _CHUNK)
+            written = handle.tell() - (have if resumed else 0)
             handle.flush()
             os.fsync(handle.fileno())
         if expected is not None and written < int(expected):
