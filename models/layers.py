@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ __all__ = [
     "kaiming_init",
     "projection",
     "relu_stages",
-    "residual_stage",
+    "residual_stages",
 ]
 
 
@@ -127,21 +128,25 @@ class Bottleneck(_ResidualBlock):
         return self._finish(self.bn3(self.conv3(out)), x)
 
 
-def residual_stage(
+def residual_stages(
     block: type[BasicBlock] | type[Bottleneck],
     in_channels: int,
-    channels: int,
-    num_blocks: int,
-    stride: int,
+    widths: Sequence[int],
+    num_blocks: Sequence[int],
+    strides: Sequence[int],
     projection_name: str = "downsample",
-) -> tuple[nn.Sequential, int]:
-    """``num_blocks`` blocks (the first strided), the last returning its pre-ReLU sum; returns (stage, out width)."""
-    blocks = []
-    for index in range(num_blocks):
-        final_relu = index < num_blocks - 1
-        blocks.append(block(in_channels, channels, stride if index == 0 else 1, final_relu, projection_name))
-        in_channels = channels * block.expansion
-    return nn.Sequential(*blocks), in_channels
+) -> tuple[list[nn.Sequential], int]:
+    """One stage per (width, blocks, stride): that many blocks, the first strided, the last returning its pre-ReLU
+    sum; returns the stages and the last stage's output width."""
+    stages = []
+    for channels, count, stride in zip(widths, num_blocks, strides):
+        blocks = []
+        for index in range(count):
+            final_relu = index < count - 1
+            blocks.append(block(in_channels, channels, stride if index == 0 else 1, final_relu, projection_name))
+            in_channels = channels * block.expansion
+        stages.append(nn.Sequential(*blocks))
+    return stages, in_channels
 
 
 def kaiming_init(module: nn.Module) -> None:
