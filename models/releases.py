@@ -164,11 +164,8 @@ def find_release(path: str) -> Release | None:
 
 # ------------------------------------------------------------------------------------------ recorded digests
 def recorded_digest(root: str | Path, release_path: str) -> str | None:
-    record = Path(root) / CHECKSUMS
-    if not record.is_file():
-        return None
-    try:
-        return json.loads(record.read_text()).get(release_path)
+    try:  # no record yet (FileNotFoundError) or an unreadable one: nothing recorded
+        return json.loads((Path(root) / CHECKSUMS).read_text()).get(release_path)
     except (OSError, ValueError):
         return None
 
