@@ -106,8 +106,8 @@ class KDNet(nn.Module, metaclass=ABCMeta):
     * ``self.stage_activations``: one module or callable per stage, mapping the pre- to the post-activation output;
     * ``self.input_size``: the native input resolution (32 for CIFAR, 64 Tiny-ImageNet, 224 ImageNet);
     * ``self.stem_shape``, ``self.stage_shapes`` (list of :class:`FeatureShape`) and ``self.final_shape``;
-    * ``self.classifier``: the final ``nn.Linear`` (registered under another name, e.g. ``fc``, it is a
-      :func:`classifier_at` property),
+    * ``self.classifier``: the final ``nn.Linear`` (where the reference registers it under another name,
+      e.g. ``fc``: ``classifier = classifier_at("fc")``),
 
     and implement :meth:`forward_stem`, and optionally :meth:`forward_neck` and :meth:`pool`.
     """
