@@ -56,8 +56,7 @@ def _crop_flip_tables(
     index = (rows[:, :, None] * width + cols[:, None, :]).reshape(-1, height * width)
     mask = None
     if row_inside is not None and col_inside is not None:
-        mask = (row_inside[:, :, None] & col_inside[:, None, :]).reshape(-1, 1, height * width).to(torch.uint8)
-        mask = mask.to(device)
+        mask = (row_inside[:, :, None] & col_inside[:, None, :]).reshape(-1, 1, height * width).to(device, torch.uint8)
     return index.to(device), mask
 
 

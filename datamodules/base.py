@@ -197,8 +197,7 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
             self.download_dataset(self.root)  # type: ignore[attr-defined]
 
     def split(self, name: str) -> tuple[Tensor, Tensor]:
-        self.load_split_checked(name)
-        images, labels = self._splits[name]
+        images, labels = self.load_split_checked(name)
         trainer = getattr(self, "trainer", None)
         device = torch.device("cpu") if trainer is None else trainer.strategy.root_device
         if self.on_device and images.device != device:
@@ -209,8 +208,7 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
     @property
     def num_train_samples(self) -> int:
         """Images in the training split as read from disk (CRD's memory bank is sized with it)."""
-        self.load_split_checked("train")
-        return int(self._splits["train"][1].shape[0])
+        return int(self.load_split_checked("train")[1].shape[0])
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
@@ -218,9 +216,11 @@ class InMemoryDataModule(KDDataModule, metaclass=ABCMeta):
         for name in set(self.eval_splits()):
             self.load_split_checked(name)
 
-    def load_split_checked(self, name: str) -> None:
+    def load_split_checked(self, name: str) -> tuple[Tensor, Tensor]:
+        """Split ``name`` as loaded once (where :meth:`split` last moved it)."""
         if name not in self._splits:
             self._splits[name] = self.load_split(name)
+        return self._splits[name]
 
     def _batches(self, name: str, train: bool = False) -> InMemoryBatches:
         """Training batches (shuffled, augmented, CRD indices) or a deterministic evaluation pass over ``name``."""

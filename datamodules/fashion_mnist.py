@@ -44,10 +44,7 @@ def candidate_folders(root: str | Path) -> list[Path]:
 
 
 def _file_in(folder: Path, name: str) -> Path | None:
-    for candidate in (folder / f"{name}.gz", folder / name):
-        if candidate.is_file():
-            return candidate
-    return None
+    return next((file for file in (folder / f"{name}.gz", folder / name) if file.is_file()), None)
 
 
 def _expected(root: str | Path) -> str:

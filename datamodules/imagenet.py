@@ -135,12 +135,9 @@ class EpochKeys(Sampler[tuple[int, int]]):
         epoch = self.current_epoch()
         if epoch is None:
             epoch, self._own_epoch = self._own_epoch, self._own_epoch + 1
-        if self.shuffle:
-            order: list[int] | range = torch.randperm(self.count, generator=epoch_generator(self.seed, epoch)).tolist()
-        else:
-            order = range(self.count)
-        for index in order:
-            yield epoch, index
+        generator = epoch_generator(self.seed, epoch)
+        order = torch.randperm(self.count, generator=generator).tolist() if self.shuffle else range(self.count)
+        yield from ((epoch, index) for index in order)
 
 
 class KeyedSamples(Dataset):

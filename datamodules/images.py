@@ -23,10 +23,7 @@ def open_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image
     """
     label = name or str(source)
     try:
-        if isinstance(source, bytes):
-            with Image.open(io.BytesIO(source)) as image:
-                return image.convert("RGB")
-        with open(source, "rb") as handle, Image.open(handle) as image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             return image.convert("RGB")
     except FileNotFoundError:
         raise DatasetError(f"image file {label} is missing") from None

@@ -10,7 +10,7 @@ after batch ``k`` of an epoch records ``(epoch, k + 1)``, and the resumed run co
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Protocol
 
 import numpy as np
@@ -146,6 +146,7 @@ class RotateFlip:
         return {"rotation_angles": torch.zeros(ids.shape[0], dtype=torch.float32, device=ids.device), "flips": flips}
 
 
+@dataclass(eq=False, repr=False)
 class InMemoryBatches:
     """One pass over ``images``/``labels`` in batches, re-iterable once per epoch.
 
@@ -154,30 +155,20 @@ class InMemoryBatches:
     after the batch reaches its device.  ``sample_extra(indices, generator)`` may add keys per batch (CRD's contrast indices).
     """
 
-    def __init__(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        *,
-        batch_size: int,
-        shuffle: bool,
-        drop_last: bool,
-        seed: int,
-        current_epoch: Callable[[], int | None],
-        augment: BatchAugmentation | None = None,
-        sample_extra: Callable[[Tensor, torch.Generator], dict[str, Tensor]] | None = None,
-    ) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.images = images
-        self.labels = labels
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.seed = seed
-        self.current_epoch = current_epoch
-        self.augment = augment
-        self.sample_extra = sample_extra
+    images: Tensor
+    labels: Tensor
+    _: KW_ONLY
+    batch_size: int
+    shuffle: bool
+    drop_last: bool
+    seed: int
+    current_epoch: Callable[[], int | None]
+    augment: BatchAugmentation | None = None
+    sample_extra: Callable[[Tensor, torch.Generator], dict[str, Tensor]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         self._own_epoch = 0
         self._served = (-1, 0)  # (epoch, batches handed out in it) of the current pass
         self._resume: tuple[int, int] | None = None
@@ -198,11 +189,8 @@ class InMemoryBatches:
         epoch = self.current_epoch()
         if epoch is None:  # used outside a Trainer: count passes ourselves
             epoch, self._own_epoch = self._own_epoch, self._own_epoch + 1
-        skip = 0
-        if self._resume is not None:
-            if self._resume[0] == epoch:
-                skip = self._resume[1]
-            self._resume = None
+        resume, self._resume = self._resume, None  # a restored position applies to this pass only
+        skip = resume[1] if resume is not None and resume[0] == epoch else 0
         self._served = (epoch, skip)
         count = self.labels.shape[0]
         generator = epoch_generator(self.seed, epoch)
@@ -216,15 +204,11 @@ class InMemoryBatches:
         for b in range(len(self)):
             positions = slice(b * self.batch_size, (b + 1) * self.batch_size)
             index = order_on_device[positions]
-            extra: dict[str, Tensor] = {}
-            if self.sample_extra is not None:
-                assert extra_generator is not None
-                extra = self.sample_extra(index.to(self.labels.device), extra_generator)
+            extra = {} if extra_generator is None else self.sample_extra(index.to(self.labels.device), extra_generator)
             if b < skip:  # resumed mid-epoch: batches trained before the checkpoint, drawn but not handed out
                 continue
             batch = {"images": self.images[index], "labels": self.labels[index], "indices": index}
-            for key, value in params.items():
-                batch[key] = value[positions]
+            batch.update({key: value[positions] for key, value in params.items()})
             batch.update({k: v.to(device) for k, v in extra.items()})
             self._served = (epoch, b + 1)
             yield batch

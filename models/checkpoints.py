@@ -56,11 +56,8 @@ class CheckpointMismatchError(CheckpointError):
 
 def file_digest(path: str | Path, length: int = 16) -> str:
     """SHA-256 of a file (hex, first ``length`` characters): the identity of an external checkpoint."""
-    sha = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()[:length]
+        return hashlib.file_digest(handle, "sha256").hexdigest()[:length]
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]:
@@ -165,8 +162,7 @@ def fitted_state(path: str | Path, arch: str, network: KDNet) -> dict[str, torch
     mapped = map_reference_keys(state, expected)
     if _signature(mapped) != expected:
         found = saved_arch or identify_architecture(state, network.num_classes, model_entry(arch).dataset)
-        if found is None:
-            found = "an unrecognised network"
+        found = found or "an unrecognised network"
         raise CheckpointMismatchError(f"checkpoint {path} holds {found}, not {arch} ({_difference(mapped, expected)})")
     return mapped
 

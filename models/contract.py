@@ -25,12 +25,14 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FeatureOutput", "FeatureShape", "FeatureUnavailable", "KDNet", "InsertionPoint"]
+__all__ = ["FeatureOutput", "FeatureShape", "FeatureUnavailable", "KDNet", "InsertionPoint", "classifier_at"]
 
 
 @dataclass
@@ -63,15 +65,7 @@ class FeatureOutput:
                 return {k: convert(v) for k, v in value.items()}
             return value
 
-        return FeatureOutput(
-            stem=fn(self.stem),
-            stages_pre=[fn(t) for t in self.stages_pre],
-            stages_post=[fn(t) for t in self.stages_post],
-            final_map=fn(self.final_map),
-            embedding=fn(self.embedding),
-            logits=fn(self.logits),
-            extras=convert(self.extras),  # type: ignore[arg-type]
-        )
+        return FeatureOutput(**{f.name: convert(getattr(self, f.name)) for f in fields(self)})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -96,6 +90,12 @@ class FeatureUnavailable(ValueError):
     """A network does not have the feature a method asked for (e.g. OFD's pre-ReLU BN on a ShuffleNet)."""
 
 
+def classifier_at(path: str) -> Any:
+    """The ``classifier`` property of a network whose final linear layer is registered under the reference's
+    (dotted) name instead, e.g. ``classifier = classifier_at("fc")`` (timm's RegNet: ``"head.fc"``)."""
+    return property(attrgetter(path))
+
+
 class KDNet(nn.Module, metaclass=ABCMeta):
     """Base class of every network.  Subclasses register their modules under the reference implementation's
     names (so reference checkpoints load with the plainest key mapping) and implement the hooks below.
@@ -106,7 +106,8 @@ class KDNet(nn.Module, metaclass=ABCMeta):
     * ``self.stage_activations``: one module or callable per stage, mapping the pre- to the post-activation output;
     * ``self.input_size``: the native input resolution (32 for CIFAR, 64 Tiny-ImageNet, 224 ImageNet);
     * ``self.stem_shape``, ``self.stage_shapes`` (list of :class:`FeatureShape`) and ``self.final_shape``;
-    * ``self.classifier``: the final ``nn.Linear`` (may be registered under another name, e.g. ``fc``),
+    * ``self.classifier``: the final ``nn.Linear`` (where the reference registers it under another name,
+      e.g. ``fc``: ``classifier = classifier_at("fc")``),
 
     and implement :meth:`forward_stem`, and optionally :meth:`forward_neck` and :meth:`pool`.
     """
@@ -157,11 +158,8 @@ class KDNet(nn.Module, metaclass=ABCMeta):
 
     def feature_shapes(self) -> dict[str, FeatureShape]:
         """Every tap's shape at the native input size, keyed by tap name, without running the network."""
-        shapes = {"stem": self.stem_shape}
-        for k, shape in enumerate(self.stage_shapes, start=1):
-            shapes[f"stage{k}"] = shape
-        shapes["neck"] = self.final_shape
-        return shapes
+        stages = {f"stage{k}": shape for k, shape in enumerate(self.stage_shapes, start=1)}
+        return {"stem": self.stem_shape, **stages, "neck": self.final_shape}
 
     def insertion_points(self) -> list[InsertionPoint]:
         points: list[str] = []

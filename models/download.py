@@ -96,14 +96,9 @@ def _transfer(url: str, partial: Path, timeout: float) -> None:
         resumed = have and status == 206
         expected = response.headers.get("Content-Length")
         mode = "ab" if resumed else "wb"  # 200 to a range request: the server starts over, so do we
-        written = 0
         with open(partial, mode) as handle:
-            while True:
-                chunk = response.read(_CHUNK)
-                if not chunk:
-                    break
-                handle.write(chunk)
-                written += len(chunk)
+            shutil.copyfileobj(response, handle, _CHUNK)
+            written = handle.tell() - (have if resumed else 0)
             handle.flush()
             os.fsync(handle.fileno())
         if expected is not None and written < int(expected):
@@ -129,11 +124,9 @@ def download(
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".part")
     step = manual or f"put the file at {destination} by hand"
-    last_error: BaseException | None = None
     for _ in range(max(1, attempts)):
         try:
             _transfer(url, partial, timeout)
-            last_error = None
             break
         except (http.client.IncompleteRead, ConnectionError, TimeoutError) as error:
             last_error = error  # cut mid-transfer: the part stays, the next attempt resumes it
@@ -141,7 +134,7 @@ def download(
             raise DownloadError(f"cannot download {url}: HTTP {error.code} {error.reason}; {step}") from None
         except (urllib.error.URLError, OSError, ValueError) as error:
             raise DownloadError(f"cannot download {url} ({_reason(error)}); {step}") from None
-    if last_error is not None:
+    else:  # every attempt was cut
         size = partial.stat().st_size if partial.is_file() else 0
         raise DownloadError(
             f"download of {url} was interrupted ({_reason(last_error)}) with {size} bytes in {partial}; "

@@ -16,6 +16,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -33,7 +36,7 @@ __all__ = [
     "kaiming_init",
     "projection",
     "relu_stages",
-    "residual_stage",
+    "residual_stages",
 ]
 
 
@@ -125,21 +128,25 @@ class Bottleneck(_ResidualBlock):
         return self._finish(self.bn3(self.conv3(out)), x)
 
 
-def residual_stage(
+def residual_stages(
     block: type[BasicBlock] | type[Bottleneck],
     in_channels: int,
-    channels: int,
-    num_blocks: int,
-    stride: int,
+    widths: Sequence[int],
+    num_blocks: Sequence[int],
+    strides: Sequence[int],
     projection_name: str = "downsample",
-) -> tuple[nn.Sequential, int]:
-    """``num_blocks`` blocks (the first strided), the last returning its pre-ReLU sum; returns (stage, out width)."""
-    blocks = []
-    for index in range(num_blocks):
-        final_relu = index < num_blocks - 1
-        blocks.append(block(in_channels, channels, stride if index == 0 else 1, final_relu, projection_name))
-        in_channels = channels * block.expansion
-    return nn.Sequential(*blocks), in_channels
+) -> tuple[list[nn.Sequential], int]:
+    """One stage per (width, blocks, stride): that many blocks, the first strided, the last returning its pre-ReLU
+    sum; returns the stages and the last stage's output width."""
+    stages = []
+    for channels, count, stride in zip(widths, num_blocks, strides):
+        blocks = []
+        for index in range(count):
+            final_relu = index < count - 1
+            blocks.append(block(in_channels, channels, stride if index == 0 else 1, final_relu, projection_name))
+            in_channels = channels * block.expansion
+        stages.append(nn.Sequential(*blocks))
+    return stages, in_channels
 
 
 def kaiming_init(module: nn.Module) -> None:
@@ -185,25 +192,11 @@ class LinearHead(nn.Sequential):
             raise TypeError("LinearHead must end with an nn.Linear")
         super().__init__(*layers)
 
-    @property
-    def linear(self) -> nn.Linear:
-        return self[-1]  # type: ignore[return-value]
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.linear.weight
-
-    @property
-    def bias(self) -> nn.Parameter | None:
-        return self.linear.bias
-
-    @property
-    def in_features(self) -> int:
-        return self.linear.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.linear.out_features
+    def __getattr__(self, name: str) -> Any:
+        """``weight``, ``bias``, ``in_features`` and ``out_features`` are the final linear layer's."""
+        if name in ("weight", "bias", "in_features", "out_features"):
+            return getattr(self[-1], name)
+        return super().__getattr__(name)
 
 
 def fixed_pool(pool: nn.Module, final_map: Tensor, network: str, input_size: int) -> Tensor:

@@ -39,9 +39,11 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from models.checkpoints import CheckpointError
+from models.checkpoints import CheckpointError, fitted_state
 from models.download import ChecksumError, DownloadError, download, extract_member, hash_prefix_of, sha256_of
+from models.profile import meta_model
 
 __all__ = [
     "CIFAR_TEACHERS",
@@ -119,41 +121,31 @@ class Release:
         return f"without network access, download {self.urls[0]} to {target}"
 
 
+def _release(dataset: str, arch: str, file: str, url: str, **fields: Any) -> Release:
+    """The release ``<dataset>/<arch>``, stored as ``teachers/<dataset>/<file>`` and downloaded from ``url``."""
+    num_classes = 100 if dataset == "cifar100" else 1000
+    return Release(f"{dataset}/{arch}", arch, num_classes, f"teachers/{dataset}/{file}", (url,), **fields)
+
+
 def _build_releases() -> dict[str, Release]:
-    releases: dict[str, Release] = {}
+    releases = []
     for arch in CIFAR_TEACHERS:
         member = f"{arch}_vanilla/ckpt_epoch_240.pth"
-        releases[f"cifar100/{arch}"] = Release(
-            name=f"cifar100/{arch}",
-            arch=arch,
-            num_classes=100,
-            path=f"teachers/cifar100/{member}",
-            urls=(_SHAPE2PROG.format(arch=arch),),
-            archive_url=CIFAR_ARCHIVE_URL,
-            archive_member=member,
-            accuracy=_CIFAR_ACCURACY[arch],
+        url = _SHAPE2PROG.format(arch=arch)
+        accuracy = _CIFAR_ACCURACY[arch]
+        releases.append(
+            _release(
+                "cifar100", arch, member, url, archive_url=CIFAR_ARCHIVE_URL, archive_member=member, accuracy=accuracy
+            )
         )
     for arch, (enum_name, file) in _TORCHVISION_WEIGHTS.items():
-        releases[f"imagenet/{arch}"] = Release(
-            name=f"imagenet/{arch}",
-            arch=arch,
-            num_classes=1000,
-            path=f"teachers/imagenet/{file}",
-            urls=(_TORCHVISION.format(file=file),),
-            sha256_prefix=hash_prefix_of(file),
-            weights_enum=enum_name,
+        url = _TORCHVISION.format(file=file)
+        releases.append(
+            _release("imagenet", arch, file, url, sha256_prefix=hash_prefix_of(file), weights_enum=enum_name)
         )
     for arch, (file, url, prefix) in _TIMM_WEIGHTS.items():
-        releases[f"imagenet/{arch}"] = Release(
-            name=f"imagenet/{arch}",
-            arch=arch,
-            num_classes=1000,
-            path=f"teachers/imagenet/{file}",
-            urls=(url,),
-            sha256_prefix=prefix,
-            accuracy=_TIMM_ACCURACY.get(arch),
-        )
-    return releases
+        releases.append(_release("imagenet", arch, file, url, sha256_prefix=prefix, accuracy=_TIMM_ACCURACY.get(arch)))
+    return {release.name: release for release in releases}
 
 
 RELEASES: dict[str, Release] = _build_releases()
@@ -172,11 +164,8 @@ def find_release(path: str) -> Release | None:
 
 # ------------------------------------------------------------------------------------------ recorded digests
 def recorded_digest(root: str | Path, release_path: str) -> str | None:
-    record = Path(root) / CHECKSUMS
-    if not record.is_file():
-        return None
-    try:
-        return json.loads(record.read_text()).get(release_path)
+    try:  # no record yet (FileNotFoundError) or an unreadable one: nothing recorded
+        return json.loads((Path(root) / CHECKSUMS).read_text()).get(release_path)
     except (OSError, ValueError):
         return None
 
@@ -192,26 +181,16 @@ def record_digest(root: str | Path, release_path: str, digest: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- checking
-def _check_architecture(path: Path, arch: str, num_classes: int) -> None:
-    """Raise :class:`ReleaseProblem` unless the file's weights fit ``arch`` (after reference key mapping)."""
-    from models.checkpoints import fitted_state
-    from models.profile import meta_model
-
-    try:
-        fitted_state(path, arch, meta_model(arch, num_classes))
-    except CheckpointError as error:
-        raise ReleaseProblem(str(error)) from None
-
-
 @lru_cache(maxsize=64)
 def _checked(path: str, size: int, mtime_ns: int, arch: str, num_classes: int, expected: str | None) -> str | None:
-    """Why the file cannot be used (cached per file state), or None."""
+    """Why the file cannot be used (cached per file state), or None: a wrong digest, or weights that do not fit
+    ``arch`` (after reference key mapping)."""
     digest = sha256_of(path)
     if expected and not digest.startswith(expected):
         return f"{path}: SHA-256 {digest[:16]}... does not match the expected {expected}"
     try:
-        _check_architecture(Path(path), arch, num_classes)
-    except ReleaseProblem as error:
+        fitted_state(path, arch, meta_model(arch, num_classes))
+    except CheckpointError as error:
         return str(error)
     return None
 
@@ -254,9 +233,7 @@ def fetch_release(release: Release, root: str | Path, *, timeout: float = 60.0, 
         try:
             digest = download(url, target, sha256_prefix=release.sha256_prefix, timeout=timeout,
                               manual=release.manual_step(root))  # fmt: skip
-        except ChecksumError:
-            raise
-        except DownloadError as error:
+        except DownloadError as error:  # a ChecksumError (not a DownloadError) propagates
             failures.append(str(error).split("; without network access")[0])
             continue
         _accept(release, root, target, digest)
@@ -274,8 +251,8 @@ def _accept(release: Release, root: Path, target: Path, digest: str, key: str | 
             "the file was deleted"
         )
     try:
-        _check_architecture(target, release.arch, release.num_classes)
-    except ReleaseProblem as error:
+        fitted_state(target, release.arch, meta_model(release.arch, release.num_classes))
+    except CheckpointError as error:
         target.unlink()
         raise ReleaseProblem(f"{error}; the file was deleted") from None
     if release.sha256_prefix is None:

@@ -40,7 +40,7 @@ from models.cifar.resnet import CifarResNet
 from models.cifar.resnetv2 import CifarResNetV2
 from models.cifar.shufflenet import ShuffleNetV1, ShuffleNetV2
 from models.cifar.wrn import WideResNet
-from models.contract import FeatureShape, KDNet
+from models.contract import FeatureShape, KDNet, classifier_at
 from models.imagenet.resnet import torchvision_resnet
 from models.layers import BasicBlock, Bottleneck, identity_activation
 from models.registry import register_model
@@ -141,9 +141,7 @@ class MdistillerTinyMobileNetV2(KDNet):
         self.stage_shapes.append(FeatureShape(320, 9, 9))
         self.final_shape = FeatureShape(1280, 9, 9)
 
-    @property
-    def classifier(self) -> nn.Linear:  # type: ignore[override]
-        return self.conv2
+    classifier = classifier_at("conv2")
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.pre(x)

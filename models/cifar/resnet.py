@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from models.contract import FeatureShape, KDNet
-from models.layers import BasicBlock, fixed_pool, kaiming_init, relu_stages, residual_stage
+from models.contract import FeatureShape, KDNet, classifier_at
+from models.layers import BasicBlock, fixed_pool, kaiming_init, relu_stages, residual_stages
 from models.registry import register_model
 
 __all__ = ["BasicBlock", "CifarResNet"]
@@ -38,11 +38,7 @@ class CifarResNet(KDNet):
         self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
-        in_channels = widths[0]
-        layers = []
-        for channels, stride in zip(widths[1:], (1, 2, 2)):
-            stage, in_channels = residual_stage(BasicBlock, in_channels, channels, blocks_per_stage, stride)
-            layers.append(stage)
+        layers, _ = residual_stages(BasicBlock, widths[0], widths[1:], (blocks_per_stage,) * 3, (1, 2, 2))
         self.layer1, self.layer2, self.layer3 = layers
         # The reference head is a fixed AvgPool2d(8) (AvgPool2d(16) in letKD's Tiny-ImageNet copy).  We keep the
         # fixed pool so that a wrong input size fails loudly instead of silently changing the network (§G.14).
@@ -54,9 +50,7 @@ class CifarResNet(KDNet):
         s = input_size
         relu_stages(self, [self.layer1, self.layer2, self.layer3], FeatureShape(widths[0], s, s), widths[1:], s)
 
-    @property
-    def classifier(self) -> nn.Linear:  # type: ignore[override]
-        return self.fc
+    classifier = classifier_at("fc")
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.relu(self.bn1(self.conv1(x)))

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.contract import FeatureShape, KDNet
-from models.layers import BasicBlock, Bottleneck, kaiming_init, relu_stages, residual_stage
+from models.contract import FeatureShape, KDNet, classifier_at
+from models.layers import BasicBlock, Bottleneck, kaiming_init, relu_stages, residual_stages
 from models.registry import register_model
 
 __all__ = ["CifarResNetV2"]
@@ -37,14 +37,10 @@ class CifarResNetV2(KDNet):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        in_channels = 64
-        layers = []
-        for width, count, stride in zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2)):
-            stage, in_channels = residual_stage(block, in_channels, width, count, stride, projection_name="shortcut")
-            layers.append(stage)
+        layers, out_channels = residual_stages(block, 64, (64, 128, 256, 512), num_blocks, (1, 2, 2, 2), "shortcut")
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))  # the reference's; KDNet.pool computes the same
-        self.linear = nn.Linear(in_channels, num_classes)
+        self.linear = nn.Linear(out_channels, num_classes)
         kaiming_init(self)
 
         stages = [self.layer1, self.layer2, self.layer3, self.layer4]
@@ -52,9 +48,7 @@ class CifarResNetV2(KDNet):
         s = input_size
         relu_stages(self, stages, FeatureShape(64, s, s), [w * block.expansion for w in (64, 128, 256, 512)], s)
 
-    @property
-    def classifier(self) -> nn.Linear:  # type: ignore[override]
-        return self.linear
+    classifier = classifier_at("linear")
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return torch.relu(self.bn1(self.conv1(x)))

@@ -26,10 +26,12 @@ Tiny-ImageNet (spec §C): letKD's ShuffleV1 copy uses AvgPool2d(8); mdistiller r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-from models.contract import FeatureShape, FeatureUnavailable, KDNet
+from models.contract import FeatureShape, FeatureUnavailable, KDNet, classifier_at
 from models.layers import channel_shuffle, fixed_pool, halving_shapes
 from models.registry import register_model
 
@@ -73,18 +75,22 @@ class _ShuffleNetBase(KDNet):
         self.conv1 = nn.Conv2d(3, 24, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(24)
 
-    def _shapes(self, input_size: int, widths: list[int], final_channels: int) -> None:
+    def _set_stages(
+        self, layers: list[nn.Sequential], activation: Callable[[Tensor], Tensor], widths: list[int], input_size: int
+    ) -> None:
+        """Register the stages as ``layer1..3`` and set the contract's attributes (``widths``: stages, then neck)."""
+        self.layer1, self.layer2, self.layer3 = layers
+        self.stages = layers
+        self.stage_activations = [activation] * 3
         s = input_size
         self.input_size = input_size
         self.stem_shape = FeatureShape(24, s, s)
-        self.stage_shapes = halving_shapes(widths, s // 2)
-        self.final_shape = FeatureShape(final_channels, s // 8, s // 8)
+        self.stage_shapes = halving_shapes(widths[:3], s // 2)
+        self.final_shape = FeatureShape(widths[-1], s // 8, s // 8)
         # RepDistiller: F.avg_pool2d(out, 4) on CIFAR; letKD's / DOT's Tiny-ImageNet runs need 8.
         self.avgpool = nn.AvgPool2d(s // 8)
 
-    @property
-    def classifier(self) -> nn.Linear:  # type: ignore[override]
-        return self.linear
+    classifier = classifier_at("linear")
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return torch.relu(self.bn1(self.conv1(x)))
@@ -119,11 +125,8 @@ class ShuffleNetV1(_ShuffleNetBase):
                 units.append(ShuffleV1Unit(in_channels, branch_out, 2 if j == 0 else 1, groups, j != count - 1))
                 in_channels = width
             layers.append(nn.Sequential(*units))
-        self.layer1, self.layer2, self.layer3 = layers
+        self._set_stages(layers, torch.relu, list(widths), input_size)
         self.linear = nn.Linear(widths[-1], num_classes)
-        self.stages = [self.layer1, self.layer2, self.layer3]
-        self.stage_activations = [torch.relu] * 3
-        self._shapes(input_size, list(widths), widths[-1])
 
 
 class ShuffleV2DownBlock(nn.Module):
@@ -199,13 +202,10 @@ class ShuffleNetV2(_ShuffleNetBase):
             units += [ShuffleV2Unit(width, final_activation=j != count - 1) for j in range(count)]
             layers.append(nn.Sequential(*units))
             in_channels = width
-        self.layer1, self.layer2, self.layer3 = layers
+        self._set_stages(layers, _relu_then_shuffle, list(widths), input_size)
         self.conv2 = nn.Conv2d(widths[2], widths[3], kernel_size=1, bias=False)
         self.bn2 = nn.BatchNorm2d(widths[3])
         self.linear = nn.Linear(widths[3], num_classes)
-        self.stages = [self.layer1, self.layer2, self.layer3]
-        self.stage_activations = [_relu_then_shuffle] * 3
-        self._shapes(input_size, list(widths[:3]), widths[3])
 
     def forward_neck(self, x: Tensor) -> Tensor:
         return torch.relu(self.bn2(self.conv2(x)))

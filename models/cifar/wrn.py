@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.contract import FeatureShape, KDNet
+from models.contract import FeatureShape, KDNet, classifier_at
 from models.layers import fan_out_normal_init, fixed_pool, relu_stages
 from models.registry import register_model
 
@@ -113,9 +113,7 @@ class WideResNet(KDNet):
         s = input_size
         relu_stages(self, stages, FeatureShape(widths[0], s, s), widths[1:], s)
 
-    @property
-    def classifier(self) -> nn.Linear:  # type: ignore[override]
-        return self.fc
+    classifier = classifier_at("fc")
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.conv1(x)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torchvision
 from torch import Tensor, nn
 
-from models.contract import FeatureShape, KDNet
+from models.contract import FeatureShape, KDNet, classifier_at
 from models.layers import LinearHead, fixed_pool, halving_shapes, identity_activation, relu_stages
 from models.registry import register_model
 
@@ -71,9 +71,7 @@ class MobileNetV1(KDNet):
         self.input_size = 224
         relu_stages(self, stages, FeatureShape(32, 112, 112), [128, 256, 512, 1024], 56)
 
-    @property
-    def classifier(self) -> nn.Linear:  # type: ignore[override]
-        return self.fc
+    classifier = classifier_at("fc")
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.model[0](x)

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from models.contract import FeatureShape, KDNet
-from models.layers import BasicBlock, Bottleneck, kaiming_init, relu_stages, residual_stage
+from models.contract import FeatureShape, KDNet, classifier_at
+from models.layers import BasicBlock, Bottleneck, kaiming_init, relu_stages, residual_stages
 from models.registry import register_model
 
 __all__ = ["TorchvisionResNet"]
@@ -47,14 +47,10 @@ class TorchvisionResNet(KDNet):
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        in_channels = stem_width
-        layers = []
-        for width, count, stride in zip(widths, num_blocks, (1, 2, 2, 2)):
-            stage, in_channels = residual_stage(block, in_channels, width, count, stride)
-            layers.append(stage)
+        layers, out_channels = residual_stages(block, stem_width, widths, num_blocks, (1, 2, 2, 2))
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))  # the reference's; KDNet.pool computes the same
-        self.fc = nn.Linear(in_channels, num_classes)
+        self.fc = nn.Linear(out_channels, num_classes)
         kaiming_init(self)
 
         # Stage 1 starts with the stem's max-pool, folded into its first unit (unregistered containers: the
@@ -65,9 +61,7 @@ class TorchvisionResNet(KDNet):
         s = input_size // 2
         relu_stages(self, stages, FeatureShape(stem_width, s, s), [w * block.expansion for w in widths], s // 2)
 
-    @property
-    def classifier(self) -> nn.Linear:  # type: ignore[override]
-        return self.fc
+    classifier = classifier_at("fc")
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.relu(self.bn1(self.conv1(x)))

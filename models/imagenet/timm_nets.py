@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.contract import FeatureOutput, FeatureShape, FeatureUnavailable, KDNet
+from models.contract import FeatureOutput, FeatureShape, FeatureUnavailable, KDNet, classifier_at
 from models.layers import halving_shapes, identity_activation
 from models.registry import register_model
 
@@ -116,9 +116,7 @@ class TimmViT(KDNet):
         self.stem_shape, self.stage_shapes, self.final_shape = shape, [shape] * num_stages, shape
         self.drop_path_rate = 0.0
 
-    @property
-    def classifier(self) -> nn.Linear:  # type: ignore[override]
-        return self.head
+    classifier = classifier_at("head")
 
     def forward_stem(self, x: Tensor) -> Tensor:
         vit = self._vit
@@ -215,9 +213,7 @@ class TimmRegNet(KDNet):
         self.stage_shapes = halving_shapes([int(s.b1.conv3.conv.out_channels) for s in stages], 56)
         self.final_shape = self.stage_shapes[-1]
 
-    @property
-    def classifier(self) -> nn.Linear:  # type: ignore[override]
-        return self.head.fc
+    classifier = classifier_at("head.fc")
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.stem(x)
