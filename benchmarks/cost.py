@@ -613,19 +613,39 @@ def calibrate_ops(out: Path = OP_COUNTS) -> dict[str, Any]:
     return result
 
 
+SPEED_RESULT_KEYS = ("table", "method", "pair", "preset", "batch_size", "arms")
+
+
+def _speed_result(path: Path) -> dict[str, Any]:
+    """A ``benchmarks.speed train --out`` result measured on a GPU, or one line saying why ``path`` is not one."""
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        raise KDBenchError(f"{path}: cannot read a benchmarks.speed train result ({reason})") from None
+    if not isinstance(result, dict):
+        raise KDBenchError(
+            f"{path}: not a benchmarks.speed train result (a JSON object with {', '.join(SPEED_RESULT_KEYS)})"
+        )
+    if result.get("device") != "cuda":
+        raise KDBenchError(
+            f"{path} was measured on {result.get('device')}, not a GPU: it cannot calibrate GPU estimates"
+        )
+    missing = [key for key in SPEED_RESULT_KEYS if key not in result]
+    if missing:
+        raise KDBenchError(f"{path}: not a benchmarks.speed train result (missing {', '.join(missing)})")
+    return result
+
+
 def calibrate_gpu(results: list[Path], out: Path = GPU_CALIBRATION) -> list[dict[str, Any]]:
     """Measured / modelled step times from ``benchmarks.speed train`` results measured on a GPU, written to ``out``.
 
     CPU results are refused: a CPU's step time says nothing about a GPU's.
     """
     entries = []
+    loaded = [_speed_result(path) for path in results]  # every file checked before anything is computed
     with tempfile.TemporaryDirectory(prefix="kdbench-calibrate-") as tmp:
-        for path in results:
-            result = json.loads(Path(path).read_text())
-            if result.get("device") != "cuda":
-                raise KDBenchError(
-                    f"{path} was measured on {result.get('device')}, not a GPU: it cannot calibrate GPU estimates"
-                )
+        for result in loaded:
             args = argparse.Namespace(
                 **{key: result[key] for key in ("table", "method", "pair", "preset")}, data_root="data"
             )

@@ -117,3 +117,29 @@ def test_cpu_measurements_cannot_calibrate_gpu_estimates(tmp_path: Path) -> None
     result.write_text(json.dumps({"device": "cpu", "arms": {}}))
     with pytest.raises(KDBenchError, match="not a GPU"):
         calibrate_gpu([result], tmp_path / "calibration.json")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "cannot read a benchmarks.speed train result (No such file or directory)"),
+        ("{not json", "cannot read a benchmarks.speed train result (JSONDecodeError)"),
+        ("[1, 2]", "not a benchmarks.speed train result (a JSON object with table, method"),
+        ('{"device": "cuda", "table": "table1", "arms": {}}', "missing method, pair, preset, batch_size"),
+    ],
+)
+def test_calibrate_gpu_names_a_bad_result_file_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, expected: str
+) -> None:
+    from benchmarks.cost import main
+
+    result = tmp_path / "result.json"
+    if content is not None:
+        result.write_text(content)
+    out = tmp_path / "calibration.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate-gpu", str(result), "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err and str(result) in err
+    assert not out.exists()  # nothing written
