@@ -209,7 +209,11 @@ def read_record(run_dir: str | Path) -> dict[str, Any] | None:
     try:
         record = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        kind = "truncated" if text and isinstance(error, json.JSONDecodeError) and error.pos >= len(text) - 1 else ""
+        # cut short: the parser ran out of text (inside a string it reports where that string began)
+        cut = isinstance(error, json.JSONDecodeError) and (
+            error.pos >= len(text) - 1 or error.msg.startswith("Unterminated string")
+        )
+        kind = "truncated" if text and cut else ""
         raise UnreadableRecord(path, f"unreadable{' (' + kind + ')' if kind else ''}: {error}") from None
     problem = record_problem(record)
     if problem:

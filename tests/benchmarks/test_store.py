@@ -137,6 +137,8 @@ def _record(store: RunStore, text: str | None = None) -> Path:
     "damage, reason",
     [
         (lambda text: text[: len(text) // 2], "unreadable (truncated)"),
+        (lambda text: text[: text.index(RUN) + 4], "unreadable (truncated)"),  # cut inside a string
+        (lambda text: text[: text.index(",") + 1], "unreadable (truncated)"),  # cut after a comma
         (lambda text: "\x00\xff garbage", "unreadable"),
         (lambda text: json.dumps({"metrics": {}}), "has no metrics"),
         (lambda text: "[1, 2]", "holds a JSON list"),
