@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from kd_modules.base import Batch, DistillationModule, OptimConfig, TeacherConfig
 from kd_modules.errors import MethodConfigError
 from kd_modules.losses.mgd import MaskKind, mgd_loss, random_mask
-from models import FeatureShape, create_model
+from models import FeatureShape, KDNet, create_model
 
 
 def mgd_shape_problem(student: FeatureShape, teacher: FeatureShape, names: tuple[str, str]) -> str | None:
@@ -68,6 +68,7 @@ class MGD(DistillationModule):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
 
     def __init__(
         self,
@@ -81,7 +82,6 @@ class MGD(DistillationModule):
         mask: MaskKind = "channel",
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
-        assert self.teacher is not None
         if not 0.0 <= lambda_mgd < 1.0:
             raise MethodConfigError(f"MGD lambda_mgd is the masked share, in [0, 1); got {lambda_mgd}")
         if mask not in ("channel", "pixel"):

@@ -17,6 +17,7 @@ from kd_modules.losses.kd import kd_loss
 from kd_modules.losses.tdd import decision_loss, group_weights
 from kd_modules.offline import load_or_compute, normalised_train_batches, teacher_digest, training_data_fingerprint
 from kd_modules.tdd_offline import LINKAGES, NODE_MEANS, NodeMean, build_layer_groups, pooled_stage_embeddings
+from models import KDNet
 
 __all__ = ["TreeSettings", "DecisionHead", "TDD", "TDDCRD"]
 
@@ -110,6 +111,8 @@ class TDD(DistillationModule):
     """
 
     requires_teacher = True
+    teacher: KDNet  # loaded by the base module (requires_teacher)
+    teacher_config: TeacherConfig
 
     def __init__(
         self,
@@ -124,7 +127,6 @@ class TDD(DistillationModule):
         tree: TreeSettings = TreeSettings(),
     ) -> None:
         super().__init__(student=student, num_classes=num_classes, teacher=teacher, optim=optim)
-        assert self.teacher is not None
         paired = min(self.student.num_stages, self.teacher.num_stages)
         self.stages = list(tree.stages) if tree.stages is not None else list(range(1, paired + 1))
         valid = all(1 <= k <= paired for k in self.stages) and len(set(self.stages)) == len(self.stages)
@@ -142,7 +144,6 @@ class TDD(DistillationModule):
 
     def prepare_groups(self, datamodule: Any, device: torch.device | str | None = None) -> None:
         """Build (or load from the cache) every constrained layer's coarse groups, then the decision heads."""
-        assert self.teacher is not None and self.teacher_config is not None
         if not hasattr(datamodule, "train_eval_dataloader"):
             raise MethodConfigError(
                 f"TDD builds its class tree from a datamodule's un-augmented training pass (train_eval_dataloader); "
